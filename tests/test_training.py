@@ -1,0 +1,136 @@
+"""Soft-label training end to end on tiny checkpoints: the student moves toward the teacher, the run
+directory is complete, a resumed run continues where it stopped, and the student reloads."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from workbench.callbacks import RunFilesCallback
+from workbench.config import DistillConfig
+from workbench.data import PadCollator, tokenize_datasets
+from workbench.losses import kd_loss
+from workbench.models import load_tokenizer
+from workbench.rundir import CONFIG, RunDir
+from workbench.runner import run_training
+
+
+def make_config(teacher_dir, student_dir, corpus_files, runs, name, **train):
+    train_set, val_set = corpus_files
+    return DistillConfig.from_dict({
+        "teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
+        "data": {"source": str(train_set), "validation_source": str(val_set)},
+        "loss": {"alpha": 0.2, "temperature": 1.0, "divergence": "forward_kl"},
+        "train": {"max_steps": 30, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "logging_steps": 5,
+                  "save_steps": 10, "lr_scheduler": "linear", **train},
+        "output": {"runs_dir": str(runs), "run_name": name}})
+
+
+def heldout_kl(student, teacher, config) -> float:
+    """Forward KL(teacher || student) per token on the held-out set, computed independently of the trainer."""
+    tok = load_tokenizer(config.student)
+    _, val = tokenize_datasets(config.data, tok, config.train.seq_len, config.train.seed)
+    batch = PadCollator(tok)([val[i] for i in range(len(val))])
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"]).logits[:, :-1]
+        t = teacher(input_ids=batch["input_ids"]).logits[:, :-1]
+    return kd_loss(s, t, batch["labels"][:, 1:]).item()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, teacher_dir, student_dir, corpus_files):
+    config = make_config(teacher_dir, student_dir, corpus_files, tmp_path_factory.mktemp("runs"), "full")
+    lines = []
+    final = run_training(config, echo=lines.append)
+    return config, RunDir(config.output.runs_dir + "/full"), final, lines
+
+
+def test_soft_label_training_lowers_heldout_kl_to_teacher(finished_run, teacher_dir, student_dir):
+    config, run, final, _ = finished_run
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    before = heldout_kl(AutoModelForCausalLM.from_pretrained(student_dir), teacher, config)
+    after = heldout_kl(AutoModelForCausalLM.from_pretrained(run.student), teacher, config)
+    assert after < 0.5 * before, (before, after)  # measured: 4.97 -> 1.33
+    # The trainer's own held-out KD term agrees with the independent computation on the saved student.
+    assert final["eval_kd"] == pytest.approx(after, rel=1e-4)
+    step0 = next(r for r in run.read_metrics() if r["step"] == 0 and "eval_kd" in r)
+    assert step0["eval_kd"] == pytest.approx(before, rel=1e-4)
+
+
+def test_run_directory_holds_the_contract_files(finished_run):
+    config, run, final, lines = finished_run
+    assert DistillConfig.load(run.file(CONFIG)) == config
+    status = run.read_status()
+    assert status["state"] == "succeeded" and status["step"] == 30 and status["total_steps"] == 30
+    assert status["final_metrics"]["eval_kd"] == final["eval_kd"]
+    train_logs = [r for r in run.read_metrics() if "loss" in r]
+    assert [r["step"] for r in train_logs] == [5, 10, 15, 20, 25, 30]
+    for key in ("ce", "kd", "learning_rate", "grad_norm", "tokens_per_s", "epoch", "time"):
+        assert all(key in r for r in train_logs), key
+    # Total = alpha*CE + (1-alpha)*KD holds for the logged per-step averages.
+    for r in train_logs:
+        assert r["loss"] == pytest.approx(0.2 * r["ce"] + 0.8 * r["kd"], rel=1e-5)
+    assert any(line.startswith("step 30/30 (100%)") and "eta" in line for line in lines)
+    card = (run.student / "README.md").read_text()
+    for fact in ("soft_label", "forward_kl", "| alpha (CE weight) | 0.2 |", "| steps | 30 |", "perplexity"):
+        assert fact in card
+
+
+def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(
+        finished_run, monkeypatch, teacher_dir, student_dir, corpus_files, tmp_path):
+    config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "resumed")
+    run = RunDir(tmp_path / "resumed")
+    original = RunFilesCallback.on_step_end
+
+    def crash_at_15(self, args, state, control, **kw):
+        original(self, args, state, control, **kw)
+        if state.global_step == 15:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(RunFilesCallback, "on_step_end", crash_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, run)
+    assert run.read_status()["state"] == "failed" and run.last_checkpoint().name == "checkpoint-10"
+    monkeypatch.setattr(RunFilesCallback, "on_step_end", original)
+
+    final = run_training(config, run, resume=True)
+    state = json.loads((run.last_checkpoint() / "trainer_state.json").read_text())
+    assert state["global_step"] == 30 and run.read_status()["state"] == "succeeded"
+    steps = [r["step"] for r in run.read_metrics() if "loss" in r]
+    assert steps == [5, 10, 15, 20, 25, 30]  # step 15 of the crashed attempt was replaced, not repeated
+    # Same data order, schedule and RNG after resume: the result equals the uninterrupted run's.
+    _, full_run, full_final, _ = finished_run
+    assert final["eval_kd"] == pytest.approx(full_final["eval_kd"], rel=1e-4)
+    full_lr = {r["step"]: r["learning_rate"] for r in full_run.read_metrics() if "loss" in r}
+    assert {r["step"]: r["learning_rate"] for r in run.read_metrics() if "loss" in r} == pytest.approx(full_lr)
+
+
+def test_gradient_accumulation_matches_a_full_batch(teacher_dir, student_dir, corpus_files, tmp_path):
+    """batch 8 x accum 1 and batch 4 x accum 2 take the same optimizer steps (per-token normalisation)."""
+    results = []
+    for name, batch, accum in (("b8", 8, 1), ("b4x2", 4, 2)):
+        config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, name, max_steps=3,
+                             batch_size=batch, grad_accum=accum, logging_steps=1, max_grad_norm=0.0)
+        results.append(run_training(config))
+    assert results[0]["eval_kd"] == pytest.approx(results[1]["eval_kd"], rel=1e-4)
+
+
+def test_lora_student_trains_and_saves_a_merged_model(teacher_dir, student_dir, corpus_files, tmp_path):
+    config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "lora", max_steps=5)
+    config = DistillConfig.from_dict({**config.to_dict(), "student": {
+        **config.to_dict()["student"], "lora": {"enabled": True, "r": 4, "target_modules": ["q_proj", "v_proj"]}}})
+    run_training(config)
+    run = RunDir(tmp_path / "lora")
+    assert (run.student / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(run.student)
+    base = AutoModelForCausalLM.from_pretrained(student_dir)
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
+
+
+def test_failure_is_recorded_in_status(teacher_dir, corpus_files, tmp_path):
+    config = make_config(teacher_dir, tmp_path / "missing-student", corpus_files, tmp_path, "bad")
+    with pytest.raises(Exception, match="missing-student"):
+        run_training(config)
+    status = RunDir(tmp_path / "bad").read_status()
+    assert status["state"] == "failed" and "missing-student" in status["error"]

@@ -1,0 +1,154 @@
+"""DistillConfig: everything a distillation run needs, as typed sections with help text.
+
+The UI form, the CLI and YAML files all produce this one object; `validate()` refuses bad values
+with a ConfigError that names the field, the value and the allowed range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.configbase import (ConfigError, apply_overrides, check_fields, dump, from_dict, knob,
+                                  load_mapping, to_dict)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+STRATEGIES = ("soft_label",)
+DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+@dataclass
+class ModelSpec:
+    name_or_path: str = knob("", "Hub model id (org/name) or a local folder holding a transformers checkpoint")
+    revision: str | None = knob(None, "Hub revision (branch, tag or commit); ignored for local folders")
+    dtype: str = knob("auto", "Weights dtype; auto = bfloat16 when training in bf16, else float32", choices=DTYPES)
+    trust_remote_code: bool = knob(False, "Run model code shipped with the checkpoint; only for sources you trust")
+    gguf_file: str | None = knob(None, "File name of a GGUF checkpoint inside the folder (dequantized on load)")
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = knob(False, "Train low-rank adapters instead of all student weights (peft)")
+    r: int = knob(16, "Adapter rank", low=1, high=1024)
+    alpha: float = knob(32.0, "Adapter scaling numerator (lora_alpha)", low=0, low_open=True)
+    dropout: float = knob(0.05, "Dropout on the adapter input", low=0, high=1, high_open=True)
+    target_modules: list[str] = knob(help="Module names to adapt, or all-linear",
+                                     default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class StudentSpec(ModelSpec):
+    lora: LoraSpec = knob(help="LoRA adapters on the student", default_factory=LoraSpec)
+
+
+@dataclass
+class DataSpec:
+    source: str = knob("", "A local .txt/.jsonl/.json/.csv/.parquet file, or a hub dataset id")
+    hub_config: str | None = knob(None, "Dataset configuration name, for hub datasets that have several")
+    split: str = knob("train", "Split to train on")
+    validation_source: str | None = knob(None, "Separate file or hub id for held-out text (else split off)")
+    validation_split: str | None = knob(None, "Split name of held-out text in the same dataset, e.g. validation")
+    validation_fraction: float = knob(0.05, "Fraction of documents held out when no validation data is given",
+                                      low=0, high=0.5)
+    format: str = knob("auto", "auto picks chat (messages), prompt_completion, or a text column", choices=DATA_FORMATS)
+    text_column: str = knob("text", "Column holding the text, for format text")
+    messages_column: str = knob("messages", "Column holding chat messages [{role, content}], for format chat")
+    packing: bool = knob(True, "Concatenate documents into full seq_len blocks (general distillation); "
+                               "off = one padded example per row with label masks (task data)")
+    max_examples: int | None = knob(None, "Use at most this many training rows", low=1)
+    max_eval_examples: int | None = knob(256, "Evaluate on at most this many held-out blocks/rows", low=1)
+    max_file_mb: float = knob(1024.0, "Refuse local files larger than this many MiB", low=0, low_open=True)
+
+
+@dataclass
+class LossSpec:
+    divergence: str = knob("forward_kl", "How the student's distribution is compared with the teacher's",
+                           choices=DIVERGENCES)
+    alpha: float = knob(0.5, "Weight of the ground-truth cross-entropy; total = alpha*CE + (1-alpha)*KD",
+                        low=0, high=1)
+    temperature: float = knob(1.0, "Softmax temperature T for both models; KL-type terms are scaled by T^2",
+                              low=0, high=100, low_open=True)
+    beta: float = knob(0.5, "JSD mixture weight: 0 = forward KL, 1 = reverse KL, 0.5 = symmetric JSD",
+                       low=0, high=1)
+    skew_lambda: float = knob(0.1, "Skew KL mixing lambda (DistiLLM): KL(p || lambda*p + (1-lambda)*q)",
+                              low=0, high=1)
+
+
+@dataclass
+class TrainSpec:
+    max_steps: int = knob(100, "Optimizer steps to train", low=1, high=10_000_000)
+    batch_size: int = knob(8, "Sequences per device per micro-batch", low=1, high=65536)
+    grad_accum: int = knob(1, "Micro-batches accumulated per optimizer step", low=1, high=4096)
+    lr: float = knob(5e-5, "Peak learning rate", low=0, high=1, low_open=True)
+    warmup_steps: int = knob(0, "Linear warm-up steps", low=0)
+    lr_scheduler: str = knob("cosine", "Learning-rate schedule after warm-up", choices=SCHEDULERS)
+    weight_decay: float = knob(0.0, "AdamW weight decay", low=0, high=1)
+    max_grad_norm: float = knob(1.0, "Gradient clipping norm (0 = off)", low=0)
+    seq_len: int = knob(256, "Tokens per sequence", low=8, high=131072)
+    seed: int = knob(42, "Seed for data order, initialisation and sampling", low=0, high=2**32 - 1)
+    bf16: str = knob("auto", "bf16 mixed precision: auto = on where the GPU supports it, off on CPU",
+                     choices=("auto", "on", "off"))
+    gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory")
+    logging_steps: int = knob(10, "Log metrics every N steps", low=1)
+    eval_steps: int = knob(0, "Evaluate on held-out data every N steps (0 = only at the end)", low=0)
+    save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1)
+    save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1)
+
+
+@dataclass
+class OutputSpec:
+    runs_dir: str = knob("runs", "Folder that holds one run directory per run")
+    run_name: str | None = knob(None, "Run directory name (default: time stamp and strategy)")
+
+
+@dataclass
+class DistillConfig:
+    teacher: ModelSpec = knob(help="The model distilled from (frozen)", default_factory=ModelSpec)
+    student: StudentSpec = knob(help="The model trained", default_factory=StudentSpec)
+    data: DataSpec = knob(help="Training and held-out text", default_factory=DataSpec)
+    strategy: str = knob("soft_label", "How a batch becomes loss terms", choices=STRATEGIES)
+    loss: LossSpec = knob(help="Divergence and its knobs", default_factory=LossSpec)
+    train: TrainSpec = knob(help="Optimisation and logging", default_factory=TrainSpec)
+    output: OutputSpec = knob(help="Where results go", default_factory=OutputSpec)
+
+    def validate(self) -> "DistillConfig":
+        problems = check_fields(self)
+        for name in ("teacher", "student"):
+            if not getattr(self, name).name_or_path.strip():
+                problems.append((f"{name}.name_or_path", "is required: a hub id or a local folder"))
+        if not self.data.source.strip():
+            problems.append(("data.source", "is required: a local file or a hub dataset id"))
+        if self.student.lora.enabled and not self.student.lora.target_modules:
+            problems.append(("student.lora.target_modules", "must name at least one module when LoRA is on"))
+        if self.output.run_name is not None and (not self.output.run_name.strip()
+                                                 or any(c in self.output.run_name for c in "/\\")
+                                                 or self.output.run_name in (".", "..")):
+            problems.append(("output.run_name", f"{self.output.run_name!r} must be a plain folder name"))
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        return from_dict(cls, data).validate()
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] = ()) -> "DistillConfig":
+        """Read YAML or JSON, apply `key.path=value` overrides, validate."""
+        return cls.from_dict(apply_overrides(load_mapping(path), list(overrides)))
+
+    def save(self, path: str | Path) -> Path:
+        return dump(self, path)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **sections: Any) -> "DistillConfig":
+        return dataclasses.replace(self, **sections).validate()

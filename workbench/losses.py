@@ -1,0 +1,175 @@
+"""Distillation losses: pure functions over logits, no model code and no I/O.
+
+Shapes: student_logits, teacher_logits are (..., V), usually (B, L, V); labels are (...), already
+aligned with the logits (labels[b, i] is the target of logits[b, i]; the caller did the causal shift).
+Positions where labels == -100 are ignored by every term. p = teacher, q = student, both softened by
+the temperature T; softmaxes run in float32 whatever the input dtype, so every result is float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """(log q, log p), each (..., V) in float32. Upcast before dividing so bf16 logits lose nothing more."""
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(f"vocabulary sizes differ: student has {student_logits.shape[-1]}, "
+                         f"teacher has {teacher_logits.shape[-1]}; slice the padded rows off first")
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return log_q, log_p
+
+
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a || b) = sum_v a (log a - log b), over the last dim: (..., V) -> (...)."""
+    return F.kl_div(log_b, log_a, reduction="none", log_target=True).sum(-1)
+
+
+def _log_mix(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
+    """log(weight * a + (1 - weight) * b) via logsumexp; the edges return an input as is, since log(0)
+    would put -inf into the sum."""
+    if weight == 0:
+        return log_b
+    if weight == 1:
+        return log_a
+    return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
+
+
+def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(p || q) per position (mean-seeking: the student must cover all the teacher's mass)."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl(log_p, log_q)
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(q || p) per position (mode-seeking: the student may drop low-probability teacher modes)."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl(log_q, log_p)
+
+
+def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+                    beta: float = 0.5) -> Tensor:
+    """Generalized JSD per position, as TRL's GKDTrainer.generalized_jsd_loss.
+
+    For 0 < beta < 1 this is the mixture JSD: with m = beta*p + (1-beta)*q,
+    beta*KL(p || m) + (1-beta)*KL(q || m); beta = 0.5 is the symmetric JSD, bounded by ln 2.
+    The edges are not the (vanishing) limits of that formula but the two KLs, as in TRL:
+    beta = 0 gives forward KL(p || q), beta = 1 gives reverse KL(q || p).
+    """
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    if beta == 0:
+        return _kl(log_p, log_q)
+    if beta == 1:
+        return _kl(log_q, log_p)
+    log_m = _log_mix(log_p, log_q, beta)
+    return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+
+
+def skew_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+            skew_lambda: float = 0.1) -> Tensor:
+    """DistiLLM skew KL per position: KL(p || lambda*p + (1-lambda)*q). lambda = 0 is forward KL;
+    a small lambda keeps the target finite where q has almost no mass, which steadies gradients."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl(log_p, _log_mix(log_p, log_q, skew_lambda))
+
+
+def skew_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+                    skew_lambda: float = 0.1) -> Tensor:
+    """DistiLLM skew reverse KL per position: KL(q || lambda*q + (1-lambda)*p). lambda = 0 is reverse KL."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _kl(log_q, _log_mix(log_q, log_p, skew_lambda))
+
+
+def total_variation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Total variation distance 0.5 * sum_v |p - q| per position, in [0, 1]."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+DIVERGENCES: dict[str, Callable[..., Tensor]] = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "jsd": generalized_jsd,
+    "skew_kl": skew_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": total_variation,
+}
+# Divergences whose gradients shrink as 1/T^2 with temperature, so kd_loss scales them back by T^2.
+# TVD is a bounded distance of probabilities, not a KL, and is left unscaled.
+KL_TYPE = frozenset({"forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"})
+
+
+def masked_reduce(values: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """Sum of values (...) where labels (...) != -100, over num_items_in_batch if given, else over the
+    local valid count. num_items_in_batch is the valid-token count of the whole accumulated batch (as
+    transformers' Trainer passes it): summing the micro-batch losses then equals the full-batch mean,
+    which averaging per-micro-batch means does not when micro-batches hold unequal token counts.
+    Both counts are clamped to >= 1 so an all-masked batch gives 0, not NaN. Returns a 0-dim tensor."""
+    if values.shape != labels.shape:
+        raise ValueError(f"values shape {tuple(values.shape)} does not match labels shape {tuple(labels.shape)}")
+    mask = labels != IGNORE_INDEX
+    # where, not multiply: a non-finite value at an ignored position must not leak into the sum.
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    count = torch.as_tensor(count, device=values.device).to(values.dtype).clamp(min=1)
+    return total / count
+
+
+def ce_loss(student_logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """Token cross-entropy at T = 1 against labels, reduced as masked_reduce. Returns a 0-dim tensor."""
+    vocab = student_logits.shape[-1]
+    # cross_entropy wants (N, V) logits and (N,) targets; ignored positions come back as 0.
+    per_token = F.cross_entropy(student_logits.float().reshape(-1, vocab), labels.reshape(-1),
+                                reduction="none", ignore_index=IGNORE_INDEX).view(labels.shape)
+    return masked_reduce(per_token, labels, num_items_in_batch)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, divergence: str = "forward_kl",
+            temperature: float = 1.0, beta: float = 0.5, skew_lambda: float = 0.1,
+            num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """The chosen divergence per position, reduced as masked_reduce and multiplied by T^2 for KL-type
+    divergences (Hinton et al.: keeps gradient magnitudes independent of T). Returns a 0-dim tensor."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; allowed: {', '.join(DIVERGENCES)}")
+    knobs = {"jsd": {"beta": beta}, "skew_kl": {"skew_lambda": skew_lambda},
+             "skew_reverse_kl": {"skew_lambda": skew_lambda}}.get(divergence, {})
+    per_position = DIVERGENCES[divergence](student_logits, teacher_logits, temperature, **knobs)
+    loss = masked_reduce(per_position, labels, num_items_in_batch)
+    return loss * temperature ** 2 if divergence in KL_TYPE else loss
+
+
+def distill_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, spec,
+                 num_items_in_batch: int | Tensor | None = None, kd_vocab: int | None = None) -> dict[str, Tensor]:
+    """{"loss": alpha*CE + (1-alpha)*KD, "ce": CE, "kd": KD} for a LossSpec `spec`; all 0-dim tensors.
+
+    kd_vocab: compare only logits[..., :kd_vocab] in the KD term, for models whose logit counts differ
+    by padding rows (models.check_vocab); CE always uses the student's full logits.
+
+    teacher_logits None is the CE-only baseline: no "kd" key and loss = CE. A term whose weight is 0
+    is still computed for logging, but under no_grad so it costs no backward, and loss is then exactly
+    the other term."""
+    alpha = spec.alpha
+    if teacher_logits is None:
+        ce = ce_loss(student_logits, labels, num_items_in_batch)
+        return {"loss": ce, "ce": ce}
+
+    # set_grad_enabled(is_grad_enabled() and ...) so a caller's own no_grad (evaluation) still holds.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha != 0):
+        ce = ce_loss(student_logits, labels, num_items_in_batch)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha != 1):
+        kd_value = kd_loss(student_logits[..., :kd_vocab], teacher_logits[..., :kd_vocab], labels, spec.divergence, spec.temperature,
+                           spec.beta, spec.skew_lambda, num_items_in_batch)
+    if alpha == 1:
+        total = ce
+    elif alpha == 0:
+        total = kd_value
+    else:
+        total = alpha * ce + (1 - alpha) * kd_value
+    return {"loss": total, "ce": ce, "kd": kd_value}

@@ -1,0 +1,40 @@
+"""The student's README.md: what it was distilled from, how, and how well it did on held-out text."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from workbench.config import DistillConfig
+
+
+def _metric_rows(final: dict) -> list[str]:
+    rows = [f"| {k.removeprefix('eval_')} | {v:.4f} |" for k, v in sorted(final.items()) if isinstance(v, float)]
+    if isinstance(final.get("eval_ce"), float) and final["eval_ce"] < 50:
+        rows.append(f"| perplexity (exp ce) | {math.exp(final['eval_ce']):.2f} |")
+    return rows
+
+
+def write_model_card(path: Path, config: DistillConfig, final: dict, params: int, run_name: str) -> Path:
+    c, loss, t = config, config.loss, config.train
+    knobs = [("teacher", c.teacher.name_or_path), ("student initialised from", c.student.name_or_path),
+             ("strategy", c.strategy), ("divergence", loss.divergence), ("alpha (CE weight)", loss.alpha),
+             ("temperature T", loss.temperature)]
+    if loss.divergence == "jsd":
+        knobs.append(("beta", loss.beta))
+    if loss.divergence.startswith("skew"):
+        knobs.append(("skew lambda", loss.skew_lambda))
+    knobs += [("steps", t.max_steps), ("tokens per step", t.batch_size * t.grad_accum * t.seq_len),
+              ("learning rate", t.lr), ("data", c.data.source), ("seed", t.seed),
+              ("LoRA", f"r={c.student.lora.r}, alpha={c.student.lora.alpha}" if c.student.lora.enabled else "no"),
+              ("parameters", f"{params:,}")]
+    lines = ["---", "library_name: transformers", "tags:", "- distillation", "- distill-workbench", "---", "",
+             f"# {run_name}", "",
+             f"A student distilled from `{c.teacher.name_or_path}` with Distill Workbench.", "",
+             "| setting | value |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in knobs], ""]
+    rows = _metric_rows(final)
+    if rows:
+        lines += ["## Held-out metrics at the last step", "", "| metric | value |", "| --- | --- |", *rows, ""]
+    lines += ["## Reproduce", "", "The run directory's `config.json` holds the full configuration:", "",
+              "```", "python -m workbench train config.json", "```", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

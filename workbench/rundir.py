@@ -1,0 +1,119 @@
+"""The run directory: the contract between a training process, the job manager, the store and the UI.
+
+    RUN_DIR/
+      config.json      resolved DistillConfig, written before anything loads
+      spec.json        the job spec, when launched as a job (jobs/spec.py)
+      status.json      {"state", "step", "total_steps", "eta_s", "error", ...}, rewritten atomically
+      metrics.jsonl    one JSON object per log/eval event, flushed on every write
+      worker.log       stdout/stderr of a job's worker process
+      checkpoints/     transformers Trainer checkpoints (checkpoint-STEP/), resumable
+      student/         the final student (save_pretrained + tokenizer + README.md model card)
+
+Only one process writes a run directory (rank 0 of a job), and readers never lock it: status.json is
+replaced by rename so a reader sees the old or the new file, never half of one; metrics.jsonl only
+grows, except that a resumed run drops the lines past its checkpoint so no step appears twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+CONFIG = "config.json"
+SPEC = "spec.json"
+STATUS = "status.json"
+METRICS = "metrics.jsonl"
+LOG = "worker.log"
+CHECKPOINTS = "checkpoints"
+STUDENT = "student"
+
+STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def _finite(value):
+    """JSON has no NaN/inf; a diverged loss is logged as null rather than breaking every reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def student(self) -> Path:
+        return self.path / STUDENT
+
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def read_status(self) -> dict:
+        try:
+            return json.loads(self.file(STATUS).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write_status(self, state: str, **fields) -> dict:
+        if state not in STATES:
+            raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
+        status = {**self.read_status(), **fields, "state": state, "updated": time.time()}
+        write_json_atomic(self.file(STATUS), status)
+        return status
+
+    def append_metrics(self, record: dict) -> None:
+        line = json.dumps({k: _finite(v) for k, v in record.items()}, default=_json_default)
+        with open(self.file(METRICS), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """All complete lines; a line being written right now (no newline yet) is skipped."""
+        try:
+            text = self.file(METRICS).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume: drop records logged after the checkpoint, which the resumed run logs again."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        tmp = self.file(METRICS + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, self.file(METRICS))
+
+    def last_checkpoint(self) -> Path | None:
+        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None

@@ -1,0 +1,120 @@
+"""One training run, start to finish: config -> run directory -> models + data -> Trainer -> student.
+
+The CLI calls this directly; a job's worker process calls the same function. Everything a reader
+needs (config, status, metrics, the student) ends up in the run directory (workbench/rundir.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from transformers import set_seed
+
+from workbench.callbacks import RunFilesCallback
+from workbench.config import DistillConfig
+from workbench.data import PadCollator, tokenize_datasets
+from workbench.modelcard import write_model_card
+from workbench.models import (apply_lora, check_vocab, count_parameters, load_student, load_teacher,
+                              load_tokenizer, logit_size)
+from workbench.rundir import CONFIG, RunDir
+from workbench.strategies import strategy_class
+from workbench.trainer import DistillTrainer, training_arguments, use_bf16
+
+
+def is_main_process() -> bool:
+    """Rank 0 under accelerate/torchrun, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def default_run_dir(config: DistillConfig) -> RunDir:
+    name = config.output.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.strategy}"
+    return RunDir(Path(config.output.runs_dir).expanduser() / name)
+
+
+def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: bool = False,
+                 echo: Callable[[str], None] | None = None) -> dict:
+    """Train and save the student; returns the final held-out metrics. On failure status.json says
+    'failed' with the error, and the exception propagates."""
+    run = (run_dir or default_run_dir(config)).create()
+    main = is_main_process()
+    if main:
+        config.save(run.file(CONFIG))
+        run.write_status("starting", step=0, total_steps=config.train.max_steps, error=None)
+    try:
+        final = _train(config, run, resume, echo if main else None)
+    except BaseException as err:
+        if main:
+            run.write_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    if main:
+        run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final)
+    return final
+
+
+def _train(config: DistillConfig, run: RunDir, resume: bool, echo) -> dict:
+    say = echo or (lambda _msg: None)
+    set_seed(config.train.seed)
+    bf16 = use_bf16(config)
+    strategy_cls = strategy_class(config.strategy)
+    tokenizer = load_tokenizer(config.student, "student")
+    teacher = load_teacher(config.teacher, bf16) if strategy_cls.needs_teacher else None
+    student = load_student(config.student)
+    shared_vocab = None
+    if teacher is not None and strategy_cls.needs_shared_vocab:
+        vocab = check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher),
+                            logit_size(student))
+        shared_vocab = vocab.shared_size
+        say(f"vocabulary: {vocab.note}")
+    if config.student.lora.enabled:
+        student = apply_lora(student, config.student.lora)
+    total, trainable = count_parameters(student)
+    say(f"student: {total:,} parameters, {trainable:,} trainable; bf16 {'on' if bf16 else 'off'}")
+
+    train_ds, eval_ds = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
+    say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
+    strategy = strategy_cls(config, teacher, shared_vocab)
+    trainer = DistillTrainer(
+        model=strategy.trainable_model(student), args=training_arguments(config, run.checkpoints, eval_ds is not None),
+        train_dataset=train_ds, eval_dataset=eval_ds, data_collator=PadCollator(tokenizer),
+        processing_class=tokenizer, callbacks=[RunFilesCallback(run, echo)], strategy=strategy)
+
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        say("no checkpoint found: starting from step 0")
+    if eval_ds is not None and checkpoint is None:
+        say("evaluating the untrained student (step 0)")
+        trainer.evaluate()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final = _final_eval(trainer) if eval_ds is not None else {}
+    _save_student(trainer, strategy, tokenizer, run, config, final)
+    say(f"saved the student to {run.student}")
+    return final
+
+
+def _final_eval(trainer: DistillTrainer) -> dict:
+    """Held-out metrics at the last step, reusing a periodic eval that already ran there."""
+    step = trainer.state.global_step
+    done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
+    metrics = done[-1] if done else trainer.evaluate()
+    timing = ("runtime", "per_second", "preparation_time")
+    return {k: v for k, v in metrics.items() if k.startswith("eval_") and not any(t in k for t in timing)}
+
+
+def _save_student(trainer: DistillTrainer, strategy, tokenizer, run: RunDir, config: DistillConfig,
+                  final: dict) -> None:
+    if config.student.lora.enabled:
+        # Keep the adapter, and also a merged model that loads with plain from_pretrained.
+        trainer.save_model(str(run.student / "adapter"))
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(run.student)
+            tokenizer.save_pretrained(run.student)
+    else:
+        trainer.save_model(str(run.student))
+    if trainer.is_world_process_zero():
+        strategy.save_extra(run.student)
+        params, _ = count_parameters(trainer.accelerator.unwrap_model(trainer.model))
+        write_model_card(run.student / "README.md", config, final, params, run.path.name)

@@ -1,0 +1,81 @@
+"""Pre-flight sizing: parameter counts without loading weights, and a rough memory estimate for a run.
+
+Counts come from instantiating the architecture on the meta device (no memory, no weights read), so
+the UI can show them before anything is loaded. The memory estimate is deliberately simple and says
+which parts it adds up; it is for 'will this fit', not for capacity planning to the megabyte.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.config import DistillConfig, ModelSpec
+from workbench.models import ModelLoadError, resolve_dtype, resolve_source
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class ArchInfo:
+    params: int
+    layers: int
+    hidden: int
+    vocab: int
+    heads: int
+
+
+def arch_info(spec: ModelSpec, role: str) -> ArchInfo:
+    from transformers import AutoConfig, AutoModelForCausalLM
+    source, local_only = resolve_source(spec, role)
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "local_files_only": local_only}
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    try:
+        cfg = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{role}: could not read the model config from {source!r}: {err}") from err
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
+    text_cfg = cfg.get_text_config()
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return ArchInfo(params=params, layers=text_cfg.num_hidden_layers, hidden=text_cfg.hidden_size,
+                    vocab=model.get_output_embeddings().weight.shape[0], heads=text_cfg.num_attention_heads)
+
+
+@dataclass
+class MemoryEstimate:
+    teacher_weights: float
+    student_weights: float
+    optimizer_and_grads: float
+    activations: float
+    logits: float
+
+    @property
+    def total(self) -> float:
+        return (self.teacher_weights + self.student_weights + self.optimizer_and_grads
+                + self.activations + self.logits)
+
+    def as_gib(self) -> dict[str, float]:
+        parts = {k: round(v / GIB, 3) for k, v in vars(self).items()}
+        parts["total"] = round(self.total / GIB, 3)
+        return parts
+
+
+def estimate_memory(config: DistillConfig, teacher: ArchInfo, student: ArchInfo, bf16: bool,
+                    trainable_fraction: float = 1.0) -> MemoryEstimate:
+    """Bytes for one process. Adam keeps two fp32 moments per trainable weight, plus an fp32 gradient.
+    Activations follow Korthikanti et al. (34·s·b·h per layer in 16-bit, doubled in fp32) and ignore
+    the attention-score term, which is small at the sequence lengths a workbench uses. Logits: student
+    and teacher logits, the two fp32 softmaxes of the KD term and the gradient of the student's."""
+    t_bytes = torch.finfo(resolve_dtype(config.teacher, bf16)).bits // 8
+    tokens = config.train.batch_size * config.train.seq_len
+    act_bytes_per = 34 if bf16 else 68
+    trainable = student.params * trainable_fraction
+    return MemoryEstimate(
+        teacher_weights=teacher.params * t_bytes,
+        student_weights=student.params * 4,
+        optimizer_and_grads=trainable * 12,
+        activations=tokens * student.hidden * student.layers * act_bytes_per,
+        logits=tokens * max(teacher.vocab, student.vocab) * 4 * 5,
+    )

@@ -1,0 +1,12 @@
+"""Strategies by name: the config's `strategy` field picks one."""
+from workbench.strategies.base import Strategy
+from workbench.strategies.soft import SoftLabelStrategy
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (SoftLabelStrategy,)}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"strategy {name!r} is not available; allowed: {', '.join(STRATEGIES)}") from None

@@ -1,0 +1,1 @@
+"""Gradio UI: one create_*_tab builder per tab; handlers call services and never train."""

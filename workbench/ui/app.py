@@ -1,0 +1,23 @@
+"""Build the workbench's Gradio Blocks. app.py parses flags and launches it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from workbench.ui.config_tab import create_config_tab
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+INTRO = """# Distill Workbench
+Distill a teacher language model into a smaller student: soft-label knowledge distillation
+(α·CE + (1−α)·T²·KL and other divergences) on `transformers.Trainer`. Write or check a run
+configuration here, then run it with `python -m workbench train CONFIG.yaml`."""
+
+
+def build_app(runs_dir: Path) -> gr.Blocks:
+    example = (ASSETS / "configs" / "example.yaml").read_text(encoding="utf-8")
+    with gr.Blocks(title="Distill Workbench") as app:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"Runs folder: `{runs_dir}`")
+        create_config_tab(example)
+    return app

@@ -1,0 +1,31 @@
+"""Config tab: edit a run configuration as YAML and check it before anything is launched."""
+from __future__ import annotations
+
+import gradio as gr
+import yaml
+
+from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+
+
+def check_config(text: str) -> tuple[str, str]:
+    """(verdict markdown, resolved YAML) for a YAML text; errors name the field and the allowed range."""
+    try:
+        data = yaml.safe_load(text) or {}
+        config = DistillConfig.from_dict(data)
+    except yaml.YAMLError as err:
+        return f"**Not valid YAML:** {err}", ""
+    except ConfigError as err:
+        items = "\n".join(f"- `{field}`: {msg}" for field, msg in err.problems)
+        return f"**Invalid config:**\n{items}", ""
+    return "**Valid.** Run it with `python -m workbench train CONFIG.yaml`.", yaml.safe_dump(
+        config.to_dict(), sort_keys=False)
+
+
+def create_config_tab(example_yaml: str) -> None:
+    with gr.Tab("Config"):
+        editor = gr.Code(value=example_yaml, language="yaml", label="Run configuration (YAML)")
+        check = gr.Button("Check config", variant="primary")
+        verdict = gr.Markdown()
+        resolved = gr.Code(language="yaml", label="Resolved (every field, defaults filled in)", interactive=False)
+        check.click(check_config, inputs=editor, outputs=[verdict, resolved])
