@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from workbench.config import DataSpec
+from workbench.paths import looks_like_local_path
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
@@ -31,14 +32,6 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------- loading
-
-def _is_local(source: str) -> bool:
-    """A hub id is "name" or "org/name"; anything else path-shaped is meant as a file, so a typo in a
-    file name reports "no such file" instead of a confusing hub lookup."""
-    path = Path(source).expanduser()
-    return (path.exists() or path.suffix.lower() in BUILDERS or source.startswith((".", "~", "/"))
-            or "\\" in source or source.count("/") > 1)
-
 
 def _has_text(path: Path, field: str) -> bool:
     """True if the file holds non-whitespace text. Decodes in chunks (a big file never sits in memory
@@ -115,7 +108,7 @@ def _load_hub(source: str, config: str | None, split: str, field: str) -> datase
 
 
 def _load(source: str, config: str | None, split: str, spec: DataSpec, field: str) -> datasets.Dataset:
-    if _is_local(source):
+    if looks_like_local_path(source, tuple(BUILDERS)):
         path = Path(source).expanduser()
         _check_file(path, spec, field)
         ds = _load_file(path, split, field)

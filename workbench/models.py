@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 
 from workbench.config import LoraSpec, ModelSpec
+from workbench.paths import looks_like_local_path
 
 PROBE_TIMEOUT_S = 3.0
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,12 +32,6 @@ class VocabMismatchError(ValueError):
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else the user typed is meant as a path."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or \
-        name.endswith((".gguf", ".safetensors", ".bin"))
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -81,7 +76,7 @@ def resolve_source(spec: ModelSpec, role: str) -> tuple[str, bool]:
         if spec.gguf_file and not (path / spec.gguf_file).is_file():
             raise ModelLoadError(f"{role}: no GGUF file {spec.gguf_file!r} in {path}")
         return str(path), True
-    if _looks_like_path(name):
+    if looks_like_local_path(name, (".gguf", ".safetensors", ".bin")):
         raise ModelLoadError(f"{role}: local folder {path} does not exist")
     if _in_hub_cache(name, spec.revision):
         return name, True
