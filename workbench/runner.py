@@ -16,6 +16,7 @@ from transformers import set_seed
 from workbench.callbacks import RunFilesCallback
 from workbench.config import DistillConfig
 from workbench.data import PadCollator, tokenize_datasets
+from workbench.defaults import resolve_defaults
 from workbench.modelcard import write_model_card
 from workbench.models import (apply_lora, check_vocab, count_parameters, load_student, load_teacher,
                               load_tokenizer, logit_size)
@@ -35,15 +36,18 @@ def default_run_dir(config: DistillConfig) -> RunDir:
 
 
 def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: bool = False,
-                 echo: Callable[[str], None] | None = None) -> dict:
+                 echo: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> dict:
     """Train and save the student; returns the final held-out metrics. On failure status.json says
-    'failed' with the error, and the exception propagates."""
+    'failed' with the error, and the exception propagates. `defaults:` sources are resolved to the
+    prepared offline defaults in `cache_dir` first, so config.json names real paths."""
     run = (run_dir or default_run_dir(config)).create()
     main = is_main_process()
     if main:
-        config.save(run.file(CONFIG))
         run.write_status("starting", step=0, total_steps=config.train.max_steps, error=None)
     try:
+        config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None))
+        if main:
+            config.save(run.file(CONFIG))
         final = _train(config, run, resume, echo if main else None)
     except BaseException as err:
         if main:
@@ -52,6 +56,10 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
     if main:
         run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final)
     return final
+
+
+def _progress_echo(echo):
+    return (lambda message, fraction: echo(f"[{fraction:4.0%}] {message}")) if echo else None
 
 
 def _train(config: DistillConfig, run: RunDir, resume: bool, echo) -> dict:

@@ -41,6 +41,8 @@ def training_arguments(config: DistillConfig, checkpoints_dir: Path, has_eval: b
         seed=t.seed,
         data_seed=t.seed,
         bf16=use_bf16(config),
+        # Trainer refuses bf16 without a GPU unless told the CPU is meant (CPU autocast then does bf16).
+        use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
