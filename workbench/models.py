@@ -97,12 +97,18 @@ def resolve_dtype(spec: ModelSpec, train_bf16: bool) -> torch.dtype:
     return TORCH_DTYPES[spec.dtype]
 
 
-def load_tokenizer(spec: ModelSpec, role: str = "student"):
-    from transformers import AutoTokenizer
+def pretrained_args(spec: ModelSpec, role: str) -> tuple[str, dict]:
+    """(source, kwargs) for any `from_pretrained` of this spec: config, tokenizer or model."""
     source, local_only = resolve_source(spec, role)
     kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "local_files_only": local_only}
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
+    return source, kwargs
+
+
+def load_tokenizer(spec: ModelSpec, role: str = "student"):
+    from transformers import AutoTokenizer
+    source, kwargs = pretrained_args(spec, role)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
@@ -115,13 +121,9 @@ def load_tokenizer(spec: ModelSpec, role: str = "student"):
 
 def load_model(spec: ModelSpec, role: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
-    source, local_only = resolve_source(spec, role)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code,
-              "local_files_only": local_only, "dtype": dtype}
-    if spec.gguf_file:
-        kwargs["gguf_file"] = spec.gguf_file
+    source, kwargs = pretrained_args(spec, role)
     try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{role}: could not load a causal LM from {source!r}: {err}") from err
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.config import DistillConfig, ModelSpec
-from workbench.models import ModelLoadError, resolve_dtype, resolve_source
+from workbench.models import ModelLoadError, pretrained_args, resolve_dtype
 
 GIB = 1024 ** 3
 
@@ -27,10 +27,7 @@ class ArchInfo:
 
 def arch_info(spec: ModelSpec, role: str) -> ArchInfo:
     from transformers import AutoConfig, AutoModelForCausalLM
-    source, local_only = resolve_source(spec, role)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "local_files_only": local_only}
-    if spec.gguf_file:
-        kwargs["gguf_file"] = spec.gguf_file
+    source, kwargs = pretrained_args(spec, role)
     try:
         cfg = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
