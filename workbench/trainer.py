@@ -88,14 +88,14 @@ class DistillTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         if model.training:
             self._accumulate("train", terms, 1.0)
-            self._tokens += float(inputs["attention_mask"].sum())
+            self._tokens = self._tokens + inputs["attention_mask"].sum()
         else:
             # Held-out terms are token-weighted over the whole eval set (so exp(eval_ce) is the exact
-            # perplexity): weight each batch's per-token mean by this process's own target tokens.
+            # perplexity). Each term is local_sum / count with count = num_items_in_batch (all processes'
+            # targets in this batch), so term * count recovers this process's sum.
             local_items = inputs["labels"][:, 1:].ne(-100).sum()
-            scale = local_items / num_items_in_batch if num_items_in_batch is not None else 1.0
-            self._accumulate("eval", terms, local_items * scale)
-            self._eval_items += float(local_items)
+            self._accumulate("eval", terms, num_items_in_batch if num_items_in_batch is not None else local_items)
+            self._eval_items = self._eval_items + local_items
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _accumulate(self, mode: str, terms: dict[str, torch.Tensor], weight) -> None:
@@ -116,9 +116,10 @@ class DistillTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs:
-            items = self._eval_items
+            items = torch.as_tensor(self._eval_items, device=self.args.device)
             if self.accelerator.num_processes > 1:
-                items = float(self.accelerator.reduce(torch.tensor(items, device=self.args.device), "sum"))
+                items = self.accelerator.reduce(items, "sum")
+            items = float(items)
             # Replaces Trainer's batch-weighted eval_loss with the token-weighted one.
             logs.update({f"eval_{k}": v for k, v in self._drain("eval", items).items()})
             self._eval_items = 0.0
@@ -129,7 +130,7 @@ class DistillTrainer(Trainer):
             last_time, last_step = self._last_log or (self._train_start, self._initial_global_step)
             # Trainer already logged the (process-averaged) loss; keep its value for that key.
             logs.update({k: v for k, v in self._drain("train", step - last_step).items() if k != "loss"})
-            tokens = self._tokens * self.accelerator.num_processes
+            tokens = float(self._tokens) * self.accelerator.num_processes
             logs["tokens_per_s"] = round(tokens / max(now - last_time, 1e-9), 1)
             self._tokens, self._last_log = 0.0, (now, step)
         super().log(logs, start_time)
