@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
@@ -100,3 +101,23 @@ def test_job_worker_runs_a_spec(tmp_path, teacher_dir, student_dir, corpus_files
     assert out.returncode == 0, out.stderr
     run = RunDir(tmp_path / "job")
     assert spec_path.is_file() and run.read_status()["state"] == "succeeded" and (run.student / "README.md").is_file()
+
+
+def test_two_processes_under_accelerate_match_one(tmp_path, teacher_dir, student_dir, corpus_files):
+    """DDP on CPU (gloo): the same global batch as one process; held-out terms, reduced across processes,
+    equal the single-process ones for the same (untrained) student."""
+    single = write_config(tmp_path / "one.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "one",
+                          max_steps=2, batch_size=4)
+    double = write_config(tmp_path / "two.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "two",
+                          max_steps=2, batch_size=2)
+    assert cli("workbench", "train", str(single)).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench", "train", str(double)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("step 2/2 (100%)") == 1  # only rank 0 reports
+    first = [RunDir(tmp_path / name / "cli").read_metrics()[0] for name in ("one", "two")]
+    for key in ("eval_ce", "eval_kd", "eval_loss"):
+        assert first[1][key] == pytest.approx(first[0][key], rel=1e-5)
+    assert RunDir(tmp_path / "two" / "cli").read_status()["state"] == "succeeded"
