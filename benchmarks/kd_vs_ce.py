@@ -7,6 +7,7 @@ steps and seed once per setting and prints held-out perplexities side by side (o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     base = resolve_defaults(DistillConfig.load(args.config), args.cache_dir)
     overrides = {"max_steps": args.steps, **({"lr": args.lr} if args.lr else {})}
-    base = base.replace(train=base.train.__class__(**{**base.train.__dict__, **overrides}))
+    base = base.replace(train=dataclasses.replace(base.train, **overrides))
     results = {"teacher_ppl": round(teacher_perplexity(base), 2), "runs": {}}
     print(f"teacher held-out perplexity: {results['teacher_ppl']}", flush=True)
     for setting in args.setting or DEFAULT_SETTINGS:

@@ -67,3 +67,11 @@ def test_prune_command(teacher, tmp_path, capsys):
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert student.config.get_text_config().num_hidden_layers == 2
     assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_prune_command_refuses_a_bad_layer_list(teacher, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prune", str(teacher), str(tmp_path / "out"), "--layers", "0,x"])
+    assert exit_info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert cli_main(["prune", str(teacher), str(tmp_path / "out"), "--layers", "0,9"]) == 1
+    assert "out of range" in capsys.readouterr().err and not (tmp_path / "out").exists()

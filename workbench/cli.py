@@ -44,8 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("out_dir", help="folder to save the student in")
     group = prune.add_mutually_exclusive_group(required=True)
     group.add_argument("--keep", type=int, help="number of layers, evenly spaced (first and last kept)")
-    group.add_argument("--layers", help="explicit comma-separated layer indices, e.g. 0,4,8,11")
+    group.add_argument("--layers", type=_layer_list, help="explicit comma-separated layer indices, e.g. 0,4,8,11")
     return parser
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers wants comma-separated integers like 0,4,8, got {text!r}") from None
 
 
 def _prepare_defaults(cache_dir) -> int:
@@ -64,8 +71,7 @@ def _prune(args) -> int:
     import torch
     spec = ModelSpec(name_or_path=args.teacher)
     teacher = load_model(spec, "teacher", torch.float32)
-    keep = args.keep if args.keep is not None else [int(i) for i in args.layers.split(",") if i.strip()]
-    student = student_from_teacher(teacher, keep)
+    student = student_from_teacher(teacher, args.keep if args.keep is not None else args.layers)
     student.save_pretrained(args.out_dir)
     load_tokenizer(spec, "teacher").save_pretrained(args.out_dir)
     print(f"kept layers {student.config.pruned_from_layers} of {teacher.config.get_text_config().num_hidden_layers}: "
