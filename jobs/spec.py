@@ -8,7 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
 from workbench.rundir import SPEC, RunDir, write_json_atomic
+
+MAX_PROCESSES = 64
 
 
 @dataclass
@@ -17,6 +20,22 @@ class JobSpec:
     run_dir: str
     resume: bool = False
     created: float = field(default_factory=time.time)
+    # > 1: the worker runs under `accelerate launch` (DDP; FSDP/DeepSpeed through accelerate_config).
+    num_processes: int = 1
+    accelerate_config: str | None = None
+    cache_dir: str | None = None  # where the offline defaults live (None: the standard cache)
+
+    def validate(self) -> "JobSpec":
+        problems = []
+        if not isinstance(self.num_processes, int) or not 1 <= self.num_processes <= MAX_PROCESSES:
+            problems.append(("num_processes", f"must be an integer from 1 to {MAX_PROCESSES}, "
+                                              f"got {self.num_processes!r}"))
+        if self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
+            problems.append(("accelerate_config", f"no such file: {self.accelerate_config}"))
+        if problems:
+            raise ConfigError(problems)
+        self.config.validate()
+        return self
 
     def write(self) -> Path:
         run = RunDir(self.run_dir).create()
@@ -28,5 +47,6 @@ class JobSpec:
     @classmethod
     def read(cls, run_dir: str | Path) -> "JobSpec":
         data = json.loads(RunDir(run_dir).file(SPEC).read_text(encoding="utf-8"))
-        return cls(config=DistillConfig.from_dict(data["config"]), run_dir=data["run_dir"],
-                   resume=data.get("resume", False), created=data.get("created", time.time()))
+        data["config"] = DistillConfig.from_dict(data["config"])
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

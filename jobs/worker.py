@@ -1,11 +1,20 @@
-"""A job's process: `python -m jobs.worker RUN_DIR` reads spec.json and runs it. Exit code 0 on success,
-1 on failure (the error and traceback are in status.json; the output goes to worker.log)."""
+"""A job's process: `python -m jobs.worker RUN_DIR` reads spec.json and runs it (under `accelerate launch`
+for multi-process jobs: every rank runs this same entry point). Exit codes: 0 succeeded, 1 failed (the
+error and traceback are in status.json), 3 stopped on request with a checkpoint (status cancelled).
+The output goes to worker.log, where the job manager points stdout and stderr."""
 from __future__ import annotations
 
 import os
 import sys
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# worker.log is a file: progress bars would fill it with carriage-return redraws. Our own progress
+# lines (step, loss, tok/s, ETA) say the same thing once per logging step.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 3
 
 
 def main(argv: list[str]) -> int:
@@ -15,12 +24,19 @@ def main(argv: list[str]) -> int:
     from jobs.spec import JobSpec
     from workbench.rundir import RunDir
     from workbench.runner import run_training
+    from workbench.stopping import Cancelled
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     spec = JobSpec.read(argv[0])
     try:
-        run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=lambda m: print(m, flush=True))
+        run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=lambda m: print(m, flush=True),
+                     cache_dir=spec.cache_dir)
+    except Cancelled as stopped:
+        print(f"cancelled: {stopped}", flush=True)
+        return EXIT_CANCELLED
     except Exception as err:  # noqa: BLE001 - recorded in status.json by run_training; exit code says failed
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        return 1
+        return EXIT_FAILED
     return 0
 
 

@@ -36,7 +36,7 @@ def test_app_launches_and_serves_the_page(tmp_path, defaults_root):
                 time.sleep(0.5)
         assert page is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 90 s"
         assert "Distill Workbench" in page
-        assert (tmp_path / "runs").is_dir()
+        assert (tmp_path / "runs" / "workbench.duckdb").is_file()  # the store and its ingest thread are up
     finally:
         proc.terminate()
         proc.wait(timeout=30)

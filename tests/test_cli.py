@@ -9,6 +9,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
+from jobs.launcher import free_port
 from jobs.spec import JobSpec
 from workbench.config import DistillConfig
 from workbench.rundir import RunDir
@@ -22,10 +23,10 @@ def cli(*args, cwd=ROOT, timeout=300):
                           timeout=timeout)
 
 
-def write_config(path: Path, teacher_dir, student_dir, corpus_files, runs: Path, **train) -> Path:
+def write_config(path: Path, teacher_dir, student_dir, corpus_files, runs: Path, eval_examples=256, **train) -> Path:
     train_set, val_set = corpus_files
     data = {"teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
-            "data": {"source": str(train_set), "validation_source": str(val_set)},
+            "data": {"source": str(train_set), "validation_source": str(val_set), "max_eval_examples": eval_examples},
             "loss": {"alpha": 0.5, "temperature": 2.0, "divergence": "jsd", "beta": 0.5},
             "train": {"max_steps": 6, "batch_size": 4, "seq_len": 32, "lr": 1e-3, "logging_steps": 2,
                       "save_steps": 3, **train},
@@ -105,14 +106,16 @@ def test_job_worker_runs_a_spec(tmp_path, teacher_dir, student_dir, corpus_files
 
 def test_two_processes_under_accelerate_match_one(tmp_path, teacher_dir, student_dir, corpus_files):
     """DDP on CPU (gloo): the same global batch as one process; held-out terms, reduced across processes,
-    equal the single-process ones for the same (untrained) student."""
+    equal the single-process ones for the same (untrained) student. 36 held-out sequences split evenly
+    over 2 processes x batch 2; with a remainder, accelerate repeats sequences to even out the batches."""
     single = write_config(tmp_path / "one.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "one",
-                          max_steps=2, batch_size=4)
+                          max_steps=2, batch_size=4, eval_examples=36)
     double = write_config(tmp_path / "two.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "two",
-                          max_steps=2, batch_size=2)
+                          max_steps=2, batch_size=2, eval_examples=36)
     assert cli("workbench", "train", str(single)).returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    out = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--main_process_port", str(free_port()),
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench", "train", str(double)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -120,4 +123,5 @@ def test_two_processes_under_accelerate_match_one(tmp_path, teacher_dir, student
     first = [RunDir(tmp_path / name / "cli").read_metrics()[0] for name in ("one", "two")]
     for key in ("eval_ce", "eval_kd", "eval_loss"):
         assert first[1][key] == pytest.approx(first[0][key], rel=1e-5)
-    assert RunDir(tmp_path / "two" / "cli").read_status()["state"] == "succeeded"
+    status = RunDir(tmp_path / "two" / "cli").read_status()
+    assert status["state"] == "succeeded" and status["processes"] == 2

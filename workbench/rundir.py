@@ -6,6 +6,7 @@
       status.json      {"state", "step", "total_steps", "eta_s", "error", ...}, rewritten atomically
       metrics.jsonl    one JSON object per log/eval event, flushed on every write
       worker.log       stdout/stderr of a job's worker process
+      worker.json      the job manager's record of the process it started (pid + start time)
       checkpoints/     transformers Trainer checkpoints (checkpoint-STEP/), resumable
       student/         the final student (save_pretrained + tokenizer + README.md model card)
 
@@ -27,10 +28,12 @@ SPEC = "spec.json"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 LOG = "worker.log"
+WORKER = "worker.json"
 CHECKPOINTS = "checkpoints"
 STUDENT = "student"
 
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -109,7 +112,10 @@ class RunDir:
 
     def truncate_metrics_after(self, step: int) -> None:
         """On resume: drop records logged after the checkpoint, which the resumed run logs again."""
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        records = self.read_metrics()
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) == len(records) and self.file(METRICS).exists():
+            return  # nothing to drop: keep the file (and its inode, which incremental readers track)
         tmp = self.file(METRICS + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, self.file(METRICS))

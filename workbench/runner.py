@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+import psutil
 from transformers import set_seed
 
 from workbench.callbacks import RunFilesCallback
@@ -21,6 +22,7 @@ from workbench.modelcard import write_model_card
 from workbench.models import (apply_lora, check_vocab, count_parameters, load_student, load_teacher,
                               load_tokenizer, logit_size)
 from workbench.rundir import CONFIG, RunDir
+from workbench.stopping import Cancelled, StopCallback, StopRequest
 from workbench.strategies import strategy_class
 from workbench.trainer import DistillTrainer, training_arguments, use_bf16
 
@@ -38,17 +40,28 @@ def default_run_dir(config: DistillConfig) -> RunDir:
 def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: bool = False,
                  echo: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> dict:
     """Train and save the student; returns the final held-out metrics. On failure status.json says
-    'failed' with the error, and the exception propagates. `defaults:` sources are resolved to the
-    prepared offline defaults in `cache_dir` first, so config.json names real paths."""
+    'failed' with the error, and the exception propagates. SIGTERM or Ctrl-C stop the run at the next
+    step boundary with a checkpoint (status 'cancelled', Cancelled raised). `defaults:` sources are
+    resolved to the prepared offline defaults in `cache_dir` first, so config.json names real paths."""
     run = (run_dir or default_run_dir(config)).create()
     main = is_main_process()
     if main:
-        run.write_status("starting", step=0, total_steps=config.train.max_steps, error=None)
+        me = psutil.Process()
+        # pid + start time let a restarted app tell this live process from a dead one (or a reused pid).
+        run.write_status("starting", step=0, total_steps=config.train.max_steps, error=None, started=time.time(),
+                         pid=me.pid, pid_started=me.create_time(), processes=int(os.environ.get("WORLD_SIZE", "1")))
+    stop = StopRequest()
     try:
-        config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None))
+        with stop.installed():
+            config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None))
+            if main:
+                config.save(run.file(CONFIG))
+            final = _train(config, run, resume, echo if main else None, stop)
+    except Cancelled as cancelled:
         if main:
-            config.save(run.file(CONFIG))
-        final = _train(config, run, resume, echo if main else None)
+            run.write_status("cancelled", step=cancelled.step, checkpoint=cancelled.checkpoint, eta_s=None,
+                             error=None)
+        raise
     except BaseException as err:
         if main:
             run.write_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
@@ -62,7 +75,7 @@ def _progress_echo(echo):
     return (lambda message, fraction: echo(progress_line(message, fraction))) if echo else None
 
 
-def _train(config: DistillConfig, run: RunDir, resume: bool, echo) -> dict:
+def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopRequest) -> dict:
     say = echo or (lambda _msg: None)
     set_seed(config.train.seed)
     bf16 = use_bf16(config)
@@ -87,15 +100,21 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo) -> dict:
     trainer = DistillTrainer(
         model=strategy.trainable_model(student), args=training_arguments(config, run.checkpoints, eval_ds is not None),
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=PadCollator(tokenizer),
-        processing_class=tokenizer, callbacks=[RunFilesCallback(run, echo)], strategy=strategy)
+        processing_class=tokenizer, callbacks=[RunFilesCallback(run, echo), StopCallback(stop)], strategy=strategy)
 
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         say("no checkpoint found: starting from step 0")
+    if checkpoint is None and is_main_process():
+        run.truncate_metrics_after(-1)  # a fresh start logs step 0 again: drop an earlier attempt's lines
     if eval_ds is not None and checkpoint is None:
         say("evaluating the untrained student (step 0)")
         trainer.evaluate()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.requested and trainer.state.global_step < config.train.max_steps:
+        saved = run.last_checkpoint()
+        say(f"stopped at step {trainer.state.global_step}; checkpoint {saved}")
+        raise Cancelled(trainer.state.global_step, str(saved) if saved else None)
     final = _final_eval(trainer) if eval_ds is not None else {}
     _save_student(trainer, strategy, tokenizer, run, config, final)
     say(f"saved the student to {run.student}")

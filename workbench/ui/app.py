@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from workbench.defaults import Preparation
+from workbench.services import Services
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
 
@@ -17,11 +17,11 @@ configuration here (the offline default is preselected), then run it with
 `python -m workbench train CONFIG.yaml`."""
 
 
-def build_app(runs_dir: Path, preparation: Preparation) -> gr.Blocks:
+def build_app(services: Services) -> gr.Blocks:
     default = (ASSETS / "configs" / "default.yaml").read_text(encoding="utf-8")
     with gr.Blocks(title="Distill Workbench") as app:
         gr.Markdown(INTRO)
-        create_defaults_banner(preparation)
-        gr.Markdown(f"Runs folder: `{runs_dir}`")
+        create_defaults_banner(services.preparation)
+        gr.Markdown(f"Runs folder: `{services.runs_dir}`")
         create_config_tab(default)
     return app

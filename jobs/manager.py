@@ -1,0 +1,242 @@
+"""The job manager: submit, queue, start, cancel, resume, and re-attach after an app restart.
+
+Everything it knows is on disk, in the run directories: a job is spec.json + status.json (+ worker.json
+while a process runs), so a restarted app finds queued jobs still queued and running jobs still running.
+Who writes status.json: the manager while no worker runs (queued, and the final fix-up after a worker
+ends without saying how), the worker while it runs. Never both at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.launcher import start_worker
+from jobs.process import WorkerProcess
+from jobs.spec import JobSpec
+from workbench.config import DistillConfig
+from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir
+
+RESUMABLE = ("cancelled", "failed", "interrupted")
+LOG_TAIL_LINES = 40
+
+
+@dataclass
+class _Live:
+    run: RunDir
+    process: WorkerProcess
+
+
+def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(run.file(LOG), "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class JobManager:
+    def __init__(self, runs_dir: str | Path, max_concurrent: int = 1, grace_s: float = 60.0,
+                 cache_dir: str | Path | None = None):
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.max_concurrent = max_concurrent
+        self.grace_s = grace_s
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self._live: dict[str, _Live] = {}
+        self._queue: list[str] = []
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reattach()
+
+    # -- public API -------------------------------------------------------------------------------
+    def submit(self, config: DistillConfig, run_name: str | None = None, num_processes: int = 1,
+               accelerate_config: str | None = None) -> str:
+        """Validate, write spec.json and a queued status, then start it if a slot is free. Returns the run id."""
+        with self._lock:
+            run_id = self._new_run_id(run_name or config.output.run_name or
+                                      f"{time.strftime('%Y%m%d-%H%M%S')}-{config.strategy}")
+            run_dir = self.runs_dir / run_id
+            config = config.replace(output=dataclasses.replace(config.output, runs_dir=str(self.runs_dir),
+                                                               run_name=run_id))
+            spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
+                           accelerate_config=accelerate_config, cache_dir=self.cache_dir).validate()
+            spec.write()
+            self._enqueue(run_id, config.train.max_steps)
+            self.poll()
+            return run_id
+
+    def cancel(self, run_id: str) -> str:
+        """Queued: dropped from the queue. Running: SIGTERM (checkpoint, then exit), SIGKILL after the grace
+        period. Returns the state right after the request."""
+        with self._lock:
+            run = self._run(run_id)
+            if run_id in self._queue:
+                self._queue.remove(run_id)
+                run.write_status("cancelled", error=None, eta_s=None)
+                return "cancelled"
+            live = self._live.get(run_id)
+            if live is None:
+                return run.read_status().get("state", "unknown")
+            if live.process.cancel_requested is None:
+                live.process.cancel_requested = time.time()
+                live.process.write(run)
+                live.process.signal(signal.SIGTERM)
+            return "cancelling"
+
+    def resume(self, run_id: str) -> None:
+        """Queue a cancelled, failed or interrupted job again; it continues from its last checkpoint."""
+        with self._lock:
+            run = self._run(run_id)
+            state = run.read_status().get("state")
+            if run_id in self._live or state not in RESUMABLE:
+                raise ValueError(f"{run_id} is {state or 'unknown'}: only {', '.join(RESUMABLE)} jobs can resume")
+            spec = JobSpec.read(run.path) if run.file(SPEC).exists() else JobSpec(
+                config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
+            dataclasses.replace(spec, resume=True).write()
+            self._enqueue(run_id, spec.config.train.max_steps)
+            self.poll()
+
+    def poll(self) -> None:
+        """Reap ended workers, escalate overdue cancels to SIGKILL, start queued jobs in free slots."""
+        with self._lock:
+            now = time.time()
+            for run_id, live in list(self._live.items()):
+                if not live.process.alive():
+                    self._finish(run_id, live)
+                elif live.process.cancel_requested and now - live.process.cancel_requested > self.grace_s:
+                    live.process.signal(signal.SIGKILL)
+            while self._queue and len(self._live) < self.max_concurrent:
+                self._spawn(self._queue.pop(0))
+
+    def jobs(self) -> list[dict]:
+        """Every run in the runs folder with its status, newest first; `live` marks a running worker."""
+        with self._lock:
+            rows = []
+            for run in self._run_dirs():
+                status = run.read_status()
+                live = self._live.get(run.path.name)
+                state = status.get("state", "unknown")
+                if live is not None and state == "queued":
+                    state = "starting"
+                if live is not None and live.process.cancel_requested:
+                    state = "cancelling"
+                rows.append({**status, "run_id": run.path.name, "state": state, "live": live is not None,
+                             "queue_position": self._queue.index(run.path.name) + 1
+                             if run.path.name in self._queue else None})
+            return sorted(rows, key=lambda r: r.get("queued_at") or r.get("started") or 0, reverse=True)
+
+    def state(self, run_id: str) -> str:
+        return self._run(run_id).read_status().get("state", "unknown")
+
+    def wait(self, run_id: str, timeout: float = 600, interval: float = 0.2) -> dict:
+        """Block until the job is in a final state with its worker reaped (polling, unless the thread does)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self._thread is None:
+                self.poll()
+            with self._lock:
+                status = self._run(run_id).read_status()
+                if status.get("state") in FINAL_STATES and run_id not in self._live:
+                    return status
+            time.sleep(interval)
+        raise TimeoutError(f"{run_id} did not finish within {timeout} s")
+
+    def start(self, interval: float = 0.5) -> "JobManager":
+        """Poll on a daemon thread. Stopping the app does not stop jobs: a restart re-attaches to them."""
+        def loop():
+            while not self._stopping.wait(interval):
+                self.poll()
+        self._thread = threading.Thread(target=loop, name="job-manager", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # -- internals --------------------------------------------------------------------------------
+    def _run(self, run_id: str) -> RunDir:
+        run = RunDir(self.runs_dir / run_id)
+        if "/" in run_id or run_id in ("", ".", "..") or not run.path.is_dir():
+            raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
+        return run
+
+    def _run_dirs(self) -> list[RunDir]:
+        return [RunDir(p) for p in sorted(self.runs_dir.iterdir())
+                if p.is_dir() and any((p / name).exists() for name in (SPEC, CONFIG))]
+
+    def _new_run_id(self, wanted: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", wanted).strip(".-") or "run"
+        run_id, n = base, 2
+        while (self.runs_dir / run_id).exists():
+            run_id, n = f"{base}-{n}", n + 1
+        return run_id
+
+    def _enqueue(self, run_id: str, total_steps: int) -> None:
+        RunDir(self.runs_dir / run_id).write_status("queued", queued_at=time.time(), total_steps=total_steps,
+                                                    error=None, traceback=None, log_tail=None, exit_code=None)
+        self._queue.append(run_id)
+
+    def _spawn(self, run_id: str) -> None:
+        run = RunDir(self.runs_dir / run_id)
+        try:
+            spec = JobSpec.read(run.path)
+            popen = start_worker(spec, self.grace_s)
+        except Exception as err:  # noqa: BLE001 - a job that cannot start fails alone, the queue goes on
+            run.write_status("failed", error=f"could not start the worker: {type(err).__name__}: {err}")
+            return
+        process = WorkerProcess.from_popen(popen)
+        process.write(run)
+        self._live[run_id] = _Live(run, process)
+
+    def _finish(self, run_id: str, live: _Live) -> None:
+        """The worker is gone. If it did not write a final state (killed, crashed), say what happened."""
+        run, code = live.run, live.process.returncode
+        status = run.read_status()
+        if status.get("state") not in FINAL_STATES:
+            if live.process.cancel_requested:
+                run.write_status("cancelled", error=None, eta_s=None, exit_code=code)
+            elif code is None or code < 0:
+                how = f"killed by {signal.Signals(-code).name}" if code else "it ended while the app was down"
+                run.write_status("interrupted", error=f"the worker stopped without finishing ({how})",
+                                 eta_s=None, exit_code=code)
+            else:
+                run.write_status("failed", error=f"the worker exited with code {code} without a final status",
+                                 exit_code=code)
+        if run.read_status().get("state") == "failed":
+            run.write_status("failed", log_tail=log_tail(run), exit_code=code)
+        run.file(WORKER).unlink(missing_ok=True)
+        del self._live[run_id]
+
+    def _reattach(self) -> None:
+        """On start: live workers become live jobs again; dead ones are finished (interrupted); queued
+        jobs are queued again, oldest first."""
+        queued = []
+        for run in self._run_dirs():
+            status = run.read_status()
+            state = status.get("state")
+            process = WorkerProcess.read(run)
+            if process is None and state in ("starting", "running") and "pid" in status:
+                # Started outside a job manager (the CLI): known by the pid its runner recorded.
+                process = WorkerProcess(int(status["pid"]), float(status.get("pid_started", 0)))
+            if process is not None and (process.alive() or state not in FINAL_STATES):
+                self._live[run.path.name] = _Live(run, process)
+            elif process is not None:
+                run.file(WORKER).unlink(missing_ok=True)
+            elif state == "queued":
+                queued.append((status.get("queued_at", 0), run.path.name))
+        self._queue = [run_id for _, run_id in sorted(queued)]
+        self.poll()

@@ -1,0 +1,39 @@
+"""What the app's handlers call: the job manager, the results store and its ingest thread, the
+offline-default preparation. Built once by app.py; the UI never trains or opens run files itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.manager import JobManager
+from workbench.defaults import Preparation
+from workbench.ingest import Ingestor, IngestLoop
+from workbench.store import DB_NAME, Store
+
+
+@dataclass
+class Services:
+    runs_dir: Path
+    jobs: JobManager
+    store: Store
+    ingest: IngestLoop
+    preparation: Preparation | None = None
+
+    @classmethod
+    def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
+              cache_dir: str | Path | None = None, preparation: Preparation | None = None,
+              grace_s: float = 60.0) -> "Services":
+        """Re-attach to jobs still running from a previous app, start polling them, and start ingesting
+        every run directory into the store (the app is the store's only writer)."""
+        runs_dir = Path(runs_dir).expanduser().resolve()
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(db_path or runs_dir / DB_NAME)
+        jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir).start()
+        ingest = IngestLoop(Ingestor(store, runs_dir)).start()
+        return cls(runs_dir, jobs, store, ingest, preparation)
+
+    def close(self) -> None:
+        """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""
+        self.jobs.close()
+        self.ingest.close()
+        self.store.close()

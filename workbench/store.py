@@ -1,0 +1,189 @@
+"""The results store: one DuckDB file indexing every run directory (schema, writes, queries, export).
+
+The app process is the file's only writer (DuckDB locks a file to one writing process; workers only
+write run directories, and workbench/ingest.py copies them in). Inside the app, one connection is
+shared and every call takes its own cursor, so the ingest thread and UI readers never block each other.
+The database is an index, not the truth: a file from another schema version is dropped and rebuilt
+from the run directories.
+
+Tables (readers get pandas DataFrames):
+  runs       one row per run: config columns flattened for filtering, status, times, the config as JSON
+  metrics    one row per logged training point: step, every loss term, lr, grad norm, tokens/s
+  evals      long format: (run, step, split, metric, value), held-out evaluations and final summaries
+  artifacts  (run, kind, path): config, log, checkpoints, the student, its adapter and model card
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+DB_NAME = "workbench.duckdb"
+
+RUN_COLUMNS = {
+    "run_id": "VARCHAR PRIMARY KEY", "path": "VARCHAR", "teacher": "VARCHAR", "student": "VARCHAR",
+    "strategy": "VARCHAR", "divergence": "VARCHAR", "alpha": "DOUBLE", "temperature": "DOUBLE",
+    "beta": "DOUBLE", "skew_lambda": "DOUBLE", "lr": "DOUBLE", "steps": "INTEGER", "batch_size": "INTEGER",
+    "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR",
+    "status": "VARCHAR", "step": "INTEGER", "error": "VARCHAR", "created": "TIMESTAMP",
+    "started": "TIMESTAMP", "updated": "TIMESTAMP", "config": "JSON",
+}
+METRIC_COLUMNS = {
+    "run_id": "VARCHAR", "seq": "INTEGER", "step": "INTEGER", "epoch": "DOUBLE", "time": "DOUBLE",
+    "loss": "DOUBLE", "ce": "DOUBLE", "kd": "DOUBLE", "learning_rate": "DOUBLE", "grad_norm": "DOUBLE",
+    "tokens_per_s": "DOUBLE", "terms": "JSON",
+}
+EVAL_COLUMNS = {"run_id": "VARCHAR", "seq": "INTEGER", "step": "INTEGER", "split": "VARCHAR",
+                "metric": "VARCHAR", "value": "DOUBLE"}
+ARTIFACT_COLUMNS = {"run_id": "VARCHAR", "kind": "VARCHAR", "path": "VARCHAR"}
+# Where incremental ingestion stopped in each run's files (see workbench/ingest.py).
+INGEST_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "metrics_inode": "BIGINT", "metrics_offset": "BIGINT",
+                  "metrics_seq": "INTEGER", "signature": "VARCHAR"}
+
+TABLES = {"runs": (RUN_COLUMNS, ""), "metrics": (METRIC_COLUMNS, ", PRIMARY KEY (run_id, seq)"),
+          "evals": (EVAL_COLUMNS, ", PRIMARY KEY (run_id, seq, metric)"),
+          "artifacts": (ARTIFACT_COLUMNS, ", PRIMARY KEY (run_id, path)"), "ingest_state": (INGEST_COLUMNS, "")}
+USER_TABLES = ("runs", "metrics", "evals", "artifacts")
+
+
+class StoreError(ValueError):
+    pass
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as err:
+            raise StoreError(f"cannot open {self.path}: {err}. Only one process may write it: stop the "
+                             "other one (the app), or use another file.") from err
+        self._write_lock = threading.Lock()
+        self._migrate()
+        # Queries typed by users run here: no file reads or writes through SQL (read_csv, COPY, ATTACH).
+        self._con.execute("SET enable_external_access = false")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self._con.cursor()
+
+    def _migrate(self) -> None:
+        cur = self.cursor()
+        cur.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        found = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found and int(found[0]) != SCHEMA_VERSION:
+            for table in TABLES:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")  # an index: the ingest thread refills it
+        for table, (columns, extra) in TABLES.items():
+            body = ", ".join(f"{name} {kind}" for name, kind in columns.items())
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body}{extra})")
+        cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    # -- writes (the ingest thread) ------------------------------------------------------------------
+    def write(self, run_id: str, run_row: dict | None, metric_rows: list[dict], eval_rows: list[dict],
+              artifacts: list[dict], state: dict, reset: bool) -> None:
+        """One run's changes in one transaction, so a reader never sees half an ingest and a crash
+        mid-way leaves the old offsets, which the next ingest simply repeats."""
+        with self._write_lock:
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                if reset:
+                    for table in ("metrics", "evals"):
+                        cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+                if run_row is not None:
+                    _insert(cur, "runs", RUN_COLUMNS, [run_row], replace=True)
+                _insert(cur, "metrics", METRIC_COLUMNS, metric_rows, replace=True)
+                _insert(cur, "evals", EVAL_COLUMNS, eval_rows, replace=True)
+                cur.execute("DELETE FROM artifacts WHERE run_id = ?", [run_id])
+                _insert(cur, "artifacts", ARTIFACT_COLUMNS, artifacts)
+                _insert(cur, "ingest_state", INGEST_COLUMNS, [state], replace=True)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def forget(self, run_id: str) -> None:
+        """A run directory that was deleted: drop every row of it."""
+        with self._write_lock:
+            cur = self.cursor()
+            for table in (*USER_TABLES, "ingest_state"):
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+    def ingest_state(self, run_id: str) -> dict | None:
+        cur = self.cursor()
+        row = cur.execute("SELECT * FROM ingest_state WHERE run_id = ?", [run_id]).fetchone()
+        return dict(zip(INGEST_COLUMNS, row)) if row else None
+
+    def run_ids(self) -> list[str]:
+        return [r[0] for r in self.cursor().execute("SELECT run_id FROM ingest_state").fetchall()]
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        return self.cursor().execute("SELECT * EXCLUDE (config) FROM runs ORDER BY created DESC NULLS LAST").df()
+
+    def metrics(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        return self._for_runs("metrics", run_ids, "run_id, seq")
+
+    def evals(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        return self._for_runs("evals", run_ids, "run_id, seq, metric")
+
+    def artifacts(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        return self._for_runs("artifacts", run_ids, "run_id, path")
+
+    def _for_runs(self, table: str, run_ids: list[str] | None, order: str) -> pd.DataFrame:
+        if run_ids is None:
+            return self.cursor().execute(f"SELECT * FROM {table} ORDER BY {order}").df()
+        return self.cursor().execute(f"SELECT * FROM {table} WHERE list_contains(?, run_id) ORDER BY {order}",
+                                     [list(run_ids)]).df()
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as err:
+            raise StoreError(f"query: {err}") from err
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise StoreError("query: only a single SELECT statement is allowed")
+        try:
+            return self.cursor().execute(sql).df()
+        except duckdb.Error as err:
+            raise StoreError(f"query: {err}") from err
+
+    def export(self, sql: str, path: str | Path) -> Path:
+        """Write a query's result to .csv or .parquet. The main connection may not touch files, so the
+        result goes through a private in-memory DuckDB that may."""
+        path = Path(path)
+        kind = path.suffix.lower().lstrip(".")
+        if kind not in ("csv", "parquet"):
+            raise StoreError(f"export: the file must end in .csv or .parquet, got {path.name!r}")
+        frame = self.query(sql)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect() as scratch:
+            scratch.register("result", frame)
+            options = "(FORMAT csv, HEADER true)" if kind == "csv" else "(FORMAT parquet)"
+            scratch.execute(f"COPY result TO '{_sql_string(path)}' {options}")
+        return path
+
+
+def _sql_string(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _insert(cur, table: str, columns: dict, rows: list[dict], replace: bool = False) -> None:
+    """Bulk insert through a DataFrame: one statement, not one per row."""
+    if not rows:
+        return
+    frame = pd.DataFrame([{name: row.get(name) for name in columns} for row in rows], columns=list(columns))
+    cur.register("_rows", frame)
+    try:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        cur.execute(f"{verb} INTO {table} SELECT {', '.join(columns)} FROM _rows")
+    finally:
+        cur.unregister("_rows")
