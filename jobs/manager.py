@@ -136,6 +136,10 @@ class JobManager:
                              if run.path.name in self._queue else None})
             return sorted(rows, key=lambda r: r.get("queued_at") or r.get("started") or 0, reverse=True)
 
+    def log(self, run_id: str, lines: int = LOG_TAIL_LINES) -> str:
+        """The end of a job's worker.log."""
+        return log_tail(self._run(run_id), lines)
+
     def state(self, run_id: str) -> str:
         return self._run(run_id).read_status().get("state", "unknown")
 
@@ -210,7 +214,8 @@ class JobManager:
             if live.process.cancel_requested:
                 run.write_status("cancelled", error=None, eta_s=None, exit_code=code)
             elif code is None or code < 0:
-                how = f"killed by {signal.Signals(-code).name}" if code else "it ended while the app was down"
+                how = (f"killed by {signal.Signals(-code).name}" if code
+                       else "no exit code: an earlier app session started it")
                 run.write_status("interrupted", error=f"the worker stopped without finishing ({how})",
                                  eta_s=None, exit_code=code)
             else:

@@ -1,6 +1,5 @@
 """app.py launches a page on 127.0.0.1, and the config tab's checker names bad fields."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,15 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from jobs.launcher import free_port
 from workbench.ui.config_tab import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_app_launches_and_serves_the_page(tmp_path, defaults_root):

@@ -43,6 +43,9 @@ class LoraSpec:
 @dataclass
 class StudentSpec(ModelSpec):
     lora: LoraSpec = knob(help="LoRA adapters on the student", default_factory=LoraSpec)
+    init_from_teacher_layers: int = knob(0, "If > 0: the student is the teacher with this many decoder layers "
+                                            "kept (evenly spaced, weights copied); name_or_path is then unused",
+                                         low=0, high=1024)
 
 
 @dataclass
@@ -118,6 +121,8 @@ class DistillConfig:
     def validate(self) -> "DistillConfig":
         problems = check_fields(self)
         for name in ("teacher", "student"):
+            if name == "student" and self.student.init_from_teacher_layers:
+                continue
             if not getattr(self, name).name_or_path.strip():
                 problems.append((f"{name}.name_or_path", "is required: a hub id or a local folder"))
         if not self.data.source.strip():

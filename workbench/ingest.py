@@ -53,7 +53,9 @@ def run_row(run: RunDir) -> dict:
         created = status.get("queued_at") or status.get("started")
     return {
         "run_id": run.path.name, "path": str(run.path), "teacher": teacher.get("name_or_path"),
-        "student": student.get("name_or_path"), "strategy": config.get("strategy"),
+        "student": (f"{teacher.get('name_or_path')} ({student['init_from_teacher_layers']} layers)"
+                    if student.get("init_from_teacher_layers") else student.get("name_or_path")),
+        "strategy": config.get("strategy"),
         "divergence": loss.get("divergence"), "alpha": loss.get("alpha"), "temperature": loss.get("temperature"),
         "beta": loss.get("beta"), "skew_lambda": loss.get("skew_lambda"), "lr": train.get("lr"),
         "steps": train.get("max_steps"), "batch_size": train.get("batch_size"), "grad_accum": train.get("grad_accum"),

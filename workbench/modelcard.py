@@ -16,7 +16,9 @@ def _metric_rows(final: dict) -> list[str]:
 
 def write_model_card(path: Path, config: DistillConfig, final: dict, params: int, run_name: str) -> Path:
     c, loss, t = config, config.loss, config.train
-    knobs = [("teacher", c.teacher.name_or_path), ("student initialised from", c.student.name_or_path),
+    knobs = [("teacher", c.teacher.name_or_path), ("student initialised from",
+             f"{c.teacher.name_or_path}, {c.student.init_from_teacher_layers} of its layers"
+             if c.student.init_from_teacher_layers else c.student.name_or_path),
              ("strategy", c.strategy), ("divergence", loss.divergence), ("alpha (CE weight)", loss.alpha),
              ("temperature T", loss.temperature)]
     if loss.divergence == "jsd":

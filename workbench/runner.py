@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
+import torch
 from transformers import set_seed
 
 from workbench.callbacks import RunFilesCallback
@@ -19,8 +20,9 @@ from workbench.config import DistillConfig
 from workbench.data import PadCollator, tokenize_datasets
 from workbench.defaults import progress_line, resolve_defaults
 from workbench.modelcard import write_model_card
-from workbench.models import (apply_lora, check_vocab, count_parameters, load_student, load_teacher,
-                              load_tokenizer, logit_size)
+from workbench.models import (apply_lora, check_vocab, count_parameters, load_model, load_student,
+                              load_teacher, load_tokenizer, logit_size)
+from workbench.pruning import student_from_teacher
 from workbench.rundir import CONFIG, RunDir
 from workbench.stopping import Cancelled, StopCallback, StopRequest
 from workbench.strategies import strategy_class
@@ -80,11 +82,19 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     set_seed(config.train.seed)
     bf16 = use_bf16(config)
     strategy_cls = strategy_class(config.strategy)
-    tokenizer = load_tokenizer(config.student, "student")
     teacher = load_teacher(config.teacher, bf16) if strategy_cls.needs_teacher else None
-    student = load_student(config.student)
+    keep = config.student.init_from_teacher_layers
+    if keep:
+        tokenizer = load_tokenizer(config.teacher, "teacher")
+        student = student_from_teacher(load_model(config.teacher, "teacher", torch.float32), keep)
+        say(f"student: teacher layers {student.config.pruned_from_layers}")
+    else:
+        tokenizer = load_tokenizer(config.student, "student")
+        student = load_student(config.student)
     shared_vocab = None
-    if teacher is not None and strategy_cls.needs_shared_vocab:
+    if teacher is not None and strategy_cls.needs_shared_vocab and keep:
+        shared_vocab = logit_size(student)
+    elif teacher is not None and strategy_cls.needs_shared_vocab:
         vocab = check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher),
                             logit_size(student))
         shared_vocab = vocab.shared_size

@@ -2,11 +2,11 @@
 offline-default preparation. Built once by app.py; the UI never trains or opens run files itself."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.manager import JobManager
-from workbench.defaults import Preparation
+from workbench.defaults import Preparation, default_cache_dir
 from workbench.ingest import Ingestor, IngestLoop
 from workbench.store import DB_NAME, Store
 
@@ -18,11 +18,22 @@ class Services:
     store: Store
     ingest: IngestLoop
     preparation: Preparation | None = None
+    cache_dir: Path | None = None
+    # Local model folders and data files the UI accepts must lie inside one of these.
+    allowed_roots: list[Path] = field(default_factory=list)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.runs_dir / "uploads"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.runs_dir / "exports"
 
     @classmethod
     def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
               cache_dir: str | Path | None = None, preparation: Preparation | None = None,
-              grace_s: float = 60.0) -> "Services":
+              grace_s: float = 60.0, allowed_roots: list[str | Path] = ()) -> "Services":
         """Re-attach to jobs still running from a previous app, start polling them, and start ingesting
         every run directory into the store (the app is the store's only writer)."""
         runs_dir = Path(runs_dir).expanduser().resolve()
@@ -30,7 +41,9 @@ class Services:
         store = Store(db_path or runs_dir / DB_NAME)
         jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir).start()
         ingest = IngestLoop(Ingestor(store, runs_dir)).start()
-        return cls(runs_dir, jobs, store, ingest, preparation)
+        cache = Path(cache_dir).expanduser().resolve() if cache_dir else None
+        roots = [runs_dir, cache or default_cache_dir(), *(Path(r).expanduser().resolve() for r in allowed_roots)]
+        return cls(runs_dir, jobs, store, ingest, preparation, cache, roots)
 
     def close(self) -> None:
         """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""

@@ -25,13 +25,19 @@ class ArchInfo:
     heads: int
 
 
-def arch_info(spec: ModelSpec, role: str) -> ArchInfo:
+def arch_info(spec: ModelSpec, role: str, layers: int | None = None) -> ArchInfo:
+    """`layers`: size the same architecture with that many decoder layers (a student pruned from it)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     source, kwargs = pretrained_args(spec, role)
     try:
         cfg = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{role}: could not read the model config from {source!r}: {err}") from err
+    if layers:
+        text_cfg = cfg.get_text_config()
+        text_cfg.num_hidden_layers = min(layers, text_cfg.num_hidden_layers)
+        if hasattr(text_cfg, "layer_types") and text_cfg.layer_types:
+            text_cfg.layer_types = text_cfg.layer_types[:text_cfg.num_hidden_layers]
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
     text_cfg = cfg.get_text_config()

@@ -143,6 +143,23 @@ class Store:
         return self.cursor().execute(f"SELECT * FROM {table} WHERE list_contains(?, run_id) ORDER BY {order}",
                                      [list(run_ids)]).df()
 
+    def compare(self, run_ids: list[str]) -> pd.DataFrame:
+        """The chosen runs' configs next to their last held-out value of each metric."""
+        return self.cursor().execute("""
+            WITH last AS (
+                SELECT run_id, metric, arg_max(value, seq) AS value FROM evals
+                WHERE split = 'validation' AND list_contains(?, run_id) GROUP BY run_id, metric)
+            SELECT r.run_id, r.status,
+                   exp(max(CASE WHEN l.metric = 'ce' THEN l.value END)) AS heldout_perplexity,
+                   max(CASE WHEN l.metric = 'loss' THEN l.value END) AS heldout_loss,
+                   max(CASE WHEN l.metric = 'ce' THEN l.value END) AS heldout_ce,
+                   max(CASE WHEN l.metric = 'kd' THEN l.value END) AS heldout_kd,
+                   r.strategy, r.divergence, r.alpha, r.temperature, r.beta, r.lr, r.steps, r.batch_size,
+                   r.seq_len, r.seed, r.lora, r.teacher, r.student
+            FROM runs r LEFT JOIN last l USING (run_id)
+            WHERE list_contains(?, r.run_id)
+            GROUP BY ALL ORDER BY r.run_id""", [list(run_ids), list(run_ids)]).df()
+
     def query(self, sql: str) -> pd.DataFrame:
         """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes."""
         try:
@@ -159,17 +176,21 @@ class Store:
     def export(self, sql: str, path: str | Path) -> Path:
         """Write a query's result to .csv or .parquet. The main connection may not touch files, so the
         result goes through a private in-memory DuckDB that may."""
-        path = Path(path)
-        kind = path.suffix.lower().lstrip(".")
-        if kind not in ("csv", "parquet"):
-            raise StoreError(f"export: the file must end in .csv or .parquet, got {path.name!r}")
-        frame = self.query(sql)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect() as scratch:
-            scratch.register("result", frame)
-            options = "(FORMAT csv, HEADER true)" if kind == "csv" else "(FORMAT parquet)"
-            scratch.execute(f"COPY result TO '{_sql_string(path)}' {options}")
-        return path
+        return export_frame(self.query(sql), path)
+
+
+def export_frame(frame: pd.DataFrame, path: str | Path) -> Path:
+    """A DataFrame to .csv or .parquet, through a private in-memory DuckDB (no pyarrow needed)."""
+    path = Path(path)
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in ("csv", "parquet"):
+        raise StoreError(f"export: the file must end in .csv or .parquet, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect() as scratch:
+        scratch.register("result", frame)
+        options = "(FORMAT csv, HEADER true)" if kind == "csv" else "(FORMAT parquet)"
+        scratch.execute(f"COPY result TO '{_sql_string(path)}' {options}")
+    return path
 
 
 def _sql_string(path: Path) -> str:

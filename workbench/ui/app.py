@@ -1,27 +1,39 @@
-"""Build the workbench's Gradio Blocks. app.py parses flags and launches it."""
+"""Build the workbench's Gradio Blocks: one builder per tab, all calling the services. app.py launches it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import gradio as gr
 
+from workbench.config import DistillConfig
 from workbench.services import Services
+from workbench.ui.compare_tab import create_compare_tab
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
+from workbench.ui.form import SPACE_MAX_STEPS, on_space
+from workbench.ui.runs_tab import create_runs_tab
+from workbench.ui.setup_tab import create_setup_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEFAULT_CONFIG = ASSETS / "configs" / "default.yaml"
 INTRO = """# Distill Workbench
-Distill a teacher language model into a smaller student: soft-label knowledge distillation
-(α·CE + (1−α)·T²·KL and other divergences) on `transformers.Trainer`. Write or check a run
-configuration here (the offline default is preselected), then run it with
-`python -m workbench train CONFIG.yaml`."""
+Distill a teacher language model into a smaller student. **Set up** a run (the offline default is
+preselected), **Launch** it as a background job, watch it in **Runs**, and put runs side by side in
+**Compare**. Every run is also a folder and a YAML config that runs the same from the command line."""
 
 
 def build_app(services: Services) -> gr.Blocks:
-    default = (ASSETS / "configs" / "default.yaml").read_text(encoding="utf-8")
+    default = DistillConfig.load(DEFAULT_CONFIG)
     with gr.Blocks(title="Distill Workbench") as app:
         gr.Markdown(INTRO)
-        create_defaults_banner(services.preparation)
-        gr.Markdown(f"Runs folder: `{services.runs_dir}`")
-        create_config_tab(default)
+        if services.preparation is not None:
+            create_defaults_banner(services.preparation)
+        if on_space():
+            gr.Markdown(f"Running as a Hugging Face Space: one job at a time, at most {SPACE_MAX_STEPS} steps.")
+        with gr.Tabs():
+            create_setup_tab(services, default)
+            create_runs_tab(services)
+            create_compare_tab(services)
+            create_config_tab(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+        gr.Markdown(f"Runs folder: `{services.runs_dir}` · results store: `{services.store.path}`")
     return app

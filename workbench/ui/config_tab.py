@@ -23,7 +23,7 @@ def check_config(text: str) -> tuple[str, str]:
 
 
 def create_config_tab(example_yaml: str) -> None:
-    with gr.Tab("Config"):
+    with gr.Tab("Config", id="config"):
         editor = gr.Code(value=example_yaml, language="yaml", label="Run configuration (YAML)")
         check = gr.Button("Check config", variant="primary")
         verdict = gr.Markdown()

@@ -1,0 +1,116 @@
+"""The workbench in a real browser: Playwright (pip) driving Debian's /usr/bin/chromium against app.py on a
+free port, with a tiny local teacher and student. Screenshots go to test-output/e2e/."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-output" / "e2e"
+
+if not CHROMIUM.exists():
+    if os.environ.get("DW_REQUIRE_BROWSER"):
+        raise RuntimeError("DW_REQUIRE_BROWSER is set but /usr/bin/chromium is missing (apt-get install chromium)")
+    pytest.skip("no /usr/bin/chromium (apt-get install chromium) for the browser tests", allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+from jobs.launcher import free_port  # noqa: E402
+
+expect.set_options(timeout=60_000)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, defaults_root, teacher_dir):
+    runs = tmp_path_factory.mktemp("e2e") / "runs"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs),
+                             "--cache-dir", str(defaults_root.parent), "--allow-dir", str(teacher_dir.parent)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"the app did not start: {proc.stdout.read()}")
+    yield url, runs
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1800})
+        tab.set_default_timeout(60_000)
+        tab.goto(app_url[0])
+        tab.wait_for_selector("text=Distill Workbench")
+        yield tab
+        browser.close()
+
+
+def fill_form(page: Page, teacher_dir: Path, student_dir: Path, corpus: Path, alpha: str, run_name: str) -> None:
+    page.get_by_role("tab", name="Set up").click()
+    page.locator("#setup-teacher textarea").fill(str(teacher_dir))
+    page.locator("#setup-student textarea").fill(str(student_dir))
+    page.locator("#setup-alpha input").fill(alpha)
+    page.locator("#setup-max_steps input").fill("8")
+    page.locator("#setup-seq_len input").fill("32")
+    page.locator("#setup-run_name textarea").fill(run_name)
+    page.locator("#setup-bf16 input").click()
+    page.get_by_role("option", name="off").click()
+    if page.locator("#setup-upload").count() == 0:  # the first time: choose upload, then the file
+        page.locator("#setup-data_kind").get_by_text("upload a file").click()
+        page.locator("#setup-upload input[type=file]").set_input_files(str(corpus))
+    expect(page.locator("#setup-upload").get_by_role("cell", name=corpus.name)).to_be_visible()
+
+
+def wait_for_text(page: Page, selector: str, text: str, count: int = 1) -> None:
+    page.wait_for_function("([sel, text, n]) => (document.querySelector(sel)?.innerText ?? '').split(text).length > n",
+                           arg=[selector, text, count])
+
+
+def test_set_up_launch_watch_and_compare_in_the_browser(page, app_url, teacher_dir, student_dir, corpus_files):
+    _, runs = app_url
+    train_file = corpus_files[0]
+
+    fill_form(page, teacher_dir, student_dir, train_file, alpha="1.5", run_name="bad-alpha")
+    page.get_by_role("button", name="Launch").click()
+    wait_for_text(page, "#setup-verdict", "loss.alpha")
+    expect(page.locator("#setup-verdict")).to_contain_text("Not launched")
+    page.screenshot(path=SHOTS / "1-invalid-alpha.png", full_page=True)
+    assert not (runs / "bad-alpha").exists()  # nothing launched
+
+    for alpha, name in (("0.5", "alpha-half"), ("0.2", "alpha-fifth")):
+        fill_form(page, teacher_dir, student_dir, train_file, alpha=alpha, run_name=name)
+        page.get_by_role("button", name="Launch").click()
+        wait_for_text(page, "#setup-verdict", f"Launched {name}")
+    page.screenshot(path=SHOTS / "2-launched.png", full_page=True)
+
+    page.get_by_role("tab", name="Runs").click()
+    wait_for_text(page, "#jobs-table", "succeeded", count=2)
+    page.wait_for_function("document.querySelectorAll('#run-curves .scatterlayer .trace').length >= 2")
+    page.screenshot(path=SHOTS / "3-runs.png", full_page=True)
+
+    page.get_by_role("tab", name="Compare").click()
+    for name in ("alpha-half", "alpha-fifth"):
+        page.locator("#compare-runs input").click()
+        page.get_by_role("option", name=name).click()
+    page.wait_for_function("document.querySelectorAll('#compare-curves .scatterlayer .trace').length >= 2")
+    wait_for_text(page, "#compare-table", "alpha-fifth")
+    expect(page.locator("#compare-table")).to_contain_text("alpha-half")
+    page.screenshot(path=SHOTS / "4-compare.png", full_page=True)

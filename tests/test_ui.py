@@ -1,0 +1,148 @@
+"""The UI without a browser: the app builds, the form maps to a config (and refuses bad input naming the
+field), handlers submit through the job manager, pre-flight, the temperature preview, the SQL box."""
+import dataclasses
+
+import pytest
+import tiny
+import yaml
+
+from workbench.config import DistillConfig, ModelSpec
+from workbench.configbase import ConfigError
+from workbench.preflight import preflight
+from workbench.preview import temperature_preview
+from workbench.services import Services
+from workbench.ui import compare_tab, runs_tab, setup_tab
+from workbench.ui.app import DEFAULT_CONFIG, build_app
+from workbench.ui.form import DATA_UPLOAD, SPACE_MAX_STEPS, STUDENT_PRUNED, SetupForm, form_to_config
+
+
+@pytest.fixture
+def services(tmp_path, teacher_dir):
+    started = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent])
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def tiny_form(teacher_dir, student_dir, corpus_files):
+    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+    return SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=6, seq_len=32, bf16="off",
+                     data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), base=base)
+
+
+def test_the_app_builds_with_every_tab(services):
+    app = build_app(services)
+    labels = {getattr(block, "label", None) for block in app.blocks.values()}
+    assert {"Set up", "Runs", "Compare", "Config"} <= labels
+
+
+def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
+    plan = form_to_config(tiny_form, services.allowed_roots, services.uploads_dir)
+    config = plan.config
+    assert plan.processes == 1 and plan.accelerate_config is None and config.train.max_steps == 6 and config.train.bf16 == "off"
+    assert config.train.logging_steps == 1  # a 6-step run still draws a curve
+    kept = config.data.source
+    assert kept.startswith(str(services.uploads_dir)) and open(kept).read() == corpus_files[0].read_text()
+    assert config.data.validation_source is None and config.loss.alpha == 0.5
+
+
+def test_bad_form_input_names_every_field(services, tiny_form, tmp_path):
+    outside = tmp_path / "elsewhere" / "model"
+    outside.mkdir(parents=True)
+    bad = dataclasses.replace(tiny_form, teacher=str(outside), max_steps=2.5, alpha=1.5,
+                              accelerate_config="/etc/fsdp.yaml")
+    with pytest.raises(ConfigError) as err:
+        form_to_config(bad, services.allowed_roots, services.uploads_dir)
+    fields = {name for name, _ in err.value.problems}
+    assert fields == {"teacher.name_or_path", "train.max_steps", "accelerate_config"}  # checked at the edge, before the config
+    with pytest.raises(ConfigError) as err:
+        form_to_config(dataclasses.replace(tiny_form, alpha=1.5), services.allowed_roots, services.uploads_dir)
+    assert err.value.field == "loss.alpha" and "1.5" in str(err.value)
+    wrong = tmp_path / "notes.docx"
+    wrong.write_text("x")
+    with pytest.raises(ConfigError, match="use a .txt"):
+        form_to_config(dataclasses.replace(tiny_form, upload=str(wrong)), services.allowed_roots, services.uploads_dir)
+
+
+def test_a_space_caps_the_steps(services, tiny_form, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/distill")
+    with pytest.raises(ConfigError) as err:
+        form_to_config(dataclasses.replace(tiny_form, max_steps=SPACE_MAX_STEPS + 1), services.allowed_roots,
+                       services.uploads_dir)
+    assert err.value.field == "train.max_steps"
+
+
+def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_form):
+    text, _ = setup_tab.launch(services, dataclasses.replace(tiny_form, alpha=-0.1, run_name="bad"))
+    assert "Not launched" in text and "loss.alpha" in text and services.jobs.jobs() == []
+
+    text, yaml_path = setup_tab.launch(services, dataclasses.replace(tiny_form, run_name="good"))
+    assert "Launched `good`" in text and "5.0x smaller" in text
+    assert DistillConfig.from_dict(yaml.safe_load(open(yaml_path))).train.max_steps == 6  # the CLI runs it
+    assert services.jobs.wait("good", timeout=300)["state"] == "succeeded"
+    table = runs_tab.jobs_table(services)
+    assert table.loc[0, "run"] == "good" and table.loc[0, "state"] == "succeeded" and table.loc[0, "progress"] == "100%"
+    services.ingest.wake()
+    services.ingest.ingestor.ingest_all()
+    figure, log = runs_tab.run_details(services, "good")
+    assert {t.name for t in figure.data} >= {"total loss", "CE (labels)", "KD (teacher)", "held-out loss"}
+    assert "step 6/6" in log
+    curves, compared = compare_tab.compare(services, ["good"], "kd")
+    assert len(curves.data) == 1 and compared.loc[0, "heldout_perplexity"] > 1
+    assert "only cancelled, failed, interrupted" in runs_tab.act(services, "resume", "good")
+
+
+def test_pre_flight_flags_a_tokenizer_mismatch_on_the_student_field(tmp_path, teacher_dir, corpus_files):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    words = {tok: i for i, tok in enumerate(["</s>", "<pad>", "the", "cat"])}
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="<pad>")),
+                                    pad_token="<pad>", eos_token="</s>")
+    stranger = tiny.save_llama(tmp_path / "stranger", other, layers=1, hidden=32, seed=3)
+    config = DistillConfig.from_dict({"teacher": {"name_or_path": str(teacher_dir)},
+                                      "student": {"name_or_path": str(stranger)},
+                                      "data": {"source": str(corpus_files[0])}})
+    report = preflight(config)
+    assert not report.ok and report.problems[0][0] == "student.name_or_path"
+    assert "tokenizers disagree" in report.problems[0][1]
+
+
+def test_pre_flight_sizes_a_student_pruned_from_the_teacher(teacher_dir, corpus_files):
+    config = DistillConfig.from_dict({"teacher": {"name_or_path": str(teacher_dir)},
+                                      "student": {"init_from_teacher_layers": 2},
+                                      "data": {"source": str(corpus_files[0])}})
+    report = preflight(config)
+    assert report.ok, report.problems
+    assert 1 < report.teacher_params / report.student_params < 2  # half the layers, all the embeddings
+    assert any("format text" in note for note in report.notes) and report.memory_gib["total"] > 0
+
+
+def test_pruned_student_form_trains_end_to_end(services, tiny_form):
+    form = dataclasses.replace(tiny_form, student_kind=STUDENT_PRUNED, keep_layers=2, student="", run_name="pruned")
+    text, _ = setup_tab.launch(services, form)
+    assert "Launched `pruned`" in text, text
+    assert services.jobs.wait("pruned", timeout=300)["state"] == "succeeded"
+    saved = DistillConfig.load(services.runs_dir / "pruned" / "config.json")
+    assert saved.student.init_from_teacher_layers == 2
+    import json
+    assert json.loads((services.runs_dir / "pruned" / "student" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_temperature_preview_spreads_the_mass(teacher_dir):
+    spec = ModelSpec(name_or_path=str(teacher_dir))
+    cold, hot = (temperature_preview(spec, "the cat", t) for t in (1.0, 4.0))
+    assert hot.entropy_t > cold.entropy_t == pytest.approx(cold.entropy_t1)
+    assert cold.probs_t == pytest.approx(cold.probs_t1) and sum(cold.probs_t) <= 1.0
+    assert hot.probs_t[0] < hot.probs_t1[0]  # the top token loses mass at high T
+    with pytest.raises(ValueError, match="temperature"):
+        temperature_preview(spec, "the cat", 0)
+
+
+def test_the_sql_box_refuses_writes_and_exports_what_it_shows(services):
+    frame, message = compare_tab.run_sql(services, "DELETE FROM runs")
+    assert frame is None and "only a single SELECT" in message
+    frame, message = compare_tab.run_sql(services, "SELECT 1 AS one, 'x' AS two")
+    assert message == "" and frame.one.tolist() == [1]
+    path, text = compare_tab.export(services, frame, "parquet")
+    assert path.endswith(".parquet") and "1 rows" in text
+    assert compare_tab.export(services, None, "csv")[0] is None

@@ -1,0 +1,127 @@
+"""Pre-flight: what the set-up form shows before anything is launched, and what it refuses.
+
+Parameter counts and the compression ratio come from the architectures on the meta device (no
+weights read); the memory estimate from workbench/sizing.py; the vocabulary check loads only the two
+tokenizers. Every problem names the config field to fix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from workbench.config import DistillConfig
+from workbench.data import DataError, load_raw, resolve_format
+from workbench.defaults import PREFIX, prepared_root, resolve_defaults
+from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
+from workbench.paths import looks_like_local_path
+from workbench.sizing import GIB, arch_info, estimate_memory
+from workbench.strategies import strategy_class
+from workbench.trainer import use_bf16
+
+DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+# LoRA trains roughly this share of the weights at r=16 on all linear layers: enough for an estimate.
+LORA_TRAINABLE_SHARE = 0.02
+
+
+@dataclass
+class Preflight:
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    teacher_params: int | None = None
+    student_params: int | None = None
+    memory_gib: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def markdown(self) -> str:
+        lines = [f"- **`{name}`**: {msg}" for name, msg in self.problems] + [f"- {note}" for note in self.notes]
+        head = "**Ready to launch.**" if self.ok else "**Not launched — fix these first:**"
+        return "\n".join([head, *lines])
+
+
+def _uses_defaults(config: DistillConfig) -> bool:
+    return any(str(v or "").startswith(PREFIX) for v in (config.teacher.name_or_path, config.student.name_or_path,
+                                                          config.data.source, config.data.validation_source))
+
+
+def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: int = 1) -> Preflight:
+    report = Preflight()
+    if _uses_defaults(config):
+        if prepared_root(cache_dir) is None:
+            report.problems.append(("teacher.name_or_path", "the offline default is still being prepared "
+                                                            "(see the banner); launch when it is ready"))
+            return report
+        config = resolve_defaults(config, cache_dir)
+    _check_data(config, report)
+    try:
+        teacher = arch_info(config.teacher, "teacher")
+        keep = config.student.init_from_teacher_layers
+        student = arch_info(config.teacher, "teacher", layers=keep) if keep else arch_info(config.student, "student")
+    except ModelLoadError as err:
+        role = "student" if str(err).startswith("student") else "teacher"
+        report.problems.append((f"{role}.name_or_path", str(err)))
+        return report
+    if keep and keep > teacher.layers:
+        report.problems.append(("student.init_from_teacher_layers",
+                                f"the teacher has {teacher.layers} layers; keep 1 to {teacher.layers}"))
+    report.teacher_params, report.student_params = teacher.params, student.params
+    report.notes.append(f"teacher {_count(teacher.params)} parameters ({teacher.layers} layers, hidden "
+                        f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, hidden "
+                        f"{student.hidden}): **{teacher.params / student.params:.1f}x smaller**")
+    _check_vocabulary(config, teacher.vocab, student.vocab, report)
+    share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
+    memory = estimate_memory(config, teacher, student, use_bf16(config), share)
+    report.memory_gib = memory.as_gib()
+    _check_memory(memory.total, processes, report)
+    return report
+
+
+def _check_data(config: DistillConfig, report: Preflight) -> None:
+    """Local files are read now (a format problem shows before launch); hub datasets when the job runs."""
+    local = [(name, value) for name in ("source", "validation_source")
+             if (value := getattr(config.data, name)) and looks_like_local_path(value, DATA_SUFFIXES)]
+    missing = [(f"data.{name}", f"no such file: {value}") for name, value in local if not Path(value).expanduser().exists()]
+    report.problems.extend(missing)
+    if missing or not any(name == "source" for name, _ in local):
+        return
+    try:
+        train, _ = load_raw(config.data, config.train.seed)
+        fmt = resolve_format(config.data, train.column_names)
+    except DataError as err:
+        report.problems.append((err.field, str(err).split(": ", 1)[-1]))
+    else:
+        report.notes.append(f"data: {len(train):,} training rows, format {fmt}")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _check_vocabulary(config: DistillConfig, teacher_vocab: int, student_vocab: int, report: Preflight) -> None:
+    if not strategy_class(config.strategy).needs_shared_vocab or config.student.init_from_teacher_layers:
+        return
+    try:
+        check = check_vocab(load_tokenizer(config.teacher, "teacher"), load_tokenizer(config.student, "student"),
+                            teacher_vocab, student_vocab)
+    except VocabMismatchError as err:
+        report.problems.append(("student.name_or_path", str(err)))
+    except ModelLoadError as err:
+        report.problems.append(("student.name_or_path" if "student" in str(err) else "teacher.name_or_path", str(err)))
+    else:
+        report.notes.append(f"vocabulary: one tokenizer, {check.shared_size:,} logits compared")
+
+
+def _check_memory(total: float, processes: int, report: Preflight) -> None:
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        where = "GPU"
+    else:
+        free, where = psutil.virtual_memory().available / max(processes, 1), "RAM"
+    verdict = "fits" if total < free else "**may not fit**: lower batch size or sequence length, or turn on LoRA"
+    report.notes.append(f"memory estimate per process {total / GIB:.2f} GiB; {free / GIB:.1f} GiB {where} "
+                        f"available: {verdict}")

@@ -1,0 +1,172 @@
+"""The set-up form as plain data: its fields, its defaults, and the mapping to a DistillConfig.
+
+No gradio here, so the mapping and its checks are tested without a browser. Checks that belong to the
+UI edge live here too: local paths must be inside the allowed roots, uploads must be a known format
+under the size limit, and a Hugging Face Space caps steps (DESIGN: validate at the edge).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.paths import looks_like_local_path
+
+DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
+# Teacher -> student pairs that share a tokenizer, for users who have the hub.
+KNOWN_PAIRS = {
+    DEFAULT_PAIR: ("defaults:teacher", "defaults:student"),
+    "gpt2 → distilgpt2": ("gpt2", "distilgpt2"),
+    "SmolLM2-360M → SmolLM2-135M": ("HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-135M"),
+    "Qwen2.5-1.5B → Qwen2.5-0.5B": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B"),
+}
+DATA_DEFAULT, DATA_UPLOAD, DATA_HUB = "offline default corpus", "upload a file", "hub dataset"
+DATA_KINDS = (DATA_DEFAULT, DATA_UPLOAD, DATA_HUB)
+STUDENT_CHECKPOINT, STUDENT_PRUNED = "a checkpoint", "pruned from the teacher"
+UPLOAD_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+SPACE_MAX_STEPS = 200
+
+
+def on_space() -> bool:
+    """Running as a Hugging Face Space (the platform sets SPACE_ID): demo limits apply."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+@dataclass
+class SetupForm:
+    teacher: str = "defaults:teacher"
+    student_kind: str = STUDENT_CHECKPOINT
+    student: str = "defaults:student"
+    keep_layers: int = 6
+    strategy: str = "soft_label"
+    divergence: str = "forward_kl"
+    alpha: float = 0.5
+    temperature: float = 1.0
+    beta: float = 0.5
+    max_steps: int = 200
+    lr: float = 5e-4
+    batch_size: int = 4
+    seq_len: int = 256
+    data_kind: str = DATA_DEFAULT
+    upload: str | None = None
+    hub_dataset: str = ""
+    lora: bool = False
+    bf16: str = "on"
+    processes: int = 1
+    accelerate_config: str = ""  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
+    run_name: str = ""
+    base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
+
+    @classmethod
+    def from_config(cls, config: DistillConfig) -> "SetupForm":
+        c = config
+        return cls(teacher=c.teacher.name_or_path, student=c.student.name_or_path or "",
+                   student_kind=STUDENT_PRUNED if c.student.init_from_teacher_layers else STUDENT_CHECKPOINT,
+                   keep_layers=c.student.init_from_teacher_layers or 6, strategy=c.strategy,
+                   divergence=c.loss.divergence, alpha=c.loss.alpha, temperature=c.loss.temperature,
+                   beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
+                   seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
+                   run_name=c.output.run_name or "", base=c.to_dict())
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.expanduser().resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def _check_local(value: str, name: str, roots: list[Path], problems: list) -> None:
+    if not value or value.startswith("defaults:") or not looks_like_local_path(value, UPLOAD_SUFFIXES):
+        return
+    if not _inside(Path(value), roots):
+        problems.append((name, f"{value} is outside the folders this app may read "
+                               f"({', '.join(str(r) for r in roots)}); start the app with --allow-dir to add one"))
+
+
+def _as_int(value, name: str, problems: list) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        problems.append((name, f"must be a whole number, got {value!r}"))
+        return None
+    if number != int(number):
+        problems.append((name, f"must be a whole number, got {value!r}"))
+        return None
+    return int(number)
+
+
+@dataclass
+class Launch:
+    config: DistillConfig
+    processes: int
+    accelerate_config: str | None
+
+
+def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Launch:
+    """The config and how to launch it. Raises ConfigError naming every bad field; copies an upload into
+    uploads_dir so the job still finds it after the browser's temporary file is gone."""
+    problems: list[tuple[str, str]] = []
+    roots = [Path(r).expanduser().resolve() for r in roots]
+    ints = {name: _as_int(getattr(form, name), key, problems) for name, key in
+            (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
+             ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"))}
+    data = dict(form.base)
+    pruned = form.student_kind == STUDENT_PRUNED
+    teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
+    _check_local(teacher, "teacher.name_or_path", roots, problems)
+    _check_local(student, "student.name_or_path", roots, problems)
+    accelerate_config = form.accelerate_config.strip() or None
+    if accelerate_config:
+        _check_local(accelerate_config, "accelerate_config", roots, problems)
+    data["teacher"] = {**data.get("teacher", {}), "name_or_path": teacher}
+    data["student"] = {**data.get("student", {}), "name_or_path": student,
+                       "init_from_teacher_layers": (ints["keep_layers"] or 0) if pruned else 0,
+                       "lora": {**data.get("student", {}).get("lora", {}), "enabled": bool(form.lora)}}
+    data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
+    data["strategy"] = form.strategy
+    data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,
+                    "temperature": form.temperature, "beta": form.beta}
+    train = data.get("train", {})
+    # A curve needs points: log at least ~20 times per run, whatever the base config's interval.
+    logging = min(train.get("logging_steps", 10), max(1, (ints["max_steps"] or 0) // 20))
+    data["train"] = {**train, "max_steps": ints["max_steps"], "lr": form.lr, "batch_size": ints["batch_size"],
+                     "seq_len": ints["seq_len"], "bf16": form.bf16, "logging_steps": logging}
+    data["output"] = {**data.get("output", {}), "run_name": form.run_name.strip() or None}
+    if on_space() and (ints["max_steps"] or 0) > SPACE_MAX_STEPS:
+        problems.append(("train.max_steps", f"this Space allows at most {SPACE_MAX_STEPS} steps per run"))
+    if problems:
+        raise ConfigError(problems)
+    config = DistillConfig.from_dict(data)
+    if pruned and not teacher:
+        raise ConfigError([("teacher.name_or_path", "is required to prune a student from it")])
+    return Launch(config, ints["processes"], accelerate_config)
+
+
+def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: list) -> dict:
+    if form.data_kind == DATA_DEFAULT:
+        return {**section, "source": "defaults:corpus/train.jsonl",
+                "validation_source": "defaults:corpus/validation.jsonl"}
+    section = {**section, "validation_source": None, "validation_split": None}
+    if form.data_kind == DATA_HUB:
+        if not form.hub_dataset.strip():
+            problems.append(("data.source", "name a hub dataset id, e.g. roneneldan/TinyStories"))
+        return {**section, "source": form.hub_dataset.strip()}
+    if not form.upload:
+        problems.append(("data.source", "choose a file to upload (.txt, .jsonl, .json, .csv or .parquet)"))
+        return section
+    upload = Path(form.upload)
+    limit_mb = section.get("max_file_mb", 512)
+    if upload.suffix.lower() not in UPLOAD_SUFFIXES:
+        problems.append(("data.source", f"{upload.name}: use a .txt, .jsonl, .json, .csv or .parquet file"))
+    elif upload.stat().st_size > limit_mb * 2**20:
+        problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "
+                                        f"{limit_mb} MiB limit (data.max_file_mb)"))
+    else:
+        uploads_dir.mkdir(parents=True, exist_ok=True)
+        kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{upload.name}"
+        shutil.copyfile(upload, kept)
+        return {**section, "source": str(kept)}
+    return section

@@ -1,0 +1,77 @@
+"""Runs tab: every job with state, progress and ETA, polled by gr.Timer; cancel, resume, the log, and
+live loss curves from the store."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from workbench.callbacks import format_eta
+from workbench.plots import run_curves
+from workbench.services import Services
+
+COLUMNS = ["run", "state", "progress", "step", "ETA", "processes", "error"]
+POLL_S = 2.0
+
+
+def jobs_table(services: Services) -> pd.DataFrame:
+    rows = []
+    for job in services.jobs.jobs():
+        step, total = job.get("step") or 0, job.get("total_steps") or 0
+        position = job.get("queue_position")
+        state = f"queued (#{position})" if position else job["state"]
+        running = job["state"] in ("running", "starting")
+        rows.append({"run": job["run_id"], "state": state, "progress": f"{100 * step / total:.0f}%" if total else "",
+                     "step": f"{step}/{total}", "ETA": format_eta(job.get("eta_s")) if running else "",
+                     "processes": job.get("processes", 1), "error": job.get("error") or ""})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def run_details(services: Services, run_id: str | None) -> tuple[object, str]:
+    """(curves figure, log text) for one run; the log is the end of worker.log, or the error's tail."""
+    if not run_id:
+        return None, ""
+    figure = run_curves(services.store.metrics([run_id]), services.store.evals([run_id]), title=run_id)
+    try:
+        log = services.jobs.log(run_id)
+    except KeyError:
+        log = ""
+    return figure, log
+
+
+def act(services: Services, action: str, run_id: str | None) -> str:
+    if not run_id:
+        return "Pick a run first."
+    try:
+        if action == "cancel":
+            state = services.jobs.cancel(run_id)
+            return f"`{run_id}`: {state} (it saves a checkpoint at the next step, then stops)"
+        services.jobs.resume(run_id)
+        return f"`{run_id}`: queued to resume from its last checkpoint"
+    except (KeyError, ValueError) as err:
+        return f"**{run_id}:** {err}"
+
+
+def create_runs_tab(services: Services) -> gr.Dropdown:
+    with gr.Tab("Runs", id="runs"):
+        table = gr.Dataframe(jobs_table(services), label="Jobs", interactive=False, elem_id="jobs-table")
+        with gr.Row():
+            run = gr.Dropdown([], label="Run", allow_custom_value=False)
+            cancel = gr.Button("Cancel")
+            resume = gr.Button("Resume")
+        message = gr.Markdown()
+        curves = gr.Plot(label="Loss curves", elem_id="run-curves")
+        log = gr.Textbox(label="Worker log (end)", lines=10, max_lines=20, autoscroll=True)
+    timer = gr.Timer(POLL_S)
+
+    def refresh(selected):
+        frame = jobs_table(services)
+        ids = list(frame.run)
+        chosen = selected if selected in ids else (ids[0] if ids else None)
+        figure, text = run_details(services, chosen)
+        return frame, gr.Dropdown(choices=ids, value=chosen), figure, text
+
+    timer.tick(refresh, run, [table, run, curves, log])
+    run.input(lambda r: run_details(services, r), run, [curves, log])
+    cancel.click(lambda r: act(services, "cancel", r), run, message)
+    resume.click(lambda r: act(services, "resume", r), run, message)
+    return run
