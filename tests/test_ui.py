@@ -84,7 +84,9 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
     assert table.loc[0, "run"] == "good" and table.loc[0, "state"] == "succeeded" and table.loc[0, "progress"] == "100%"
     services.ingest.wake()
     services.ingest.ingestor.ingest_all()
-    figure, log = runs_tab.run_details(services, "good")
+    figure, log, key = runs_tab.run_details(services, "good")
+    # 6 logged steps; held-out loss/ce/kd at step 0 and at the end, and the run's mean train loss
+    assert key == ("good", 6, 7)
     assert {t.name for t in figure.data} >= {"total loss", "CE (labels)", "KD (teacher)", "held-out loss"}
     assert "step 6/6" in log
     curves, compared = compare_tab.compare(services, ["good"], "kd")

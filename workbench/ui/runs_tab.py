@@ -26,16 +26,18 @@ def jobs_table(services: Services) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run_details(services: Services, run_id: str | None) -> tuple[object, str]:
-    """(curves figure, log text) for one run; the log is the end of worker.log, or the error's tail."""
+def run_details(services: Services, run_id: str | None) -> tuple[object, str, tuple]:
+    """(curves figure, log text, a key that changes when the curves would) for one run; the log is the
+    end of worker.log."""
     if not run_id:
-        return None, ""
-    figure = run_curves(services.store.metrics([run_id]), services.store.evals([run_id]), title=run_id)
+        return None, "", ()
+    metrics, evals = services.store.metrics([run_id]), services.store.evals([run_id])
+    figure = run_curves(metrics, evals, title=run_id)
     try:
         log = services.jobs.log(run_id)
     except KeyError:
         log = ""
-    return figure, log
+    return figure, log, (run_id, len(metrics), len(evals))
 
 
 def act(services: Services, action: str, run_id: str | None) -> str:
@@ -62,16 +64,18 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
         curves = gr.Plot(label="Loss curves", elem_id="run-curves")
         log = gr.Textbox(label="Worker log (end)", lines=10, max_lines=20, autoscroll=True)
     timer = gr.Timer(POLL_S)
+    shown = gr.State(())  # what the plot shows: redrawn only when it changes, so zoom survives polling
 
-    def refresh(selected):
+    def refresh(selected, key):
         frame = jobs_table(services)
         ids = list(frame.run)
         chosen = selected if selected in ids else (ids[0] if ids else None)
-        figure, text = run_details(services, chosen)
-        return frame, gr.Dropdown(choices=ids, value=chosen), figure, text
+        figure, text, new_key = run_details(services, chosen)
+        return (frame, gr.Dropdown(choices=ids, value=chosen), figure if new_key != key else gr.skip(), text,
+                new_key)
 
-    timer.tick(refresh, run, [table, run, curves, log])
-    run.input(lambda r: run_details(services, r), run, [curves, log])
+    timer.tick(refresh, [run, shown], [table, run, curves, log, shown])
+    run.input(lambda r: run_details(services, r), run, [curves, log, shown])
     cancel.click(lambda r: act(services, "cancel", r), run, message)
     resume.click(lambda r: act(services, "resume", r), run, message)
     return run
