@@ -19,7 +19,7 @@ from jobs.launcher import start_worker
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
 from workbench.config import DistillConfig
-from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir
+from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, is_run_dir
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
 LOG_TAIL_LINES = 40
@@ -179,8 +179,7 @@ class JobManager:
         return run
 
     def _run_dirs(self) -> list[RunDir]:
-        return [RunDir(p) for p in sorted(self.runs_dir.iterdir())
-                if p.is_dir() and any((p / name).exists() for name in (SPEC, CONFIG))]
+        return [RunDir(p) for p in sorted(self.runs_dir.iterdir()) if is_run_dir(p)]
 
     def _new_run_id(self, wanted: str) -> str:
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", wanted).strip(".-") or "run"

@@ -15,7 +15,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, RunDir
+from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, RunDir, is_run_dir
 from workbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 METRIC_TERMS = ("loss", "ce", "kd", "learning_rate", "grad_norm", "tokens_per_s")
 _BOOKKEEPING = {"step", "epoch", "time"}
 _TIMING = ("runtime", "per_second", "preparation_time")
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in (CONFIG, SPEC, STATUS))
 
 
 def _timestamp(value) -> datetime | None:

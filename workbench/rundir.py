@@ -36,6 +36,11 @@ STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
 
+def is_run_dir(path: Path) -> bool:
+    """A folder holding a run (or a job not yet started): what the manager, the store and the UI list."""
+    return path.is_dir() and any((path / name).exists() for name in (CONFIG, SPEC, STATUS))
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)

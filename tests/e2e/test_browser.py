@@ -1,7 +1,6 @@
 """The workbench in a real browser: Playwright (pip) driving Debian's /usr/bin/chromium against app.py on a
 free port, with a tiny local teacher and student. Screenshots go to test-output/e2e/."""
 import os
-import shutil
 import subprocess
 import sys
 import time

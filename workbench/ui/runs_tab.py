@@ -26,18 +26,19 @@ def jobs_table(services: Services) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run_details(services: Services, run_id: str | None) -> tuple[object, str, tuple]:
-    """(curves figure, log text, a key that changes when the curves would) for one run; the log is the
-    end of worker.log."""
+def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tuple[object, str, tuple]:
+    """(curves figure, end of worker.log, the figure's key) for one run. The figure is None when `shown`
+    is already its key: nothing new to draw, so polling does not rebuild it."""
     if not run_id:
         return None, "", ()
     metrics, evals = services.store.metrics([run_id]), services.store.evals([run_id])
-    figure = run_curves(metrics, evals, title=run_id)
+    key = (run_id, len(metrics), len(evals))
+    figure = run_curves(metrics, evals, title=run_id) if key != shown else None
     try:
         log = services.jobs.log(run_id)
     except KeyError:
         log = ""
-    return figure, log, (run_id, len(metrics), len(evals))
+    return figure, log, key
 
 
 def act(services: Services, action: str, run_id: str | None) -> str:
@@ -70,9 +71,8 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
         frame = jobs_table(services)
         ids = list(frame.run)
         chosen = selected if selected in ids else (ids[0] if ids else None)
-        figure, text, new_key = run_details(services, chosen)
-        return (frame, gr.Dropdown(choices=ids, value=chosen), figure if new_key != key else gr.skip(), text,
-                new_key)
+        figure, text, new_key = run_details(services, chosen, key)
+        return frame, gr.Dropdown(choices=ids, value=chosen), gr.skip() if figure is None else figure, text, new_key
 
     timer.tick(refresh, [run, shown], [table, run, curves, log, shown])
     run.input(lambda r: run_details(services, r), run, [curves, log, shown])
