@@ -2,6 +2,7 @@
 re-attach after a restart, concurrent jobs under a polling reader, and a 2-process accelerate job."""
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -223,3 +224,25 @@ def test_launcher_argv_and_thread_policy(tmp_path, make_config):
     assert argv[-3:] == ["-m", "jobs.worker", str(tmp_path / "b")]
     assert worker_env(single, 30, base={})["OMP_NUM_THREADS"] == str(thread_budget(1))
     assert worker_env(single, 30, base={"OMP_NUM_THREADS": "5"})["OMP_NUM_THREADS"] == "5"
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    """Cancel through a re-attached worker (known only by worker.json) that ignores SIGTERM."""
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert stubborn.stdout.readline().strip() == "ready"
+    run = RunDir(tmp_path / "stubborn").create()
+    (run.path / "config.json").write_text("{}")
+    run.write_status("running", step=3, total_steps=100)
+    WorkerProcess(stubborn.pid, psutil.Process(stubborn.pid).create_time()).write(run)
+    manager = JobManager(tmp_path, grace_s=1.0)
+    assert manager.cancel("stubborn") == "cancelling"
+    time.sleep(0.5)
+    manager.poll()
+    assert stubborn.poll() is None  # SIGTERM ignored, still inside the grace period
+    time.sleep(1.0)
+    manager.poll()  # past the grace period: SIGKILL
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    status = manager.wait("stubborn", timeout=10)
+    assert status["state"] == "cancelled" and status["step"] == 3
