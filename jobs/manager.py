@@ -140,9 +140,6 @@ class JobManager:
         """The end of a job's worker.log."""
         return log_tail(self._run(run_id), lines)
 
-    def state(self, run_id: str) -> str:
-        return self._run(run_id).read_status().get("state", "unknown")
-
     def wait(self, run_id: str, timeout: float = 600, interval: float = 0.2) -> dict:
         """Block until the job is in a final state with its worker reaped (polling, unless the thread does)."""
         deadline = time.time() + timeout
@@ -208,20 +205,21 @@ class JobManager:
     def _finish(self, run_id: str, live: _Live) -> None:
         """The worker is gone. If it did not write a final state (killed, crashed), say what happened."""
         run, code = live.run, live.process.returncode
-        status = run.read_status()
-        if status.get("state") not in FINAL_STATES:
+        state, fields = run.read_status().get("state"), {}
+        if state not in FINAL_STATES:
             if live.process.cancel_requested:
-                run.write_status("cancelled", error=None, eta_s=None, exit_code=code)
+                state, fields = "cancelled", {"error": None, "eta_s": None}
             elif code is None or code < 0:
                 how = (f"killed by {signal.Signals(-code).name}" if code
                        else "no exit code: an earlier app session started it")
-                run.write_status("interrupted", error=f"the worker stopped without finishing ({how})",
-                                 eta_s=None, exit_code=code)
+                state, fields = "interrupted", {"error": f"the worker stopped without finishing ({how})",
+                                                "eta_s": None}
             else:
-                run.write_status("failed", error=f"the worker exited with code {code} without a final status",
-                                 exit_code=code)
-        if run.read_status().get("state") == "failed":
-            run.write_status("failed", log_tail=log_tail(run), exit_code=code)
+                state, fields = "failed", {"error": f"the worker exited with code {code} without a final status"}
+        if state == "failed":
+            fields["log_tail"] = log_tail(run)
+        if fields:  # a worker that ended with its own final state, other than failed, is left as it said
+            run.write_status(state, exit_code=code, **fields)
         run.file(WORKER).unlink(missing_ok=True)
         del self._live[run_id]
 

@@ -201,23 +201,39 @@ def prepare_defaults(cache_dir: Path | None = None, progress: Progress | None = 
         return cache / LAYOUT
 
 
+DEFAULTABLE = (("teacher", "name_or_path"), ("student", "name_or_path"), ("data", "source"),
+               ("data", "validation_source"))
+
+
+def default_fields(config: DistillConfig) -> list[tuple[str, str]]:
+    """The (section, field) pairs of a config that name a `defaults:` source."""
+    return [(s, f) for s, f in DEFAULTABLE if str(getattr(getattr(config, s), f) or "").startswith(PREFIX)]
+
+
+def _default_path(value: str, root: Path, where: str) -> str:
+    name = value[len(PREFIX):]
+    if name not in PATHS:
+        raise DefaultsError(f"{where}: unknown default {PREFIX}{name}; known: {', '.join(PREFIX + p for p in PATHS)}")
+    return str(root / name)
+
+
+def resolve_default(value: str, where: str, cache_dir: Path | None = None) -> str:
+    """One source: `defaults:NAME` -> its path in the prepared cache; anything else unchanged."""
+    return _default_path(value, prepare_defaults(cache_dir), where) if value.startswith(PREFIX) else value
+
+
 def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
                      progress: Progress | None = None) -> DistillConfig:
     """Replace `defaults:NAME` sources with paths in the prepared cache (preparing it on first use)."""
-    fields = [("teacher", "name_or_path"), ("student", "name_or_path"), ("data", "source"),
-              ("data", "validation_source")]
-    used = [(s, f) for s, f in fields if str(getattr(getattr(config, s), f) or "").startswith(PREFIX)]
+    used = default_fields(config)
     if not used:
         return config
     root = prepare_defaults(cache_dir, progress)
     sections = {}
     for section, field in used:
-        name = getattr(getattr(config, section), field)[len(PREFIX):]
-        if name not in PATHS:
-            raise DefaultsError(f"{section}.{field}: unknown default {PREFIX}{name}; "
-                                f"known: {', '.join(PREFIX + p for p in PATHS)}")
         current = sections.get(section, getattr(config, section))
-        sections[section] = dataclasses.replace(current, **{field: str(root / name)})
+        path = _default_path(getattr(current, field), root, f"{section}.{field}")
+        sections[section] = dataclasses.replace(current, **{field: path})
     return config.replace(**sections)
 
 

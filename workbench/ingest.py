@@ -126,7 +126,8 @@ class Ingestor:
     def _read_metrics(self, run: RunDir, state: dict) -> tuple[list, list, dict, bool]:
         run_id = run.path.name
         try:
-            inode, size = run.file(METRICS).stat().st_ino, run.file(METRICS).stat().st_size
+            st = run.file(METRICS).stat()
+            inode, size = st.st_ino, st.st_size
         except FileNotFoundError:
             inode, size = None, 0
         offset, seq = state.get("metrics_offset") or 0, state.get("metrics_seq") or 0

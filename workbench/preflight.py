@@ -14,7 +14,7 @@ import torch
 
 from workbench.config import DistillConfig
 from workbench.data import DataError, load_raw, resolve_format
-from workbench.defaults import PREFIX, prepared_root, resolve_defaults
+from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
 from workbench.paths import looks_like_local_path
 from workbench.sizing import GIB, arch_info, estimate_memory
@@ -44,14 +44,9 @@ class Preflight:
         return "\n".join([head, *lines])
 
 
-def _uses_defaults(config: DistillConfig) -> bool:
-    return any(str(v or "").startswith(PREFIX) for v in (config.teacher.name_or_path, config.student.name_or_path,
-                                                          config.data.source, config.data.validation_source))
-
-
 def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: int = 1) -> Preflight:
     report = Preflight()
-    if _uses_defaults(config):
+    if default_fields(config):
         if prepared_root(cache_dir) is None:
             report.problems.append(("teacher.name_or_path", "the offline default is still being prepared "
                                                             "(see the banner); launch when it is ready"))

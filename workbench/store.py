@@ -86,7 +86,7 @@ class Store:
         cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     # -- writes (the ingest thread) ------------------------------------------------------------------
-    def write(self, run_id: str, run_row: dict | None, metric_rows: list[dict], eval_rows: list[dict],
+    def write(self, run_id: str, run_row: dict, metric_rows: list[dict], eval_rows: list[dict],
               artifacts: list[dict], state: dict, reset: bool) -> None:
         """One run's changes in one transaction, so a reader never sees half an ingest and a crash
         mid-way leaves the old offsets, which the next ingest simply repeats."""
@@ -97,8 +97,7 @@ class Store:
                 if reset:
                     for table in ("metrics", "evals"):
                         cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-                if run_row is not None:
-                    _insert(cur, "runs", RUN_COLUMNS, [run_row], replace=True)
+                _insert(cur, "runs", RUN_COLUMNS, [run_row], replace=True)
                 _insert(cur, "metrics", METRIC_COLUMNS, metric_rows, replace=True)
                 _insert(cur, "evals", EVAL_COLUMNS, eval_rows, replace=True)
                 cur.execute("DELETE FROM artifacts WHERE run_id = ?", [run_id])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
+from workbench.defaults import PREFIX
 from workbench.paths import looks_like_local_path
 
 DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
@@ -79,7 +80,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 
 def _check_local(value: str, name: str, roots: list[Path], problems: list) -> None:
-    if not value or value.startswith("defaults:") or not looks_like_local_path(value, UPLOAD_SUFFIXES):
+    if not value or value.startswith(PREFIX) or not looks_like_local_path(value, UPLOAD_SUFFIXES):
         return
     if not _inside(Path(value), roots):
         problems.append((name, f"{value} is outside the folders this app may read "

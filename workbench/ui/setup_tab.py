@@ -10,7 +10,7 @@ import yaml
 
 from workbench.config import DIVERGENCES, STRATEGIES, DistillConfig, ModelSpec
 from workbench.configbase import ConfigError
-from workbench.defaults import resolve_defaults
+from workbench.defaults import resolve_default
 from workbench.plots import temperature_preview as preview_figure
 from workbench.preflight import preflight
 from workbench.preview import temperature_preview
@@ -59,11 +59,7 @@ def launch(services: Services, form: SetupForm) -> tuple[str, str | None]:
 
 def preview(services: Services, teacher: str, text: str, temperature) -> tuple[object, str]:
     try:
-        spec = ModelSpec(name_or_path=teacher.strip())
-        if spec.name_or_path.startswith("defaults:"):
-            probe = DistillConfig.from_dict({"teacher": {"name_or_path": spec.name_or_path},
-                                             "student": {"name_or_path": spec.name_or_path}, "data": {"source": "x"}})
-            spec = resolve_defaults(probe, services.cache_dir).teacher
+        spec = ModelSpec(name_or_path=resolve_default(teacher.strip(), "teacher.name_or_path", services.cache_dir))
         result = temperature_preview(spec, text, float(temperature))
     except Exception as err:  # noqa: BLE001 - any load or input problem is shown next to the plot
         return None, f"**Preview failed:** {html.escape(str(err))}"
