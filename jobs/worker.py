@@ -13,9 +13,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-EXIT_FAILED = 1
-EXIT_CANCELLED = 3
-
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
@@ -24,6 +21,7 @@ def main(argv: list[str]) -> int:
     from jobs.spec import JobSpec
     from workbench.rundir import RunDir
     from workbench.runner import run_training
+    from workbench.cli import EXIT_CANCELLED, EXIT_FAILED
     from workbench.stopping import Cancelled
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
