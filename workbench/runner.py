@@ -13,6 +13,7 @@ from typing import Callable
 
 import psutil
 import torch
+import torch.distributed as dist
 from transformers import set_seed
 
 from workbench.callbacks import RunFilesCallback
@@ -68,9 +69,18 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
         if main:
             run.write_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
+    finally:
+        _leave_process_group()
     if main:
         run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final)
     return final
+
+
+def _leave_process_group() -> None:
+    """Trainer joins the ranks of a multi-process run but never tears the group down; PyTorch asks
+    programs to do so before exiting, rather than leave it to the gloo/NCCL destructors at exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _progress_echo(echo):
