@@ -92,6 +92,11 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(
         run_training(config, run)
     assert run.read_status()["state"] == "failed" and run.last_checkpoint().name == "checkpoint-10"
     monkeypatch.setattr(RunFilesCallback, "on_step_end", original)
+    # A process killed while saving leaves a checkpoint without its (complete) trainer state: skipped.
+    partial = run.checkpoints / "checkpoint-15"
+    partial.mkdir()
+    (partial / "trainer_state.json").write_text('{"global_st')
+    assert run.last_checkpoint().name == "checkpoint-10"
 
     final = run_training(config, run, resume=True)
     state = json.loads((run.last_checkpoint() / "trainer_state.json").read_text())

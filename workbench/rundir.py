@@ -31,6 +31,7 @@ LOG = "worker.log"
 WORKER = "worker.json"
 CHECKPOINTS = "checkpoints"
 STUDENT = "student"
+TRAINER_STATE = "trainer_state.json"  # inside each checkpoint-STEP/, written by Trainer
 
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -60,6 +61,14 @@ def _json_default(value):
     if hasattr(value, "item"):  # numpy / torch scalars
         return value.item()
     return str(value)
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
 
 def _finite(value):
@@ -126,5 +135,8 @@ class RunDir:
         os.replace(tmp, self.file(METRICS))
 
     def last_checkpoint(self) -> Path | None:
-        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        """The newest complete checkpoint. Trainer writes trainer_state.json last, so a process killed
+        while saving leaves a folder without a readable one, which resume must skip."""
+        found = [p for p in self.checkpoints.glob("checkpoint-*")
+                 if p.name.split("-")[-1].isdigit() and _readable_json(p / TRAINER_STATE)]
         return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
