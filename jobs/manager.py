@@ -61,7 +61,7 @@ class JobManager:
 
     # -- public API -------------------------------------------------------------------------------
     def submit(self, config: DistillConfig, run_name: str | None = None, num_processes: int = 1,
-               accelerate_config: str | None = None) -> str:
+               accelerate_config: str | None = None, baseline_of: str | None = None) -> str:
         """Validate, write spec.json and a queued status, then start it if a slot is free. Returns the run id."""
         with self._lock:
             run_id = self._new_run_id(run_name or config.output.run_name or
@@ -70,7 +70,8 @@ class JobManager:
             config = config.replace(output=dataclasses.replace(config.output, runs_dir=str(self.runs_dir),
                                                                run_name=run_id))
             spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
-                           accelerate_config=accelerate_config, cache_dir=self.cache_dir).validate()
+                           accelerate_config=accelerate_config, cache_dir=self.cache_dir,
+                           baseline_of=baseline_of).validate()
             spec.write()
             self._enqueue(run_id, config.train.max_steps)
             self.poll()

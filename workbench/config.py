@@ -102,6 +102,21 @@ class TrainSpec:
     save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1)
 
 
+DEFAULT_PROMPTS = ["In the beginning", "The best way to learn a new language is", "Once upon a time, there was"]
+
+
+@dataclass
+class EvalSpec:
+    at_end: bool = knob(True, "Evaluate the final student when training ends (perplexity, agreement with the "
+                              "teacher, KL, calibration, speed, generations); any checkpoint can also be "
+                              "evaluated later")
+    speed: bool = knob(True, "Measure forward tokens/s and generation ms/token of teacher and student")
+    prompts: list[str] = knob(help="Prompts that teacher and student continue side by side",
+                              default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_new_tokens: int = knob(40, "Tokens each model generates per prompt (greedy); 0 = no generations",
+                               low=0, high=2048)
+
+
 @dataclass
 class OutputSpec:
     runs_dir: str = knob("runs", "Folder that holds one run directory per run")
@@ -116,6 +131,7 @@ class DistillConfig:
     strategy: str = knob("soft_label", "How a batch becomes loss terms", choices=STRATEGIES)
     loss: LossSpec = knob(help="Divergence and its knobs", default_factory=LossSpec)
     train: TrainSpec = knob(help="Optimisation and logging", default_factory=TrainSpec)
+    evaluation: EvalSpec = knob(help="What is measured once a student is trained", default_factory=EvalSpec)
     output: OutputSpec = knob(help="Where results go", default_factory=OutputSpec)
 
     def validate(self) -> "DistillConfig":

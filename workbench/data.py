@@ -276,21 +276,46 @@ def _examples(ds: datasets.Dataset, fmt: str, spec: DataSpec, tokenizer, seq_len
     return out
 
 
-def tokenize_datasets(spec: DataSpec, tokenizer, seq_len: int, seed: int
-                      ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Trainer-ready datasets with input_ids, attention_mask and labels; held-out capped at max_eval_examples."""
+def _check_eos(tokenizer) -> None:
     if tokenizer.eos_token_id is None:
         raise DataError("student.name_or_path", "the tokenizer has no eos token, needed to end documents; "
                                                 "use a tokenizer that defines eos_token")
+
+
+def _build_held(held: datasets.Dataset, fmt: str, spec: DataSpec, tokenizer, seq_len: int) -> datasets.Dataset:
+    held = (_pack if spec.packing else _examples)(held, fmt, spec, tokenizer, seq_len, _held_out_field(spec),
+                                                  "the held-out data")
+    if spec.max_eval_examples is not None:
+        held = held.select(range(min(len(held), spec.max_eval_examples)))
+    return held
+
+
+def tokenize_datasets(spec: DataSpec, tokenizer, seq_len: int, seed: int
+                      ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Trainer-ready datasets with input_ids, attention_mask and labels; held-out capped at max_eval_examples."""
+    _check_eos(tokenizer)
     train, held = load_raw(spec, seed)
     fmt = resolve_format(spec, train.column_names)
     build = _pack if spec.packing else _examples
     train = build(train, fmt, spec, tokenizer, seq_len, "train.seq_len", f"the training data {spec.source!r}")
-    if held is not None:
-        held = build(held, fmt, spec, tokenizer, seq_len, _held_out_field(spec), "the held-out data")
-        if spec.max_eval_examples is not None:
-            held = held.select(range(min(len(held), spec.max_eval_examples)))
-    return train, held
+    return train, (_build_held(held, fmt, spec, tokenizer, seq_len) if held is not None else None)
+
+
+def heldout_dataset(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> datasets.Dataset | None:
+    """The held-out blocks exactly as training evaluates on them, without tokenizing the training data."""
+    _check_eos(tokenizer)
+    train, held = load_raw(spec, seed)
+    return _build_held(held, resolve_format(spec, train.column_names), spec, tokenizer, seq_len) \
+        if held is not None else None
+
+
+def heldout_documents(spec: DataSpec, tokenizer, seed: int, limit: int = 20) -> list[str]:
+    """Up to `limit` held-out documents as text (chat rendered with the template), for the inspector."""
+    train, held = load_raw(spec, seed)
+    if held is None:
+        return []
+    rows = held.select(range(min(len(held), limit)))
+    return [d for d in _documents(rows[:], resolve_format(spec, train.column_names), spec, tokenizer) if d.strip()]
 
 
 # ---------------------------------------------------------------- batching

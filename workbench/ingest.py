@@ -44,9 +44,10 @@ def run_row(run: RunDir) -> dict:
     part = lambda name: config.get(name) or {}  # noqa: E731 - five lookups below read better this way
     teacher, student, loss, train = part("teacher"), part("student"), part("loss"), part("train")
     try:
-        created = json.loads(run.file(SPEC).read_text(encoding="utf-8")).get("created")
+        spec = json.loads(run.file(SPEC).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
-        created = status.get("queued_at") or status.get("started")
+        spec = {}
+    created = spec.get("created") or status.get("queued_at") or status.get("started")
     return {
         "run_id": run.path.name, "path": str(run.path), "teacher": teacher.get("name_or_path"),
         "student": (f"{teacher.get('name_or_path')} ({student['init_from_teacher_layers']} layers)"
@@ -57,6 +58,7 @@ def run_row(run: RunDir) -> dict:
         "steps": train.get("max_steps"), "batch_size": train.get("batch_size"), "grad_accum": train.get("grad_accum"),
         "seq_len": train.get("seq_len"), "seed": train.get("seed"),
         "lora": (student.get("lora") or {}).get("enabled"), "data": part("data").get("source"),
+        "baseline_of": spec.get("baseline_of"),
         "status": status.get("state"), "step": status.get("step"), "error": status.get("error"),
         "created": _timestamp(created), "started": _timestamp(status.get("started")),
         "updated": _timestamp(status.get("updated")), "config": json.dumps(config) if config else None,
@@ -80,13 +82,26 @@ def parse_record(run_id: str, seq: int, record: dict) -> tuple[dict | None, list
     return row, evals
 
 
+def evaluation_rows(run: RunDir) -> list[dict]:
+    """Each evaluation report's numbers (RUN/evaluations/step-STEP.json) as split 'evaluation' rows."""
+    rows = []
+    for report in run.read_evaluations():
+        step = report.get("step")
+        rows += [{"run_id": run.path.name, "seq": step, "step": step, "split": "evaluation", "metric": k, "value": v}
+                 for k, v in (report.get("metrics") or {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return rows
+
+
 def artifacts(run: RunDir) -> list[dict]:
     found = [("config", run.file(CONFIG)), ("spec", run.file(SPEC)), ("log", run.file(LOG)),
              ("metrics", run.file(METRICS)), ("model_card", run.student / "README.md"),
              ("adapter", run.student / "adapter")]
     if (run.student / "config.json").exists():
         found.append(("student", run.student))
-    found += [("checkpoint", p) for p in sorted(run.checkpoints.glob("checkpoint-*"))]
+    found += [("checkpoint", p) for p in sorted(run.checkpoints.glob("checkpoint-*"))
+              if run.is_complete_checkpoint(p)]
+    found += [("evaluation", p) for p in sorted(run.evaluations.glob("step-*.json"))]
     return [{"run_id": run.path.name, "kind": kind, "path": str(path)} for kind, path in found if path.exists()]
 
 
@@ -99,6 +114,7 @@ def _signature(run: RunDir) -> str:
         except FileNotFoundError:
             parts.append("-")
     parts += [p.name for p in sorted(run.checkpoints.glob("checkpoint-*"))]
+    parts += [f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(run.evaluations.glob("step-*.json"))]
     parts.append(str((run.student / "config.json").exists()))
     return "|".join(parts)
 
@@ -120,7 +136,8 @@ class Ingestor:
                 return 0
             metric_rows, eval_rows, new_state, reset = self._read_metrics(run, state)
             new_state["signature"] = signature
-            self.store.write(run_id, run_row(run), metric_rows, eval_rows, artifacts(run), new_state, reset)
+            self.store.write(run_id, run_row(run), metric_rows, eval_rows, artifacts(run), new_state, reset,
+                             evaluation_rows(run))
             return len(metric_rows) + len(eval_rows)
 
     def _read_metrics(self, run: RunDir, state: dict) -> tuple[list, list, dict, bool]:

@@ -40,3 +40,16 @@ def write_model_card(path: Path, config: DistillConfig, final: dict, params: int
               "```", "python -m workbench train config.json", "```", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+EVALUATION_HEADING = "## Evaluation"
+
+
+def set_evaluation_section(path: Path, card: str) -> Path:
+    """Put the run card under an Evaluation heading, replacing the one an earlier evaluation wrote."""
+    text = path.read_text(encoding="utf-8")
+    head, found, tail = text.partition(EVALUATION_HEADING + "\n")
+    rest = tail[tail.find("\n## "):] if found and "\n## " in tail else ""
+    body = head if found else text.rstrip("\n") + "\n\n"
+    path.write_text(f"{body}{EVALUATION_HEADING}\n\n{card}\n{rest}", encoding="utf-8")
+    return path

@@ -11,6 +11,19 @@ LOSS_TERMS = (("loss", "total loss"), ("ce", "CE (labels)"), ("kd", "KD (teacher
 COLORS = {"loss": "#636efa", "ce": "#ef553b", "kd": "#00cc96"}  # a term's held-out points share its colour
 
 
+def token_labels(tokens: list[str]) -> list[str]:
+    """Axis labels for tokens: escaped (they are model output, and plotly renders a subset of HTML in
+    labels), whitespace shown as escapes, and unique (two ids can decode to the same text)."""
+    labels, seen = [], set()
+    for token in tokens:
+        label = html.escape(repr(token)[1:-1]) or "(empty)"
+        while label in seen:
+            label += "​"  # an invisible suffix keeps plotly from merging two categories
+        seen.add(label)
+        labels.append(label)
+    return labels
+
+
 def _empty(message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
@@ -65,11 +78,86 @@ def temperature_preview(tokens: list[str], probs_t1: list[float], probs_t: list[
                         context: str) -> go.Figure:
     """The teacher's top next tokens at T=1 and at the chosen T: how much 'dark knowledge' T exposes."""
     fig = go.Figure()
-    # Tokens are model output: escaped, since plotly renders a subset of HTML in labels.
-    labels = [html.escape(repr(t)[1:-1]) or "(empty)" for t in tokens]
+    labels = token_labels(tokens)
     fig.add_trace(go.Bar(x=labels, y=probs_t1, name="T = 1", marker_color="lightgray"))
     fig.add_trace(go.Bar(x=labels, y=probs_t, name=f"T = {temperature:g}", marker_color="indianred"))
     fig.update_layout(barmode="group", height=320, yaxis_title="probability", margin=dict(l=50, r=20, t=40, b=80),
                       title=dict(text=f"next token after “…{html.escape(context[-40:])}”", font=dict(size=13)),
+                      legend=dict(orientation="h"))
+    return fig
+
+
+def token_distributions(top, temperature: float, context: str) -> go.Figure:
+    """Teacher vs student at one position (an inspect.TopK): bars per token, and the mass outside them."""
+    labels = token_labels(top.tokens) + ["(all other tokens)"]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=top.teacher + [top.teacher_rest], name="teacher", marker_color="#636efa"))
+    fig.add_trace(go.Bar(x=labels, y=top.student + [top.student_rest], name="student", marker_color="#ef553b"))
+    title = (f"next token after “…{html.escape(context[-40:])}” (actually {token_labels([top.actual])[0]!r}), "
+             f"T = {temperature:g}")
+    fig.update_layout(barmode="group", height=360, yaxis_title="probability", yaxis_range=[0, 1],
+                      margin=dict(l=50, r=20, t=50, b=90), title=dict(text=title, font=dict(size=13)),
+                      legend=dict(orientation="h"))
+    return fig
+
+
+def token_profile(stats: dict, tokens: list[str], selected: int | None = None) -> go.Figure:
+    """Entropy of each model and the KL between them along the text (row i predicts tokens[i + 1])."""
+    labels = token_labels(tokens[1:])
+    x = list(range(len(labels)))
+    fig = go.Figure()
+    for key, name, color in (("teacher_entropy", "teacher entropy", "#636efa"),
+                             ("student_entropy", "student entropy", "#ef553b"),
+                             ("forward_kl", "KL(teacher ‖ student)", "#00cc96")):
+        fig.add_trace(go.Scatter(x=x, y=stats[key].tolist(), name=name, mode="lines", customdata=labels,
+                                 hovertemplate="%{customdata}: %{y:.3f}<extra>" + name + "</extra>",
+                                 line=dict(color=color)))
+    if selected is not None:
+        fig.add_vline(x=selected, line_dash="dot", line_color="gray")
+    fig.update_layout(height=260, xaxis_title="position", yaxis_title="nats", margin=dict(l=50, r=20, t=20, b=40),
+                      legend=dict(orientation="h"))
+    return fig
+
+
+def trajectory_figure(traj) -> go.Figure:
+    """An inspect.Trajectory: the student's probability of the teacher's top tokens at each saved step
+    (solid) against the teacher's (dotted), and KL(teacher ‖ student) below."""
+    if not traj.steps:
+        return _empty("no saved students in this run")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.08)
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    for i, label in enumerate(token_labels(traj.tokens)):
+        color = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=traj.steps, y=[row[i] for row in traj.student], name=f"student {label}",
+                                 mode="lines+markers", line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[traj.steps[0], traj.steps[-1]], y=[traj.teacher[i]] * 2,
+                                 name=f"teacher {label}", mode="lines", line=dict(color=color, dash="dot")),
+                      row=1, col=1)
+    fig.add_trace(go.Scatter(x=traj.steps, y=traj.forward_kl, name="KL(teacher ‖ student)", mode="lines+markers",
+                             line=dict(color="gray")), row=2, col=1)
+    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_yaxes(title_text="KL", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(height=480, margin=dict(l=50, r=20, t=30, b=40), legend=dict(orientation="h"))
+    return fig
+
+
+def reliability(bins: dict[str, list[dict]]) -> go.Figure:
+    """Reliability diagram: accuracy against confidence per bin, one line per model; the diagonal is
+    perfect calibration. Marker size follows the bin's token count."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="perfectly calibrated", mode="lines",
+                             line=dict(color="lightgray", dash="dash")))
+    for (name, rows), color in zip(bins.items(), ("#636efa", "#ef553b", "#00cc96")):
+        if not rows:
+            continue
+        biggest = max(r["tokens"] for r in rows)
+        fig.add_trace(go.Scatter(x=[r["confidence"] for r in rows], y=[r["accuracy"] for r in rows], name=name,
+                                 mode="lines+markers", line=dict(color=color),
+                                 marker=dict(size=[6 + 14 * r["tokens"] / biggest for r in rows]),
+                                 customdata=[r["tokens"] for r in rows],
+                                 hovertemplate="confidence %{x:.2f}, accuracy %{y:.2f}, %{customdata} tokens"))
+    fig.update_layout(height=340, xaxis_title="confidence (top probability)", yaxis_title="accuracy",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=50, r=20, t=30, b=40),
                       legend=dict(orientation="h"))
     return fig

@@ -9,10 +9,13 @@
       worker.json      the job manager's record of the process it started (pid + start time)
       checkpoints/     transformers Trainer checkpoints (checkpoint-STEP/), resumable
       student/         the final student (save_pretrained + tokenizer + README.md model card)
+      evaluations/     step-STEP.json: one evaluation of the student at that step (workbench/evaluate.py)
 
 Only one process writes a run directory (rank 0 of a job), and readers never lock it: status.json is
 replaced by rename so a reader sees the old or the new file, never half of one; metrics.jsonl only
 grows, except that a resumed run drops the lines past its checkpoint so no step appears twice.
+evaluations/ is the exception: whoever evaluates a student (the job at its end, the app on demand)
+writes its own step-STEP.json there, atomically, and no other file.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ LOG = "worker.log"
 WORKER = "worker.json"
 CHECKPOINTS = "checkpoints"
 STUDENT = "student"
+EVALUATIONS = "evaluations"
 TRAINER_STATE = "trainer_state.json"  # inside each checkpoint-STEP/, written by Trainer
 
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
@@ -93,6 +97,23 @@ class RunDir:
     def student(self) -> Path:
         return self.path / STUDENT
 
+    @property
+    def evaluations(self) -> Path:
+        return self.path / EVALUATIONS
+
+    def evaluation_file(self, step: int) -> Path:
+        return self.evaluations / f"step-{step}.json"
+
+    def read_evaluations(self) -> list[dict]:
+        """Every readable evaluation, by step (one being written is replaced atomically, never half-read)."""
+        found = []
+        for path in self.evaluations.glob("step-*.json"):
+            try:
+                found.append(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+        return sorted(found, key=lambda e: e.get("step", 0))
+
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         return self
@@ -134,9 +155,14 @@ class RunDir:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, self.file(METRICS))
 
+    @staticmethod
+    def is_complete_checkpoint(path: Path) -> bool:
+        """Trainer writes trainer_state.json last, so a process killed while saving leaves a folder
+        without a readable one, which resume and every reader must skip."""
+        return _readable_json(path / TRAINER_STATE)
+
     def last_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint. Trainer writes trainer_state.json last, so a process killed
-        while saving leaves a folder without a readable one, which resume must skip."""
+        """The newest complete checkpoint."""
         found = [p for p in self.checkpoints.glob("checkpoint-*")
-                 if p.name.split("-")[-1].isdigit() and _readable_json(p / TRAINER_STATE)]
+                 if p.name.split("-")[-1].isdigit() and self.is_complete_checkpoint(p)]
         return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None

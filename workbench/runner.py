@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-import torch
 import torch.distributed as dist
 from transformers import set_seed
 
@@ -21,10 +20,9 @@ from workbench.config import DistillConfig
 from workbench.data import PadCollator, tokenize_datasets
 from workbench.defaults import progress_line, resolve_defaults
 from workbench.modelcard import write_model_card
-from workbench.models import (apply_lora, check_vocab, count_parameters, load_model, load_student,
-                              load_teacher, load_tokenizer, logit_size)
-from workbench.pruning import student_from_teacher
+from workbench.models import apply_lora, check_vocab, count_parameters, load_teacher, load_tokenizer, logit_size
 from workbench.rundir import CONFIG, RunDir
+from workbench.run_models import initial_student
 from workbench.stopping import Cancelled, StopCallback, StopRequest
 from workbench.strategies import strategy_class
 from workbench.trainer import DistillTrainer, training_arguments, use_bf16
@@ -72,8 +70,31 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
     finally:
         _leave_process_group()
     if main:
-        run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final)
+        evaluation_error = _evaluate_at_end(config, run, echo) if config.evaluation.at_end else None
+        run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final, phase=None,
+                         evaluation_error=evaluation_error)
     return final
+
+
+def _evaluate_at_end(config: DistillConfig, run: RunDir, echo) -> str | None:
+    """Evaluate the saved student (workbench/run_eval.py). The student is already saved, so a failure
+    here is reported (status evaluation_error) but does not fail the run; any checkpoint can be
+    evaluated again later from the UI or `python -m workbench evaluate`."""
+    from workbench.run_eval import evaluate_run
+    run.write_status("running", step=config.train.max_steps, eta_s=None, phase="evaluating")
+    try:
+        # Cancelling now stops the evaluation at once (there is nothing to checkpoint); the run stays done.
+        with StopRequest().installed():
+            report = evaluate_run(run, "final", config=config, progress=_progress_echo(echo))
+    except Cancelled:
+        return "cancelled during evaluation"
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        if echo:
+            echo(f"evaluation failed: {type(err).__name__}: {err}")
+        return f"{type(err).__name__}: {err}"
+    if echo:
+        echo(report["card"])
+    return None
 
 
 def _leave_process_group() -> None:
@@ -94,13 +115,9 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     strategy_cls = strategy_class(config.strategy)
     teacher = load_teacher(config.teacher, bf16) if strategy_cls.needs_teacher else None
     keep = config.student.init_from_teacher_layers
+    student, tokenizer = initial_student(config)
     if keep:
-        tokenizer = load_tokenizer(config.teacher, "teacher")
-        student = student_from_teacher(load_model(config.teacher, "teacher", torch.float32), keep)
         say(f"student: teacher layers {student.config.pruned_from_layers}")
-    else:
-        tokenizer = load_tokenizer(config.student, "student")
-        student = load_student(config.student)
     shared_vocab = None
     if teacher is not None and strategy_cls.needs_shared_vocab and keep:
         shared_vocab = logit_size(student)

@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.manager import JobManager
+from jobs.spec import JobSpec
+from workbench.baseline import ce_baseline_config
 from workbench.defaults import Preparation, default_cache_dir
+from workbench.eval_queue import EvaluationQueue
 from workbench.ingest import Ingestor, IngestLoop
+from workbench.inspector import Inspector
+from workbench.config import DistillConfig
+from workbench.rundir import CONFIG, SPEC, RunDir, is_run_dir
 from workbench.store import DB_NAME, Store
 
 
@@ -21,6 +27,8 @@ class Services:
     cache_dir: Path | None = None
     # Local model folders and data files the UI accepts must lie inside one of these.
     allowed_roots: list[Path] = field(default_factory=list)
+    inspector: Inspector | None = None
+    evaluations: EvaluationQueue | None = None
 
     @property
     def uploads_dir(self) -> Path:
@@ -43,7 +51,31 @@ class Services:
         ingest = IngestLoop(Ingestor(store, runs_dir)).start()
         cache = Path(cache_dir).expanduser().resolve() if cache_dir else None
         roots = [runs_dir, cache or default_cache_dir(), *(Path(r).expanduser().resolve() for r in allowed_roots)]
-        return cls(runs_dir, jobs, store, ingest, preparation, cache, roots)
+        return cls(runs_dir, jobs, store, ingest, preparation, cache, roots, Inspector(runs_dir),
+                   EvaluationQueue(runs_dir, on_done=ingest.wake))
+
+    def add_baseline(self, run_id: str) -> str:
+        """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
+        run = RunDir(self.runs_dir / run_id)
+        if run.path.resolve().parent != self.runs_dir or not is_run_dir(run.path):
+            raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
+        if run.file(SPEC).exists():
+            spec = JobSpec.read(run.path)
+            config, processes, accelerate = spec.config, spec.num_processes, spec.accelerate_config
+        else:  # a run started from the command line
+            config, processes, accelerate = DistillConfig.load(run.file(CONFIG)), 1, None
+        return self.jobs.submit(ce_baseline_config(config), run_name=f"{run_id}-ce-baseline",
+                                num_processes=processes, accelerate_config=accelerate, baseline_of=run_id)
+
+    def baseline_of(self, run_id: str) -> str | None:
+        """The finished CE-only baseline run of `run_id`, if any."""
+        found = self.store.cursor().execute(
+            "SELECT run_id FROM runs WHERE baseline_of = ? AND status = 'succeeded' ORDER BY created DESC LIMIT 1",
+            [run_id]).fetchone()
+        return found[0] if found else None
+
+    def evaluation_reports(self, run_id: str) -> list[dict]:
+        return RunDir(self.runs_dir / run_id).read_evaluations()
 
     def close(self) -> None:
         """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""

@@ -9,7 +9,9 @@ from the run directories.
 Tables (readers get pandas DataFrames):
   runs       one row per run: config columns flattened for filtering, status, times, the config as JSON
   metrics    one row per logged training point: step, every loss term, lr, grad norm, tokens/s
-  evals      long format: (run, step, split, metric, value), held-out evaluations and final summaries
+  evals      long format: (run, step, split, metric, value): held-out terms during training (split
+             validation), end-of-run summaries (train), and student evaluations (evaluation, one set
+             per evaluated step, from RUN/evaluations/)
   artifacts  (run, kind, path): config, log, checkpoints, the student, its adapter and model card
 """
 from __future__ import annotations
@@ -20,14 +22,14 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "workbench.duckdb"
 
 RUN_COLUMNS = {
     "run_id": "VARCHAR PRIMARY KEY", "path": "VARCHAR", "teacher": "VARCHAR", "student": "VARCHAR",
     "strategy": "VARCHAR", "divergence": "VARCHAR", "alpha": "DOUBLE", "temperature": "DOUBLE",
     "beta": "DOUBLE", "skew_lambda": "DOUBLE", "lr": "DOUBLE", "steps": "INTEGER", "batch_size": "INTEGER",
-    "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR",
+    "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR", "baseline_of": "VARCHAR",
     "status": "VARCHAR", "step": "INTEGER", "error": "VARCHAR", "created": "TIMESTAMP",
     "started": "TIMESTAMP", "updated": "TIMESTAMP", "config": "JSON",
 }
@@ -44,7 +46,7 @@ INGEST_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "metrics_inode": "BIGINT", "m
                   "metrics_seq": "INTEGER", "signature": "VARCHAR"}
 
 TABLES = {"runs": (RUN_COLUMNS, ""), "metrics": (METRIC_COLUMNS, ", PRIMARY KEY (run_id, seq)"),
-          "evals": (EVAL_COLUMNS, ", PRIMARY KEY (run_id, seq, metric)"),
+          "evals": (EVAL_COLUMNS, ", PRIMARY KEY (run_id, split, seq, metric)"),
           "artifacts": (ARTIFACT_COLUMNS, ", PRIMARY KEY (run_id, path)"), "ingest_state": (INGEST_COLUMNS, "")}
 USER_TABLES = ("runs", "metrics", "evals", "artifacts")
 
@@ -87,9 +89,10 @@ class Store:
 
     # -- writes (the ingest thread) ------------------------------------------------------------------
     def write(self, run_id: str, run_row: dict, metric_rows: list[dict], eval_rows: list[dict],
-              artifacts: list[dict], state: dict, reset: bool) -> None:
+              artifacts: list[dict], state: dict, reset: bool, evaluation_rows: list[dict] = ()) -> None:
         """One run's changes in one transaction, so a reader never sees half an ingest and a crash
-        mid-way leaves the old offsets, which the next ingest simply repeats."""
+        mid-way leaves the old offsets, which the next ingest simply repeats. evaluation_rows replace
+        all of the run's split 'evaluation' rows (a few files, re-read whole)."""
         with self._write_lock:
             cur = self.cursor()
             cur.execute("BEGIN TRANSACTION")
@@ -100,6 +103,8 @@ class Store:
                 _insert(cur, "runs", RUN_COLUMNS, [run_row], replace=True)
                 _insert(cur, "metrics", METRIC_COLUMNS, metric_rows, replace=True)
                 _insert(cur, "evals", EVAL_COLUMNS, eval_rows, replace=True)
+                cur.execute("DELETE FROM evals WHERE run_id = ? AND split = 'evaluation'", [run_id])
+                _insert(cur, "evals", EVAL_COLUMNS, list(evaluation_rows))
                 cur.execute("DELETE FROM artifacts WHERE run_id = ?", [run_id])
                 _insert(cur, "artifacts", ARTIFACT_COLUMNS, artifacts)
                 _insert(cur, "ingest_state", INGEST_COLUMNS, [state], replace=True)
@@ -131,7 +136,7 @@ class Store:
         return self._for_runs("metrics", run_ids, "run_id, seq")
 
     def evals(self, run_ids: list[str] | None = None) -> pd.DataFrame:
-        return self._for_runs("evals", run_ids, "run_id, seq, metric")
+        return self._for_runs("evals", run_ids, "run_id, split, seq, metric")
 
     def artifacts(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         return self._for_runs("artifacts", run_ids, "run_id, path")
@@ -143,21 +148,37 @@ class Store:
                                      [list(run_ids)]).df()
 
     def compare(self, run_ids: list[str]) -> pd.DataFrame:
-        """The chosen runs' configs next to their last held-out value of each metric."""
+        """The chosen runs' configs next to their last held-out value of each metric and the headline
+        numbers of their latest student evaluation."""
         return self.cursor().execute("""
             WITH last AS (
                 SELECT run_id, metric, arg_max(value, seq) AS value FROM evals
-                WHERE split = 'validation' AND list_contains(?, run_id) GROUP BY run_id, metric)
+                WHERE split = 'validation' AND list_contains(?, run_id) GROUP BY run_id, metric),
+            judged AS (
+                SELECT run_id, metric, arg_max(value, step) AS value FROM evals
+                WHERE split = 'evaluation' AND list_contains(?, run_id) GROUP BY run_id, metric)
             SELECT r.run_id, r.status,
                    exp(max(CASE WHEN l.metric = 'ce' THEN l.value END)) AS heldout_perplexity,
                    max(CASE WHEN l.metric = 'loss' THEN l.value END) AS heldout_loss,
                    max(CASE WHEN l.metric = 'ce' THEN l.value END) AS heldout_ce,
                    max(CASE WHEN l.metric = 'kd' THEN l.value END) AS heldout_kd,
+                   max(CASE WHEN j.metric = 'top1_agreement' THEN j.value END) AS top1_agreement,
+                   max(CASE WHEN j.metric = 'forward_kl' THEN j.value END) AS kl_to_teacher,
+                   max(CASE WHEN j.metric = 'student_ece' THEN j.value END) AS ece,
+                   max(CASE WHEN j.metric = 'quality_retained' THEN j.value END) AS quality_retained,
+                   max(CASE WHEN j.metric = 'size_ratio' THEN j.value END) AS times_smaller,
+                   max(CASE WHEN j.metric = 'generation_speedup' THEN j.value END) AS times_faster,
                    r.strategy, r.divergence, r.alpha, r.temperature, r.beta, r.lr, r.steps, r.batch_size,
-                   r.seq_len, r.seed, r.lora, r.teacher, r.student
-            FROM runs r LEFT JOIN last l USING (run_id)
+                   r.seq_len, r.seed, r.lora, r.teacher, r.student, r.baseline_of
+            FROM runs r LEFT JOIN last l USING (run_id) LEFT JOIN judged j USING (run_id)
             WHERE list_contains(?, r.run_id)
-            GROUP BY ALL ORDER BY r.run_id""", [list(run_ids), list(run_ids)]).df()
+            GROUP BY ALL ORDER BY r.run_id""", [list(run_ids)] * 3).df()
+
+    def baselines(self, run_ids: list[str]) -> list[str]:
+        """CE-only baseline runs of these runs that are not among them."""
+        return [r[0] for r in self.cursor().execute(
+            "SELECT run_id FROM runs WHERE list_contains(?, baseline_of) AND NOT list_contains(?, run_id) "
+            "ORDER BY run_id", [list(run_ids), list(run_ids)]).fetchall()]
 
     def query(self, sql: str) -> pd.DataFrame:
         """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes."""

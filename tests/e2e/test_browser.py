@@ -113,3 +113,32 @@ def test_set_up_launch_watch_and_compare_in_the_browser(page, app_url, teacher_d
     wait_for_text(page, "#compare-table", "alpha-fifth")
     expect(page.locator("#compare-table")).to_contain_text("alpha-half")
     page.screenshot(path=SHOTS / "4-compare.png", full_page=True)
+
+
+def test_inspect_a_finished_run_in_the_browser(page, app_url):
+    """After the first test's runs: the heatmap of a text, both distributions, a click on a token, and the
+    run card of the evaluation the job ran at its end."""
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#inspect-run input").click()
+    page.get_by_role("option", name="alpha-half").click()
+    page.locator("#inspect-text textarea").fill("the cat sees <b>the red ball</b> by the river.")
+    page.locator("#inspect-go").click()
+    page.wait_for_selector("#inspect-heatmap span.dw-tok[data-pos]")
+    heatmap = page.locator("#inspect-heatmap")
+    expect(heatmap).to_contain_text("<b>the red ball</b>")  # markup in the text shows as text
+    assert heatmap.locator("b").count() == 0
+    page.wait_for_function("document.querySelectorAll('#inspect-distributions .trace.bars').length == 2")
+    title = page.locator("#inspect-distributions .gtitle")
+    before = title.text_content()  # SVG text: no innerText
+    heatmap.locator("span.dw-tok[data-pos='3']").click()
+    expect(heatmap.locator("span.dw-selected[data-pos='3']")).to_be_visible()
+    page.wait_for_function("([sel, old]) => document.querySelector(sel)?.textContent !== old",
+                           arg=["#inspect-distributions .gtitle", before])
+    page.screenshot(path=SHOTS / "5-inspect.png", full_page=True)
+
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#evaluate-run input").click()
+    page.get_by_role("option", name="alpha-half").click()
+    expect(page.locator("#evaluate-card")).to_contain_text("smaller")
+    expect(page.locator("#evaluate-table")).to_contain_text("untrained")
+    page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)

@@ -10,7 +10,9 @@ from workbench.services import Services
 from workbench.ui.compare_tab import create_compare_tab
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
+from workbench.ui.evaluate_tab import create_evaluate_tab
 from workbench.ui.form import SPACE_MAX_STEPS, on_space
+from workbench.ui.inspect_tab import create_inspect_tab
 from workbench.ui.runs_tab import create_runs_tab
 from workbench.ui.setup_tab import create_setup_tab
 
@@ -18,8 +20,9 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CONFIG = ASSETS / "configs" / "default.yaml"
 INTRO = """# Distill Workbench
 Distill a teacher language model into a smaller student. **Set up** a run (the offline default is
-preselected), **Launch** it as a background job, watch it in **Runs**, and put runs side by side in
-**Compare**. Every run is also a folder and a YAML config that runs the same from the command line."""
+preselected), **Launch** it as a background job, watch it in **Runs**, see token by token where the
+student departs from the teacher in **Inspect**, get its run card in **Evaluate**, and put runs side by
+side in **Compare**. Every run is also a folder and a YAML config that runs the same from the command line."""
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -33,6 +36,8 @@ def build_app(services: Services) -> gr.Blocks:
         with gr.Tabs():
             create_setup_tab(services, default)
             create_runs_tab(services)
+            create_inspect_tab(services)
+            create_evaluate_tab(services)
             create_compare_tab(services)
             create_config_tab(DEFAULT_CONFIG.read_text(encoding="utf-8"))
         gr.Markdown(f"Runs folder: `{services.runs_dir}` · results store: `{services.store.path}`")

@@ -7,6 +7,7 @@ import time
 import gradio as gr
 import pandas as pd
 
+from workbench.baseline import baseline_verdict
 from workbench.plots import compare_curves
 from workbench.services import Services
 from workbench.store import StoreError, export_frame
@@ -20,9 +21,12 @@ def run_choices(services: Services) -> list[str]:
     return services.store.runs().run_id.tolist()
 
 
-def compare(services: Services, run_ids: list[str] | None, term: str) -> tuple[object, pd.DataFrame]:
-    run_ids = run_ids or []
-    return compare_curves(services.store.metrics(run_ids), term), services.store.compare(run_ids)
+def compare(services: Services, run_ids: list[str] | None, term: str) -> tuple[object, pd.DataFrame, str]:
+    """(curves, table, verdict). A chosen run's CE-only baselines join the comparison on their own."""
+    run_ids = list(run_ids or [])
+    run_ids += services.store.baselines(run_ids)
+    table = services.store.compare(run_ids)
+    return compare_curves(services.store.metrics(run_ids), term), table, baseline_verdict(table)
 
 
 def run_sql(services: Services, sql: str) -> tuple[pd.DataFrame | None, str]:
@@ -45,6 +49,7 @@ def create_compare_tab(services: Services) -> None:
         with gr.Row():
             runs = gr.Dropdown(run_choices(services), multiselect=True, label="Runs", elem_id="compare-runs")
             term = gr.Radio(TERMS, value="loss", label="Curve")
+        verdict = gr.Markdown(elem_id="compare-verdict")
         curves = gr.Plot(label="Training curves", elem_id="compare-curves")
         table = gr.Dataframe(label="Configs and final held-out metrics", interactive=False, elem_id="compare-table")
         sql = gr.Code(EXAMPLE_SQL, language="sql", label="SQL over the store (SELECT only; tables runs, metrics, "
@@ -58,7 +63,7 @@ def create_compare_tab(services: Services) -> None:
 
     tab.select(lambda chosen: gr.Dropdown(choices=run_choices(services), value=chosen), runs, runs)
     for trigger in (runs.change, term.change):
-        trigger(lambda r, t: compare(services, r, t), [runs, term], [curves, table])
+        trigger(lambda r, t: compare(services, r, t), [runs, term], [curves, table, verdict])
     run_query.click(lambda q: run_sql(services, q), sql, [table, message])
 
     def on_export(frame, chosen_kind):

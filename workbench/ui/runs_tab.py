@@ -19,10 +19,14 @@ def jobs_table(services: Services) -> pd.DataFrame:
         step, total = job.get("step") or 0, job.get("total_steps") or 0
         position = job.get("queue_position")
         state = f"queued (#{position})" if position else job["state"]
+        if job["state"] == "running" and job.get("phase") == "evaluating":
+            state = "evaluating the student"
         running = job["state"] in ("running", "starting")
         rows.append({"run": job["run_id"], "state": state, "progress": f"{100 * step / total:.0f}%" if total else "",
                      "step": f"{step}/{total}", "ETA": format_eta(job.get("eta_s")) if running else "",
-                     "processes": job.get("processes", 1), "error": job.get("error") or ""})
+                     "processes": job.get("processes", 1),
+                     "error": job.get("error") or (f"evaluation: {job['evaluation_error']}"
+                                                   if job.get("evaluation_error") else "")})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -32,6 +36,7 @@ def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tu
     if not run_id:
         return None, "", ()
     metrics, evals = services.store.metrics([run_id]), services.store.evals([run_id])
+    evals = evals[evals.split != "evaluation"]  # the curves' points; a student evaluation is not one
     key = (run_id, len(metrics), len(evals))
     figure = run_curves(metrics, evals, title=run_id) if key != shown else None
     try:

@@ -1,0 +1,103 @@
+"""Evaluation: agreement and KL of a model with itself, calibration error against synthetic predictors,
+the run's held-out CE equal to the trainer's, the run card, evaluations in DuckDB, and the CE-only
+baseline's config and verdict."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from workbench.baseline import baseline_verdict, ce_baseline_config
+from workbench.data import PadCollator, heldout_dataset
+from workbench.evaluate import expected_calibration_error, heldout_metrics, quality_retained
+from workbench.ingest import Ingestor
+from workbench.run_eval import evaluate_run
+from workbench.store import Store
+
+
+def test_a_model_against_itself_agrees_fully(teacher_dir, tokenizer, distilled_run):
+    _, config, _ = distilled_run
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    held = heldout_dataset(config.data, tokenizer, config.train.seq_len, config.train.seed)
+    result = heldout_metrics({"teacher": teacher, "student": teacher}, held, PadCollator(tokenizer), 8,
+                             len(tokenizer)).result()
+    assert result["top1_agreement"] == 1.0 and result["top5_agreement"] == 1.0
+    assert abs(result["forward_kl"]) < 1e-6 and result["teacher_ce"] == pytest.approx(result["student_ce"])
+
+
+def test_ece_of_a_calibrated_predictor_is_near_zero_and_of_an_overconfident_one_is_not():
+    gen = torch.Generator().manual_seed(0)
+    confidence = torch.rand(200_000, generator=gen)
+    calibrated = (torch.rand(200_000, generator=gen) < confidence).float()  # right with probability = confidence
+    assert expected_calibration_error(confidence, calibrated) < 0.01
+    overconfident = torch.full((10_000,), 0.9)
+    half_right = (torch.arange(10_000) % 2).float()
+    assert expected_calibration_error(overconfident, half_right) == pytest.approx(0.4, abs=1e-6)
+    # against a direct computation over the 15 equal-width bins
+    conf, right = torch.tensor([0.05, 0.5, 0.51, 0.99, 1.0]), torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])
+    direct = (abs(0 - 0.05) + abs(0.5 - 0.505) * 2 + abs(1 - 0.995) * 2) / 5
+    assert expected_calibration_error(conf, right) == pytest.approx(direct)
+
+
+def test_quality_retained():
+    assert quality_retained(untrained_ce=5.0, student_ce=3.0, teacher_ce=1.0) == pytest.approx(0.5)
+    assert quality_retained(5.0, 1.0, 1.0) == pytest.approx(1.0)
+    assert quality_retained(1.0, 0.9, 2.0) is None  # nothing to recover
+
+
+def test_the_end_of_run_evaluation_matches_training_and_lands_in_duckdb(distilled_run, tmp_path):
+    run, config, final = distilled_run
+    report = run.read_evaluations()[-1]
+    m = report["metrics"]
+    assert report["step"] == 30 and report["student"] == "final"
+    # the same held-out blocks, token-weighted like the trainer's held-out CE
+    assert m["student_ce"] == pytest.approx(final["eval_ce"], rel=1e-4)
+    assert m["student_perplexity"] == pytest.approx(math.exp(final["eval_ce"]), rel=1e-4)
+    assert m["teacher_ce"] < m["student_ce"] < m["untrained_ce"] and 0 < m["quality_retained"] < 1
+    assert 0 < m["top1_agreement"] <= m["top5_agreement"] <= 1 and m["forward_kl"] > 0
+    assert m["size_ratio"] == pytest.approx(m["teacher_params"] / m["student_params"]) and m["size_ratio"] > 4
+    assert m["student_forward_tokens_per_s"] > 0 and m["teacher_disk_mb"] > m["student_disk_mb"] > 0
+    assert f"{m['size_ratio']:.1f}× smaller" in report["card"] and "of the teacher's quality" in report["card"]
+    assert [g["prompt"] for g in report["generations"]] == ["the cat", "a dog"]
+    assert "## Evaluation" in (run.student / "README.md").read_text()
+
+    store = Store(tmp_path / "db.duckdb")
+    Ingestor(store, run.path.parent).ingest_all()
+    evals = store.evals(["distilled"])
+    judged = evals[evals.split == "evaluation"].set_index("metric").value
+    assert judged["top1_agreement"] == pytest.approx(m["top1_agreement"])
+    row = store.compare(["distilled"]).iloc[0]
+    assert row.quality_retained == pytest.approx(m["quality_retained"]) and row.times_smaller > 4
+    store.close()
+
+
+def test_any_checkpoint_can_be_evaluated_later(distilled_run):
+    run, _, _ = distilled_run
+    report = evaluate_run(run, "checkpoint-10")
+    assert report["step"] == 10 and run.evaluation_file(10).exists()
+    final = [r for r in run.read_evaluations() if r["step"] == 30][0]
+    assert report["metrics"]["forward_kl"] > final["metrics"]["forward_kl"]  # earlier = further from the teacher
+    with pytest.raises(ValueError, match="no saved student 'checkpoint-7'"):
+        evaluate_run(run, "checkpoint-7")
+
+
+def test_ce_baseline_config_changes_only_alpha(distilled_run):
+    _, config, _ = distilled_run
+    base = ce_baseline_config(config)
+    assert base.loss.alpha == 1.0 and base.output.run_name is None
+    assert (base.student, base.data, base.train, base.teacher) == (config.student, config.data, config.train,
+                                                                    config.teacher)
+    with pytest.raises(ValueError, match="already 1"):
+        ce_baseline_config(base)
+
+
+def test_baseline_verdict_answers_with_the_numbers():
+    table = pd.DataFrame([
+        {"run_id": "kd", "status": "succeeded", "heldout_perplexity": 102.4, "alpha": 0.5, "temperature": 1.0,
+         "baseline_of": None},
+        {"run_id": "kd-ce-baseline", "status": "succeeded", "heldout_perplexity": 114.9, "alpha": 1.0,
+         "temperature": 1.0, "baseline_of": "kd"}])
+    text = baseline_verdict(table)
+    assert "**Yes.**" in text and "102.40" in text and "114.90" in text and "10.9% lower" in text
+    assert baseline_verdict(table.iloc[:1]) == ""

@@ -1,0 +1,68 @@
+"""Evaluations the app runs on demand: one at a time in a background thread (each loads a teacher and
+a student), with progress the UI polls. A job evaluates its own final student when it ends
+(config evaluation.at_end); this is for any checkpoint, later."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from workbench.run_eval import evaluate_run
+from workbench.rundir import RunDir
+
+
+class EvaluationQueue:
+    def __init__(self, runs_dir: Path, on_done: Callable[[], None] = lambda: None):
+        self.runs_dir = Path(runs_dir)
+        self.on_done = on_done              # the app wakes its ingest thread, so the store sees the result
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[str, str, str | None]] = deque()
+        self._current: tuple[str, str] | None = None
+        self._progress = ("", 0.0)
+        self._last: dict[tuple[str, str], str] = {}   # (run, student) -> "done" or the error
+        self._working = False  # set and cleared under the lock, so a request never misses a stopping worker
+
+    def request(self, run_id: str, student: str, baseline_id: str | None = None) -> str:
+        with self._lock:
+            job = (run_id, student, baseline_id)
+            if self._current == (run_id, student) or job in self._pending:
+                return f"`{run_id}` {student}: already being evaluated"
+            self._pending.append(job)
+            if not self._working:
+                self._working = True
+                threading.Thread(target=self._work, name="evaluations", daemon=True).start()
+            return f"`{run_id}` {student}: evaluation queued ({len(self._pending)} waiting)"
+
+    def state(self, run_id: str, student: str) -> str:
+        """One line for the UI: running (with progress), queued, finished or failed."""
+        with self._lock:
+            if self._current == (run_id, student):
+                message, fraction = self._progress
+                return f"evaluating: {fraction:.0%} {message}"
+            if any(job[:2] == (run_id, student) for job in self._pending):
+                return "queued"
+            return self._last.get((run_id, student), "")
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._working = False
+                    return
+                run_id, student, baseline_id = self._pending.popleft()
+                self._current, self._progress = (run_id, student), ("starting", 0.0)
+            try:
+                evaluate_run(RunDir(self.runs_dir / run_id), student,
+                             RunDir(self.runs_dir / baseline_id) if baseline_id else None, progress=self._report)
+                outcome = "done"
+            except Exception as err:  # noqa: BLE001 - shown in the UI; the next evaluation still runs
+                outcome = f"failed: {type(err).__name__}: {err}"
+            with self._lock:
+                self._last[(run_id, student)] = outcome
+                self._current = None
+            self.on_done()
+
+    def _report(self, message: str, fraction: float) -> None:
+        with self._lock:
+            self._progress = (message, fraction)

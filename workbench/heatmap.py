@@ -1,0 +1,56 @@
+"""A text as tokens coloured by a per-token value (the inspector's heatmap), as an HTML fragment.
+
+Token text is model output and user input: every piece is HTML-escaped, so `<script>` or
+`<img onerror=...>` in a text shows as those characters. Positions are data attributes the page's
+click handler reads; no token text ever reaches an attribute unescaped."""
+from __future__ import annotations
+
+import html
+import math
+
+# white -> red; alpha carries the value so the text stays readable in light and dark themes
+_RGB = "220, 38, 38"
+
+
+def token_heatmap(tokens: list[str], values: list[float], label: str, selected: int | None = None) -> str:
+    """tokens (L,) and values (L-1,): values[i] colours tokens[i+1], the token row i predicted; the
+    first token is context only. `selected` is a row index, outlined. Colour scale: 0 to the values'
+    95th percentile (with the maximum, a single outlier would wash out every other token)."""
+    if len(values) != len(tokens) - 1:
+        raise ValueError(f"need one value per predicted token: {len(tokens) - 1}, got {len(values)}")
+    finite = sorted(v for v in values if math.isfinite(v))
+    top = finite[min(len(finite) - 1, int(0.95 * len(finite)))] if finite else 1.0
+    top = top if top > 0 else 1.0
+    parts = [f'<span class="dw-tok dw-context">{_escape(tokens[0])}</span>']
+    for row, (token, value) in enumerate(zip(tokens[1:], values)):
+        alpha = min(max(value / top, 0.0), 1.0) if math.isfinite(value) else 1.0
+        outline = " dw-selected" if row == selected else ""
+        parts.append(f'<span class="dw-tok{outline}" data-pos="{row}" style="background-color: rgba({_RGB}, '
+                     f'{alpha:.3f})" title="{html.escape(label)}: {value:.4g}">{_escape(token)}</span>')
+    legend = (f'<div class="dw-legend">{html.escape(label)}: <span class="dw-scale"></span> 0 to {top:.3g} '
+              "(click a token to see both distributions)</div>")
+    return f'<div class="dw-heatmap">{"".join(parts)}</div>{legend}'
+
+
+def _escape(token: str) -> str:
+    """Escaped, with line breaks kept as breaks and marked so an all-newline token stays clickable."""
+    return html.escape(token).replace("\n", "↵<br>")
+
+
+CSS = """
+.dw-heatmap { white-space: pre-wrap; font-family: ui-monospace, monospace; line-height: 1.9; padding: 6px; }
+.dw-tok { cursor: pointer; border-radius: 3px; padding: 1px 0; }
+.dw-tok.dw-context { cursor: default; opacity: 0.7; }
+.dw-tok.dw-selected { outline: 2px solid #2563eb; }
+.dw-legend { font-size: 0.85em; opacity: 0.8; margin-top: 4px; }
+.dw-scale { display: inline-block; width: 80px; height: 0.8em;
+            background: linear-gradient(to right, rgba(220, 38, 38, 0), rgba(220, 38, 38, 1)); }
+"""
+
+# Delegated on the component's root: the fragment inside is replaced on every update.
+CLICK_JS = """
+element.addEventListener('click', (event) => {
+  const token = event.target.closest('[data-pos]');
+  if (token) { trigger('click', {pos: parseInt(token.dataset.pos, 10)}); }
+});
+"""

@@ -1,0 +1,76 @@
+"""A run's models at any point of its training: the initial student (step 0), each complete checkpoint,
+and the final student, next to the run's teacher and tokenizer. The runner builds the initial student
+here; the inspector and the evaluation load every later point through the same code."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.config import DistillConfig
+from workbench.models import load_model, load_student, load_tokenizer, logit_size
+from workbench.pruning import student_from_teacher
+from workbench.rundir import RunDir
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft writes into a LoRA student's checkpoint
+
+
+@dataclass(frozen=True)
+class StudentPoint:
+    step: int
+    label: str               # "initial", "checkpoint-50", "final"
+    path: Path | None        # None for the initial student, which is built from the config
+
+    @property
+    def key(self) -> str:
+        return f"{self.label} (step {self.step})"
+
+
+def initial_student(config: DistillConfig) -> tuple[torch.nn.Module, object]:
+    """(student before training, its tokenizer): a named checkpoint, or the teacher's layers kept
+    (then with the teacher's tokenizer, which a pruned student shares)."""
+    keep = config.student.init_from_teacher_layers
+    if keep:
+        return (student_from_teacher(load_model(config.teacher, "teacher", torch.float32), keep),
+                load_tokenizer(config.teacher, "teacher"))
+    return load_student(config.student), load_tokenizer(config.student, "student")
+
+
+def student_points(run: RunDir, config: DistillConfig) -> list[StudentPoint]:
+    """Step 0, every complete checkpoint, and the final student when saved; ordered by step. A final
+    student replaces a checkpoint taken at the same step (they hold the same weights)."""
+    points = {0: StudentPoint(0, "initial", None)}
+    for path in run.checkpoints.glob("checkpoint-*"):
+        step = path.name.split("-")[-1]
+        if step.isdigit() and run.is_complete_checkpoint(path):
+            points[int(step)] = StudentPoint(int(step), path.name, path)
+    if (run.student / "config.json").exists():
+        step = run.read_status().get("step") or config.train.max_steps
+        points[int(step)] = StudentPoint(int(step), "final", run.student)
+    return [points[s] for s in sorted(points)]
+
+
+def load_student_at(config: DistillConfig, point: StudentPoint) -> torch.nn.Module:
+    """The student at `point` in fp32 eval mode. A LoRA run's checkpoints hold only adapters: they are
+    applied to the initial student and merged, so every point is a plain causal LM."""
+    if point.path is None:
+        model = initial_student(config)[0]
+    elif (point.path / ADAPTER_CONFIG).exists() and not (point.path / "config.json").exists():
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(initial_student(config)[0], str(point.path)).merge_and_unload()
+    else:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(point.path, dtype=torch.float32, local_files_only=True)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def load_teacher_fp32(config: DistillConfig) -> torch.nn.Module:
+    """The teacher as the inspector and evaluation use it: fp32 (exact probabilities), eval, frozen."""
+    return load_model(config.teacher, "teacher", torch.float32).eval().requires_grad_(False)
+
+
+def shared_logits(teacher: torch.nn.Module, student: torch.nn.Module) -> int:
+    """Logit rows both models have: extra rows on one side are padding (models.check_vocab)."""
+    return min(logit_size(teacher), logit_size(student))
