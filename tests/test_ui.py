@@ -3,6 +3,7 @@ field), handlers submit through the job manager, pre-flight, the temperature pre
 import dataclasses
 import time
 
+import gradio as gr
 import pytest
 import tiny
 import yaml
@@ -35,6 +36,9 @@ def test_the_app_builds_with_every_tab(services):
     app = build_app(services)
     labels = {getattr(block, "label", None) for block in app.blocks.values()}
     assert {"Set up", "Runs", "Inspect", "Evaluate", "Compare", "Config"} <= labels
+    # Anything but a Tab directly in gr.Tabs (a Timer, a State) makes the browser's tab bar repeat a tab.
+    tabs = next(block for block in app.blocks.values() if isinstance(block, gr.Tabs))
+    assert all(isinstance(child, gr.Tab) for child in tabs.children), [type(c).__name__ for c in tabs.children]
 
 
 def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
@@ -45,6 +49,9 @@ def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, cor
     kept = config.data.source
     assert kept.startswith(str(services.uploads_dir)) and open(kept).read() == corpus_files[0].read_text()
     assert config.data.validation_source is None and config.loss.alpha == 0.5
+    assert config.evaluation.at_end
+    quiet = form_to_config(dataclasses.replace(tiny_form, evaluate=False), services.allowed_roots, services.uploads_dir)
+    assert not quiet.config.evaluation.at_end
 
 
 def test_bad_form_input_names_every_field(services, tiny_form, tmp_path):

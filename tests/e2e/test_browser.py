@@ -142,3 +142,6 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
     expect(page.locator("#evaluate-card")).to_contain_text("smaller")
     expect(page.locator("#evaluate-table")).to_contain_text("untrained")
     page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
+    # every tab once, after visiting them all (Gradio repeats or drops tabs if anything but a Tab sits in Tabs)
+    assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Set up", "Runs", "Inspect", "Evaluate",
+                                                                     "Compare", "Config"]

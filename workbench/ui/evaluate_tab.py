@@ -62,7 +62,10 @@ def create_evaluate_tab(services: Services) -> None:
             evaluate = gr.Button("Evaluate it", variant="primary", elem_id="evaluate-go")
             baseline = gr.Button("Add CE-only baseline", elem_id="evaluate-baseline")
         status = gr.Markdown(elem_id="evaluate-status")
-    timer = gr.Timer(POLL_S)
+        # Inside the Tab: a Timer or State directly in gr.Tabs shifts the tabs' order in Gradio's front end,
+        # and the tab bar then shows a tab twice (or loses one).
+        timer = gr.Timer(POLL_S)
+        seen = gr.State(())  # (step, created) of the reports shown, to notice new ones
 
     def choose(run_id):
         if not run_id:
@@ -104,7 +107,6 @@ def create_evaluate_tab(services: Services) -> None:
                 *report_view(services, run_id, newest), _seen(reports))
 
     tab.select(lambda chosen: gr.Dropdown(choices=services.store.runs().run_id.tolist(), value=chosen), run, run)
-    seen = gr.State(())  # (step, created) of the reports shown, to notice new ones
     run.input(choose, run, [shown, student, card, table, diagram, generations, seen])
     shown.input(lambda r, s: report_view(services, r, s), [run, shown], [card, table, diagram, generations])
     evaluate.click(request, [run, student], status)

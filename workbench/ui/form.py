@@ -60,6 +60,7 @@ class SetupForm:
     processes: int = 1
     accelerate_config: str = ""  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
     run_name: str = ""
+    evaluate: bool = True  # evaluate the student when the job ends (evaluation.at_end)
     base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
 
     @classmethod
@@ -71,7 +72,7 @@ class SetupForm:
                    divergence=c.loss.divergence, alpha=c.loss.alpha, temperature=c.loss.temperature,
                    beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
                    seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
-                   run_name=c.output.run_name or "", base=c.to_dict())
+                   run_name=c.output.run_name or "", evaluate=c.evaluation.at_end, base=c.to_dict())
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -136,6 +137,7 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     data["train"] = {**train, "max_steps": ints["max_steps"], "lr": form.lr, "batch_size": ints["batch_size"],
                      "seq_len": ints["seq_len"], "bf16": form.bf16, "logging_steps": logging}
     data["output"] = {**data.get("output", {}), "run_name": form.run_name.strip() or None}
+    data["evaluation"] = {**data.get("evaluation", {}), "at_end": bool(form.evaluate)}
     if on_space() and (ints["max_steps"] or 0) > SPACE_MAX_STEPS:
         problems.append(("train.max_steps", f"this Space allows at most {SPACE_MAX_STEPS} steps per run"))
     if problems:

@@ -60,7 +60,7 @@ def act(services: Services, action: str, run_id: str | None) -> str:
 
 
 def create_runs_tab(services: Services) -> gr.Dropdown:
-    with gr.Tab("Runs", id="runs"):
+    with gr.Tab("Runs", id="runs") as tab:
         table = gr.Dataframe(jobs_table(services), label="Jobs", interactive=False, elem_id="jobs-table")
         with gr.Row():
             run = gr.Dropdown([], label="Run", allow_custom_value=False)
@@ -69,8 +69,10 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
         message = gr.Markdown()
         curves = gr.Plot(label="Loss curves", elem_id="run-curves")
         log = gr.Textbox(label="Worker log (end)", lines=10, max_lines=20, autoscroll=True)
-    timer = gr.Timer(POLL_S)
-    shown = gr.State(())  # what the plot shows: redrawn only when it changes, so zoom survives polling
+        # Inside the Tab: a Timer or State directly in gr.Tabs shifts the tabs' order in Gradio's front end,
+        # and the tab bar then shows a tab twice (or loses one).
+        timer = gr.Timer(POLL_S)
+        shown = gr.State(())  # what the plot shows: redrawn only when it changes, so zoom survives polling
 
     def refresh(selected, key):
         frame = jobs_table(services)
@@ -80,6 +82,7 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
         return frame, gr.Dropdown(choices=ids, value=chosen), gr.skip() if figure is None else figure, text, new_key
 
     timer.tick(refresh, [run, shown], [table, run, curves, log, shown])
+    tab.select(refresh, [run, shown], [table, run, curves, log, shown])  # a tab's timer starts when it is first opened
     run.input(lambda r: run_details(services, r), run, [curves, log, shown])
     cancel.click(lambda r: act(services, "cancel", r), run, message)
     resume.click(lambda r: act(services, "resume", r), run, message)

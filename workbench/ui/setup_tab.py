@@ -104,6 +104,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             accelerate_config = gr.Textbox(label="accelerate config file (optional)",
                                            info="FSDP / DeepSpeed on GPUs; `accelerate config` writes one")
             run_name = gr.Textbox(start.run_name, label="Run name (optional)")
+            evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
+                                   info="perplexity, agreement, calibration, speed, generations: the run card")
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -117,7 +119,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
 
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
-                               processes, accelerate_config, run_name]))
+                               processes, accelerate_config, run_name, evaluate]))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
     base = default.to_dict()
