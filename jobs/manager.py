@@ -19,7 +19,7 @@ from jobs.launcher import start_worker
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
 from workbench.config import DistillConfig
-from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, is_run_dir
+from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, is_run_dir, run_in
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
 LOG_TAIL_LINES = 40
@@ -171,10 +171,7 @@ class JobManager:
 
     # -- internals --------------------------------------------------------------------------------
     def _run(self, run_id: str) -> RunDir:
-        run = RunDir(self.runs_dir / run_id)
-        if "/" in run_id or run_id in ("", ".", "..") or not run.path.is_dir():
-            raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
-        return run
+        return run_in(self.runs_dir, run_id)
 
     def _run_dirs(self) -> list[RunDir]:
         return [RunDir(p) for p in sorted(self.runs_dir.iterdir()) if is_run_dir(p)]

@@ -9,10 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench.baseline import baseline_verdict, ce_baseline_config
+from workbench.config import DistillConfig
 from workbench.data import PadCollator, heldout_dataset
 from workbench.evaluate import expected_calibration_error, heldout_metrics, quality_retained
 from workbench.ingest import Ingestor
 from workbench.run_eval import evaluate_run
+from workbench.run_models import is_adapter_only
+from workbench.rundir import RunDir
+from workbench.runner import run_training
 from workbench.store import Store
 
 
@@ -101,3 +105,23 @@ def test_baseline_verdict_answers_with_the_numbers():
     text = baseline_verdict(table)
     assert "**Yes.**" in text and "102.40" in text and "114.90" in text and "10.9% lower" in text
     assert baseline_verdict(table.iloc[:1]) == ""
+
+
+def test_a_pruned_student_and_a_lora_checkpoint_are_evaluated(teacher_dir, corpus_files, tmp_path):
+    """The default config's kind of student (layers kept from the teacher) and a LoRA run, whose
+    checkpoints hold only adapters: both are rebuilt from the config and evaluated."""
+    config = DistillConfig.from_dict({
+        "teacher": {"name_or_path": str(teacher_dir)},
+        "student": {"init_from_teacher_layers": 2, "lora": {"enabled": True, "r": 4}},
+        "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1])},
+        "evaluation": {"prompts": ["the cat"], "max_new_tokens": 4},
+        "train": {"max_steps": 6, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "save_steps": 3, "logging_steps": 3},
+        "output": {"runs_dir": str(tmp_path), "run_name": "pruned-lora"}})
+    run_training(config)
+    run = RunDir(tmp_path / "pruned-lora")
+    final = run.read_evaluations()[-1]["metrics"]
+    assert final["teacher_params"] > final["student_params"] and "untrained_ce" in final
+    assert is_adapter_only(run.checkpoints / "checkpoint-3")
+    early = evaluate_run(run, "checkpoint-3")["metrics"]
+    assert early["student_ce"] != final["student_ce"] and early["untrained_ce"] == pytest.approx(final["untrained_ce"])
+    assert "student_disk_mb" not in early  # an adapter's size is not the student's

@@ -101,6 +101,8 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
 
     # One click: the CE-only baseline of "good"; Compare then brings it in and answers the question.
     assert services.add_baseline("good") == "good-ce-baseline"
+    with pytest.raises(ValueError, match="already has its CE-only baseline"):
+        services.add_baseline("good")
     assert services.jobs.wait("good-ce-baseline", timeout=300)["state"] == "succeeded"
     services.ingest.ingestor.ingest_all()
     curves, compared, verdict = compare_tab.compare(services, ["good"], "kd")
@@ -188,5 +190,10 @@ def test_inspect_and_evaluate_views_of_a_finished_run(distilled_run):
             time.sleep(0.2)
         assert services.evaluations.state("distilled", student) == "done"
         assert 20 in [r["step"] for r in services.evaluation_reports("distilled")]
+        for bad in ("../distilled", "distilled/student", ""):  # run ids never address another folder
+            with pytest.raises(KeyError):
+                services.evaluation_reports(bad)
+            with pytest.raises(KeyError):
+                services.evaluations.request(bad, student)
     finally:
         services.close()

@@ -3,13 +3,16 @@ a student), with progress the UI polls. A job evaluates its own final student wh
 (config evaluation.at_end); this is for any checkpoint, later."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from pathlib import Path
 from typing import Callable
 
 from workbench.run_eval import evaluate_run
-from workbench.rundir import RunDir
+from workbench.rundir import run_in
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationQueue:
@@ -24,9 +27,13 @@ class EvaluationQueue:
         self._working = False  # set and cleared under the lock, so a request never misses a stopping worker
 
     def request(self, run_id: str, student: str, baseline_id: str | None = None) -> str:
+        """Queue an evaluation; KeyError for a run id that is not a run folder in runs_dir."""
+        run_in(self.runs_dir, run_id)
+        if baseline_id:
+            run_in(self.runs_dir, baseline_id)
         with self._lock:
             job = (run_id, student, baseline_id)
-            if self._current == (run_id, student) or job in self._pending:
+            if self._current == (run_id, student) or any(p[:2] == (run_id, student) for p in self._pending):
                 return f"`{run_id}` {student}: already being evaluated"
             self._pending.append(job)
             if not self._working:
@@ -53,15 +60,18 @@ class EvaluationQueue:
                 run_id, student, baseline_id = self._pending.popleft()
                 self._current, self._progress = (run_id, student), ("starting", 0.0)
             try:
-                evaluate_run(RunDir(self.runs_dir / run_id), student,
-                             RunDir(self.runs_dir / baseline_id) if baseline_id else None, progress=self._report)
+                evaluate_run(run_in(self.runs_dir, run_id), student,
+                             run_in(self.runs_dir, baseline_id) if baseline_id else None, progress=self._report)
                 outcome = "done"
             except Exception as err:  # noqa: BLE001 - shown in the UI; the next evaluation still runs
                 outcome = f"failed: {type(err).__name__}: {err}"
             with self._lock:
                 self._last[(run_id, student)] = outcome
                 self._current = None
-            self.on_done()
+            try:
+                self.on_done()
+            except Exception:  # noqa: BLE001 - a failing notification must not stop the queue
+                log.exception("evaluation finished, but on_done failed")
 
     def _report(self, message: str, fraction: float) -> None:
         with self._lock:

@@ -27,11 +27,11 @@ def calibration_bins(confidence: Tensor, correct: Tensor, bins: int = ECE_BINS) 
     """(bins, 3) per equal-width confidence bin: [count, sum of confidence, sum of correct]. Bin b holds
     confidences in (b/bins, (b+1)/bins]; confidence 0 goes to the first bin."""
     index = (confidence.float() * bins).ceil().long().clamp(1, bins) - 1
-    out = torch.zeros(bins, 3, dtype=torch.float64)
+    out = torch.zeros(bins, 3, dtype=torch.float64, device=confidence.device)
     out[:, 0].index_add_(0, index, torch.ones_like(confidence, dtype=torch.float64))
     out[:, 1].index_add_(0, index, confidence.double())
     out[:, 2].index_add_(0, index, correct.double())
-    return out
+    return out.cpu()
 
 
 def ece_from_bins(table: Tensor) -> float:
@@ -59,20 +59,23 @@ class HeldoutMetrics:
     top5: float = 0.0
     kl: float = 0.0
 
-    def add(self, logits: dict[str, Tensor], labels: Tensor) -> None:
-        """logits: model name -> (B, L, V) already aligned with labels (B, L); "teacher" and "student"
-        give the agreement and KL terms, every model its CE and calibration."""
+    def add(self, logits: dict[str, Tensor], labels: Tensor, vocab: int | None = None) -> None:
+        """logits: model name -> (B, L, V_model) already aligned with labels (B, L). Each model's CE and
+        calibration use its own full logits, as its training CE does; "teacher" vs "student" agreement
+        and KL compare the first `vocab` logits (the rows both have), as the KD term does."""
         mask = labels != IGNORE_INDEX
         targets = labels[mask]                                       # (N,)
         self.tokens += int(targets.numel())
-        log_probs = {name: torch.log_softmax(x[mask].float(), -1) for name, x in logits.items()}  # (N, V)
-        for name, lp in log_probs.items():
+        rows = {name: x[mask].float() for name, x in logits.items()}  # (N, V_model)
+        for name, x in rows.items():
+            lp = torch.log_softmax(x, -1)
             self.nll[name] = self.nll.get(name, 0.0) - float(lp.gather(-1, targets[:, None]).sum())
             confidence, guess = lp.max(-1)
             bins = calibration_bins(confidence.exp(), (guess == targets).float())
             self.calibration[name] = self.calibration.get(name, 0) + bins
-        if "teacher" in log_probs and "student" in log_probs:
-            t, s = log_probs["teacher"], log_probs["student"]
+        if "teacher" in rows and "student" in rows:
+            t = torch.log_softmax(rows["teacher"][:, :vocab], -1)
+            s = torch.log_softmax(rows["student"][:, :vocab], -1)
             t_best = t.argmax(-1)
             self.top1 += float((s.argmax(-1) == t_best).sum())
             top5 = s.topk(min(5, s.shape[-1]), -1).indices
@@ -101,16 +104,19 @@ class HeldoutMetrics:
 
 def heldout_metrics(models: dict[str, torch.nn.Module], dataset, collator, batch_size: int, vocab: int,
                     progress=None) -> HeldoutMetrics:
-    """Run every model over the held-out blocks; logits sliced to the `vocab` rows all models share."""
+    """Run every model over the held-out blocks (on the device of the models); `vocab` = the logit rows
+    teacher and student share (HeldoutMetrics.add)."""
     metrics = HeldoutMetrics()
+    device = next(iter(models.values())).device
     total = len(dataset)
     for start in range(0, total, batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, total))])
+        batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch["labels"][:, 1:]  # causal shift: logits at i predict token i + 1
         with torch.no_grad():
             logits = {name: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                                  ).logits[:, :-1, :vocab] for name, model in models.items()}
-        metrics.add(logits, labels)
+                                  ).logits[:, :-1] for name, model in models.items()}
+        metrics.add(logits, labels, vocab)
         if progress:
             progress(f"held-out text: {min(start + batch_size, total)}/{total} blocks",
                      min(start + batch_size, total) / total)

@@ -15,7 +15,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, RunDir, is_run_dir
+from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, TRAINER_STATE, RunDir, is_run_dir
 from workbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ def _signature(run: RunDir) -> str:
             parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append("-")
-    parts += [p.name for p in sorted(run.checkpoints.glob("checkpoint-*"))]
+    # with whether each is complete yet: Trainer writes trainer_state.json into it last
+    parts += [f"{p.name}:{(p / TRAINER_STATE).exists()}" for p in sorted(run.checkpoints.glob("checkpoint-*"))]
     parts += [f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(run.evaluations.glob("step-*.json"))]
     parts.append(str((run.student / "config.json").exists()))
     return "|".join(parts)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from workbench.losses import forward_kl, generalized_jsd, reverse_kl
+from workbench.models import shared_logit_size
 
 MAX_TOKENS = 256
 
@@ -58,21 +59,26 @@ class TopK:
     actual: str                 # the token that really came next
 
 
-def analyse(teacher, student, tokenizer, text: str, max_tokens: int = MAX_TOKENS) -> TokenAnalysis:
-    """Run both models over the first `max_tokens` tokens of `text` (fp32, no gradients)."""
+def analyse(teacher, student, tokenizer, text: str, max_tokens: int = MAX_TOKENS,
+            teacher_logits: Tensor | None = None) -> TokenAnalysis:
+    """Run both models over the first `max_tokens` tokens of `text` (fp32, no gradients).
+    `teacher_logits` (L-1, V_teacher): the teacher's rows for this text from an earlier analysis, so
+    comparing several students with one teacher runs the teacher once."""
     if not text or not text.strip():
         raise ValueError("inspector text: write or pick a text first")
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]  # (1, L)
     if ids.shape[1] < 2:
         raise ValueError("inspector text: needs at least two tokens (one to predict from, one to predict)")
-    vocab = min(teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0])
+    vocab = shared_logit_size(teacher, student)
     start = time.perf_counter()
     with torch.no_grad():
-        t_logits = teacher(input_ids=ids).logits[0, :-1, :vocab].float()
+        if teacher_logits is None:
+            teacher_logits = teacher(input_ids=ids).logits[0, :-1].float()
         s_logits = student(input_ids=ids).logits[0, :-1, :vocab].float()
     seconds = time.perf_counter() - start
     token_ids = ids[0].tolist()
-    return TokenAnalysis(token_ids, [tokenizer.decode([i]) for i in token_ids], t_logits, s_logits, seconds)
+    return TokenAnalysis(token_ids, [tokenizer.decode([i]) for i in token_ids], teacher_logits[:, :vocab], s_logits,
+                         seconds)
 
 
 def softened(logits: Tensor, temperature: float) -> Tensor:
@@ -82,7 +88,8 @@ def softened(logits: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
-def _entropy(probs: Tensor) -> Tensor:
+def entropy(probs: Tensor) -> Tensor:
+    """Entropy in nats of distributions over the last dim: (..., V) -> (...)."""
     return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
 
 
@@ -102,8 +109,8 @@ def _token_stats(analysis: TokenAnalysis, temperature: float) -> dict[str, Tenso
         "reverse_kl": reverse_kl(s, t, temperature),
         "jsd": generalized_jsd(s, t, temperature, beta=0.5),
         "dark_mass": 1 - p.max(-1).values,
-        "teacher_entropy": _entropy(p),
-        "student_entropy": _entropy(q),
+        "teacher_entropy": entropy(p),
+        "student_entropy": entropy(q),
         "student_nll": -q.gather(-1, nxt[:, None]).squeeze(-1).clamp_min(1e-30).log(),
         "agree": (p.argmax(-1) == q.argmax(-1)).float(),
     }

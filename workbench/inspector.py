@@ -10,21 +10,25 @@ from pathlib import Path
 from workbench.config import DistillConfig
 from workbench.data import heldout_documents
 from workbench.inspect import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
-from workbench.models import load_tokenizer
-from workbench.rundir import CONFIG, RunDir, is_run_dir
+from workbench.models import load_tokenizer, shared_logit_size
+from workbench.rundir import CONFIG, RunDir, is_run_dir, run_in
 from workbench.run_models import StudentPoint, load_student_at, load_teacher_fp32, student_points
 
 
 class _Lru(OrderedDict):
-    def __init__(self, size: int):
+    """Least recently used entries go first once the summed weight (entries, or bytes) passes `limit`."""
+
+    def __init__(self, limit: int, weigh=lambda value: 1):
         super().__init__()
-        self.size = size
+        self.limit, self.weigh, self.total = limit, weigh, 0
 
     def put(self, key, value):
+        if key in self:
+            self.total -= self.weigh(self.pop(key))
         self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+        self.total += self.weigh(value)
+        while self.total > self.limit and len(self) > 1:
+            self.total -= self.weigh(self.popitem(last=False)[1])
         return value
 
     def hit(self, key):
@@ -34,30 +38,38 @@ class _Lru(OrderedDict):
         return None
 
 
+def _analysis_bytes(found: TokenAnalysis) -> int:
+    return found.student_logits.nbytes  # its teacher rows are shared, and weighed in the teacher cache
+
+
 class Inspector:
-    def __init__(self, runs_dir: str | Path, max_students: int = 4, max_analyses: int = 32):
+    def __init__(self, runs_dir: str | Path, max_students: int = 4, max_bytes: int = 2**30):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
-        self._lock = threading.RLock()
+        # _lock guards the caches and is never held while a model loads or runs, so a slider move served
+        # from the cache never waits for another session's work; _work runs that work one at a time (it
+        # competes for the same cores anyway) and lets a second request find what the first one made.
+        self._lock = threading.Lock()
+        self._work = threading.RLock()
         self._teachers = _Lru(1)          # one teacher at a time: the biggest model by far
         self._students = _Lru(max_students)
-        self._analyses = _Lru(max_analyses)
+        # Full-vocabulary fp32 logits: ~100 MB per 256-token text at V = 49k, so the caches are capped
+        # in bytes; one teacher pass serves every student of a run.
+        self._teacher_rows = _Lru(max_bytes // 2, lambda rows: rows.nbytes)
+        self._analyses = _Lru(max_bytes, _analysis_bytes)
         self._texts: dict[str, list[str]] = {}
 
     def run(self, run_id: str) -> tuple[RunDir, DistillConfig]:
-        path = (self.runs_dir / run_id).resolve()
-        if path.parent != self.runs_dir or not is_run_dir(path) or not (path / CONFIG).exists():
+        try:
+            run = run_in(self.runs_dir, run_id)
+        except KeyError:
+            run = None
+        if run is None or not is_run_dir(run.path) or not run.file(CONFIG).exists():
             raise ValueError(f"run {run_id!r}: no started run of that name in {self.runs_dir}")
-        return RunDir(path), DistillConfig.load(path / CONFIG)
+        return run, DistillConfig.load(run.file(CONFIG))
 
     def points(self, run_id: str) -> list[StudentPoint]:
         run, config = self.run(run_id)
         return student_points(run, config)
-
-    def point(self, run_id: str, key: str) -> StudentPoint:
-        for point in self.points(run_id):
-            if point.key == key:
-                return point
-        raise ValueError(f"run {run_id!r} has no student {key!r} (a checkpoint may have been rotated away)")
 
     def tokenizer(self, run_id: str):
         _, config = self.run(run_id)
@@ -65,53 +77,91 @@ class Inspector:
 
     def validation_texts(self, run_id: str) -> list[str]:
         with self._lock:
-            if run_id not in self._texts:
-                _, config = self.run(run_id)
-                self._texts[run_id] = heldout_documents(config.data, self._teacher(config)[1], config.train.seed)
-            return self._texts[run_id]
+            if run_id in self._texts:
+                return self._texts[run_id]
+        _, config = self.run(run_id)
+        texts = heldout_documents(config.data, self._teacher(config)[1], config.train.seed)
+        with self._lock:
+            self._texts[run_id] = texts
+        return texts
 
     def analysis(self, run_id: str, key: str, text: str, max_tokens: int = MAX_TOKENS) -> TokenAnalysis:
-        _, config = self.run(run_id)
-        point = self.point(run_id, key)
-        cache_key = (run_id, key, _stamp(point), text, max_tokens)
-        with self._lock:
-            found = self._analyses.hit(cache_key)
-            if found is not None:
-                return found
-            teacher, tokenizer = self._teacher(config)
-            student = self._student(run_id, config, point)
-            return self._analyses.put(cache_key, analyse(teacher, student, tokenizer, text, max_tokens))
+        run, config = self.run(run_id)
+        for point in student_points(run, config):
+            if point.key == key:
+                return self._analysis(run_id, config, point, text, max_tokens)
+        raise ValueError(f"run {run_id!r} has no student {key!r} (a checkpoint may have been rotated away)")
 
     def trajectory(self, run_id: str, text: str, position: int, temperature: float, k: int = 5,
                    max_tokens: int = MAX_TOKENS) -> Trajectory:
         """One position's student distribution at every saved point of the run, vs the teacher's."""
+        run, config = self.run(run_id)
         rows = []
-        for point in self.points(run_id):
-            found = self.analysis(run_id, point.key, text, max_tokens)
+        for point in student_points(run, config):
+            found = self._analysis(run_id, config, point, text, max_tokens)
             if not 0 <= position < len(found):
                 raise ValueError(f"position must be in [0, {len(found) - 1}], got {position}")
             rows.append((point.step, found.student_logits[position]))
-        return trajectory(found.teacher_logits[position], rows, self.tokenizer(run_id), temperature, k)
+        return trajectory(found.teacher_logits[position], rows, self._teacher(config)[1], temperature, k)
+
+    def _analysis(self, run_id: str, config: DistillConfig, point: StudentPoint, text: str,
+                  max_tokens: int) -> TokenAnalysis:
+        cache_key = (run_id, point.key, _stamp(point), text, max_tokens)
+        with self._lock:
+            found = self._analyses.hit(cache_key)
+        if found is not None:
+            return found
+        with self._work:
+            with self._lock:
+                found = self._analyses.hit(cache_key)
+            if found is not None:
+                return found
+            teacher, tokenizer = self._teacher(config)
+            student = self._student(run_id, config, point, teacher)
+            rows_key = (_teacher_key(config), text, max_tokens, shared_logit_size(teacher, student))
+            with self._lock:
+                rows = self._teacher_rows.hit(rows_key)
+            found = analyse(teacher, student, tokenizer, text, max_tokens, rows)
+            with self._lock:
+                self._teacher_rows.put(rows_key, found.teacher_logits)
+                return self._analyses.put(cache_key, found)
 
     def _teacher(self, config: DistillConfig):
-        key = (config.teacher.name_or_path, config.teacher.revision, config.teacher.gguf_file)
+        key = _teacher_key(config)
         with self._lock:
             found = self._teachers.hit(key)
+        if found is not None:
+            return found
+        with self._work:
+            with self._lock:
+                found = self._teachers.hit(key)
             if found is None:
                 # The student's tokenizer is the teacher's: soft-label runs were checked for one vocabulary.
-                found = self._teachers.put(key, (load_teacher_fp32(config), load_tokenizer(config.teacher, "teacher")))
+                found = (load_teacher_fp32(config), load_tokenizer(config.teacher, "teacher"))
+                with self._lock:
+                    self._teachers.put(key, found)
             return found
 
-    def _student(self, run_id: str, config: DistillConfig, point: StudentPoint):
+    def _student(self, run_id: str, config: DistillConfig, point: StudentPoint, teacher):
         key = (run_id, point.key, _stamp(point))
         with self._lock:
             found = self._students.hit(key)
-            return found if found is not None else self._students.put(key, load_student_at(config, point))
+        if found is None:
+            found = load_student_at(config, point, teacher=teacher)  # the caller holds _work
+            with self._lock:
+                self._students.put(key, found)
+        return found
 
 
-def _stamp(point: StudentPoint) -> float:
-    """Changes when the folder is rewritten (a resumed run saving a new final student)."""
+def _teacher_key(config: DistillConfig) -> tuple:
+    return config.teacher.name_or_path, config.teacher.revision, config.teacher.gguf_file
+
+
+def _stamp(point: StudentPoint) -> int:
+    """Changes when the student's files are rewritten (a resumed run saving a new final student)."""
+    if point.path is None:
+        return 0
     try:
-        return point.path.stat().st_mtime if point.path is not None else 0.0
+        return max((p.stat().st_mtime_ns for p in point.path.iterdir()), default=0)
     except FileNotFoundError:
-        return -1.0
+        return -1

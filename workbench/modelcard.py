@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from workbench.config import DistillConfig
@@ -51,5 +52,8 @@ def set_evaluation_section(path: Path, card: str) -> Path:
     head, found, tail = text.partition(EVALUATION_HEADING + "\n")
     rest = tail[tail.find("\n## "):] if found and "\n## " in tail else ""
     body = head if found else text.rstrip("\n") + "\n\n"
-    path.write_text(f"{body}{EVALUATION_HEADING}\n\n{card}\n{rest}", encoding="utf-8")
+    # Atomic: a cancel during the evaluation must not leave half a model card.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{body}{EVALUATION_HEADING}\n\n{card}\n{rest}", encoding="utf-8")
+    os.replace(tmp, path)
     return path

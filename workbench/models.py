@@ -53,13 +53,18 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
-def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of a hub model already in the local hub cache, else None (nothing is downloaded)."""
     from huggingface_hub import try_to_load_from_cache
     try:
         found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     except ValueError:  # not a valid repo id
-        return False
-    return isinstance(found, str)
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    return hub_snapshot(repo_id, revision) is not None
 
 
 def resolve_source(spec: ModelSpec, role: str) -> tuple[str, bool]:
@@ -144,6 +149,11 @@ def load_student(spec: ModelSpec):
 
 def logit_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
+
+
+def shared_logit_size(*models) -> int:
+    """Logit rows every model has: rows beyond them are padding rows (see check_vocab)."""
+    return min(logit_size(m) for m in models)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def token_distributions(top, temperature: float, context: str) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Bar(x=labels, y=top.teacher + [top.teacher_rest], name="teacher", marker_color="#636efa"))
     fig.add_trace(go.Bar(x=labels, y=top.student + [top.student_rest], name="student", marker_color="#ef553b"))
-    title = (f"next token after “…{html.escape(context[-40:])}” (actually {token_labels([top.actual])[0]!r}), "
+    title = (f"next token after “…{html.escape(context[-40:])}” (actually '{token_labels([top.actual])[0]}'), "
              f"T = {temperature:g}")
     fig.update_layout(barmode="group", height=360, yaxis_title="probability", yaxis_range=[0, 1],
                       margin=dict(l=50, r=20, t=50, b=90), title=dict(text=title, font=dict(size=13)),

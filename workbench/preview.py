@@ -8,6 +8,7 @@ from functools import lru_cache
 import torch
 
 from workbench.config import ModelSpec
+from workbench.inspect import entropy
 from workbench.models import load_model, load_tokenizer
 
 TOP_TOKENS = 12
@@ -29,10 +30,6 @@ def _loaded(spec_key: tuple):
     return load_tokenizer(spec, "teacher"), load_model(spec, "teacher", torch.float32).eval()
 
 
-def _entropy(probs: torch.Tensor) -> float:
-    return float(-(probs * probs.clamp_min(1e-30).log()).sum())
-
-
 def temperature_preview(spec: ModelSpec, text: str, temperature: float, top: int = TOP_TOKENS) -> TemperaturePreview:
     """The teacher's distribution for the token after `text`. The tokens shown are the top ones at the
     chosen T (at high T that is where the mass spreads to)."""
@@ -48,4 +45,4 @@ def temperature_preview(spec: ModelSpec, text: str, temperature: float, top: int
     order = pt.topk(min(top, pt.numel())).indices
     return TemperaturePreview(context=text, tokens=[tokenizer.decode([int(i)]) for i in order],
                               probs_t1=p1[order].tolist(), probs_t=pt[order].tolist(),
-                              entropy_t1=_entropy(p1), entropy_t=_entropy(pt))
+                              entropy_t1=float(entropy(p1)), entropy_t=float(entropy(pt)))

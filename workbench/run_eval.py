@@ -13,8 +13,9 @@ from workbench.config import DistillConfig, ModelSpec
 from workbench.data import PadCollator, heldout_dataset
 from workbench.evaluate import heldout_metrics, quality_retained
 from workbench.modelcard import set_evaluation_section
-from workbench.models import load_tokenizer, logit_size, resolve_source
-from workbench.run_models import StudentPoint, load_student_at, load_teacher_fp32, student_points
+from workbench.models import hub_snapshot, load_tokenizer, resolve_source, shared_logit_size
+from workbench.run_models import (StudentPoint, is_adapter_only, load_student_at, load_teacher_fp32,
+                                  student_points)
 from workbench.rundir import CONFIG, RunDir, write_json_atomic
 from workbench.speed import generate, speed_and_size
 
@@ -24,11 +25,7 @@ Progress = Callable[[str, float], None]
 def _model_folder(spec: ModelSpec, role: str) -> Path | None:
     """The folder holding a model's weights: a local folder, or its snapshot in the hub cache."""
     source, _ = resolve_source(spec, role)
-    if Path(source).is_dir():
-        return Path(source)
-    from huggingface_hub import try_to_load_from_cache
-    found = try_to_load_from_cache(source, "config.json", revision=spec.revision)
-    return Path(found).parent if isinstance(found, str) else None
+    return Path(source) if Path(source).is_dir() else hub_snapshot(source, spec.revision)
 
 
 def pick_point(points: list[StudentPoint], key: str | None) -> StudentPoint:
@@ -49,24 +46,31 @@ def _final_student(run: RunDir) -> tuple[DistillConfig, StudentPoint] | None:
 
 def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | None = None,
                  config: DistillConfig | None = None, progress: Progress | None = None) -> dict:
+    """Evaluate the student at `point_key` (default: the latest saved) on the GPU when there is one.
+    A baseline is compared only with a final student: both then had the same number of steps."""
     say = progress or (lambda _message, _fraction: None)
     config = config or DistillConfig.load(run.file(CONFIG))
     points = student_points(run, config)
     point = pick_point(points, point_key)
-    say("loading teacher and student", 0.02)
     tokenizer = load_tokenizer(config.teacher, "teacher")
-    models = {"teacher": load_teacher_fp32(config), "student": load_student_at(config, point)}
-    if point.step != 0:
-        models["untrained"] = load_student_at(config, points[0])
-    found = _final_student(baseline) if baseline is not None else None
-    if found is not None:
-        models["baseline"] = load_student_at(*found)
     held = heldout_dataset(config.data, tokenizer, config.train.seq_len, config.train.seed)
     if held is None or len(held) == 0:
         raise ValueError("data.validation_fraction: the run has no held-out text to evaluate on; give "
                          "data.validation_source or a validation_fraction > 0")
-    vocab = min(logit_size(m) for m in models.values())
-    heldout = heldout_metrics(models, held, PadCollator(tokenizer), config.train.batch_size, vocab,
+    say("loading teacher and students", 0.02)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_teacher_fp32(config)
+    initial = load_student_at(config, points[0], teacher=teacher)
+    models = {"teacher": teacher, "student": initial if point.step == 0 else
+              load_student_at(config, point, teacher=teacher, initial=initial)}
+    if point.step != 0:
+        models["untrained"] = initial
+    found = _final_student(baseline) if baseline is not None and point.label == "final" else None
+    if found is not None:
+        models["baseline"] = load_student_at(*found)
+    models = {name: model.to(device) for name, model in models.items()}
+    heldout = heldout_metrics(models, held, PadCollator(tokenizer), config.train.batch_size,
+                              shared_logit_size(models["teacher"], models["student"]),
                               lambda message, f: say(message, 0.05 + 0.55 * f))
     metrics = heldout.result()
     if "untrained_ce" in metrics:
@@ -75,26 +79,28 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     speed = {}
     if config.evaluation.speed:
         say("measuring speed", 0.65)
-        sample = held[0]["input_ids"]
+        sample_ids = torch.as_tensor([held[0]["input_ids"]])
         prompt = tokenizer(config.evaluation.prompts[0] if config.evaluation.prompts else "The",
                            return_tensors="pt").input_ids
-        sample_ids = torch.as_tensor([sample])
+        # An adapter-only checkpoint's folder holds no model weights: its size on disk says nothing here.
+        student_folder = point.path if point.path is not None and not is_adapter_only(point.path) else None
         speed = {"teacher": speed_and_size(models["teacher"], _model_folder(config.teacher, "teacher"), sample_ids,
                                            prompt),
-                 "student": speed_and_size(models["student"], point.path, sample_ids, prompt)}
+                 "student": speed_and_size(models["student"], student_folder, sample_ids, prompt)}
         metrics.update(_ratios(speed))
     generations = []
-    if config.evaluation.max_new_tokens:
-        for i, prompt in enumerate(config.evaluation.prompts):
-            say(f"generating {i + 1}/{len(config.evaluation.prompts)}", 0.8 + 0.18 * i / len(config.evaluation.prompts))
-            generations.append({"prompt": prompt, **{role: generate(models[role], tokenizer, prompt,
-                                                                    config.evaluation.max_new_tokens)
-                                                     for role in ("teacher", "student")}})
+    prompts = config.evaluation.prompts if config.evaluation.max_new_tokens else []
+    for i, prompt in enumerate(prompts):
+        say(f"generating {i + 1}/{len(prompts)}", 0.8 + 0.18 * i / len(prompts))
+        generations.append({"prompt": prompt, **{role: generate(models[role], tokenizer, prompt,
+                                                                config.evaluation.max_new_tokens)
+                                                 for role in ("teacher", "student")}})
     report = {"run_id": run.path.name, "step": point.step, "student": point.label, "created": time.time(),
-              "baseline": baseline.path.name if found is not None else None, "metrics": metrics, "speed": speed,
+              "device": str(device), "baseline": baseline.path.name if found is not None else None,
+              "metrics": metrics, "speed": speed,
               "reliability": {name: heldout.reliability(name) for name in ("teacher", "student")},
               "generations": generations}
-    report["card"] = run_card(metrics)
+    report["card"] = run_card(metrics, device.type)
     run.evaluations.mkdir(exist_ok=True)
     write_json_atomic(run.evaluation_file(point.step), report)
     if point.label == "final" and (run.student / "README.md").exists():
@@ -116,7 +122,7 @@ def _times(ratio: float, more: str, less: str) -> str:
     return f"{ratio:.1f}× {more}" if ratio >= 1 else f"{1 / ratio:.1f}× {less}"
 
 
-def run_card(m: dict) -> str:
+def run_card(m: dict, device: str = "cpu") -> str:
     """DistilBERT's summary line for this student, then the numbers behind it (markdown)."""
     claims = []
     if "size_ratio" in m:
@@ -144,7 +150,7 @@ def run_card(m: dict) -> str:
         lines.append(f"- Against plain fine-tuning: distillation is {'better' if better > 0 else 'not better'} "
                      f"(perplexity {m['student_perplexity']:.2f} vs {m['baseline_perplexity']:.2f})")
     if "student_forward_tokens_per_s" in m:
-        lines.append(f"- Speed here: forward {m['teacher_forward_tokens_per_s']:.0f} → "
+        lines.append(f"- Speed here ({device}): forward {m['teacher_forward_tokens_per_s']:.0f} → "
                      f"{m['student_forward_tokens_per_s']:.0f} tokens/s, generation "
                      f"{m['teacher_generation_ms_per_token']:.1f} → {m['student_generation_ms_per_token']:.1f} "
                      f"ms/token; parameters {m['teacher_params']:,.0f} → {m['student_params']:,.0f}")

@@ -3,13 +3,14 @@ and the final student, next to the run's teacher and tokenizer. The runner build
 here; the inspector and the evaluation load every later point through the same code."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from workbench.config import DistillConfig
-from workbench.models import load_model, load_student, load_tokenizer, logit_size
+from workbench.models import load_model, load_student, load_tokenizer
 from workbench.pruning import student_from_teacher
 from workbench.rundir import RunDir
 
@@ -27,13 +28,14 @@ class StudentPoint:
         return f"{self.label} (step {self.step})"
 
 
-def initial_student(config: DistillConfig) -> tuple[torch.nn.Module, object]:
+def initial_student(config: DistillConfig, teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, object]:
     """(student before training, its tokenizer): a named checkpoint, or the teacher's layers kept
-    (then with the teacher's tokenizer, which a pruned student shares)."""
+    (then with the teacher's tokenizer, which a pruned student shares). `teacher`: an fp32 teacher
+    already loaded, to prune from instead of loading it again (its weights are copied, not changed)."""
     keep = config.student.init_from_teacher_layers
     if keep:
-        return (student_from_teacher(load_model(config.teacher, "teacher", torch.float32), keep),
-                load_tokenizer(config.teacher, "teacher"))
+        source = teacher if teacher is not None else load_model(config.teacher, "teacher", torch.float32)
+        return student_from_teacher(source, keep), load_tokenizer(config.teacher, "teacher")
     return load_student(config.student), load_tokenizer(config.student, "student")
 
 
@@ -51,14 +53,19 @@ def student_points(run: RunDir, config: DistillConfig) -> list[StudentPoint]:
     return [points[s] for s in sorted(points)]
 
 
-def load_student_at(config: DistillConfig, point: StudentPoint) -> torch.nn.Module:
+def load_student_at(config: DistillConfig, point: StudentPoint, teacher: torch.nn.Module | None = None,
+                    initial: torch.nn.Module | None = None) -> torch.nn.Module:
     """The student at `point` in fp32 eval mode. A LoRA run's checkpoints hold only adapters: they are
-    applied to the initial student and merged, so every point is a plain causal LM."""
+    applied to (a copy of) the initial student and merged, so every point is a plain causal LM.
+    `teacher` (fp32) and `initial` (the step-0 student) spare loading them again when already in memory."""
+    def base() -> torch.nn.Module:
+        return copy.deepcopy(initial) if initial is not None else initial_student(config, teacher)[0]
+
     if point.path is None:
-        model = initial_student(config)[0]
-    elif (point.path / ADAPTER_CONFIG).exists() and not (point.path / "config.json").exists():
+        model = base()
+    elif is_adapter_only(point.path):
         from peft import PeftModel
-        model = PeftModel.from_pretrained(initial_student(config)[0], str(point.path)).merge_and_unload()
+        model = PeftModel.from_pretrained(base(), str(point.path)).merge_and_unload()
     else:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(point.path, dtype=torch.float32, local_files_only=True)
@@ -66,11 +73,11 @@ def load_student_at(config: DistillConfig, point: StudentPoint) -> torch.nn.Modu
     return model
 
 
+def is_adapter_only(folder: Path) -> bool:
+    """A LoRA checkpoint: adapter weights and no model config of its own."""
+    return (folder / ADAPTER_CONFIG).exists() and not (folder / "config.json").exists()
+
+
 def load_teacher_fp32(config: DistillConfig) -> torch.nn.Module:
     """The teacher as the inspector and evaluation use it: fp32 (exact probabilities), eval, frozen."""
     return load_model(config.teacher, "teacher", torch.float32).eval().requires_grad_(False)
-
-
-def shared_logits(teacher: torch.nn.Module, student: torch.nn.Module) -> int:
-    """Logit rows both models have: extra rows on one side are padding (models.check_vocab)."""
-    return min(logit_size(teacher), logit_size(student))

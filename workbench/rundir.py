@@ -46,6 +46,16 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (CONFIG, SPEC, STATUS))
 
 
+def run_in(runs_dir: Path, run_id: str) -> "RunDir":
+    """The run folder `run_id` directly inside `runs_dir`; KeyError for a name that is no such folder or
+    would reach outside it ("../x", "a/b"), so a run id from a request never addresses another path."""
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    path = (runs_dir / str(run_id)).resolve()
+    if not run_id or path.parent != runs_dir or not path.is_dir():
+        raise KeyError(f"no run {run_id!r} in {runs_dir}")
+    return RunDir(path)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)

@@ -50,7 +50,8 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
         me = psutil.Process()
         # pid + start time let a restarted app tell this live process from a dead one (or a reused pid).
         run.write_status("starting", step=0, total_steps=config.train.max_steps, error=None, started=time.time(),
-                         pid=me.pid, pid_started=me.create_time(), processes=int(os.environ.get("WORLD_SIZE", "1")))
+                         pid=me.pid, pid_started=me.create_time(), processes=int(os.environ.get("WORLD_SIZE", "1")),
+                         phase=None, evaluation_error=None)
     stop = StopRequest()
     try:
         with stop.installed():
@@ -70,18 +71,20 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
     finally:
         _leave_process_group()
     if main:
-        evaluation_error = _evaluate_at_end(config, run, echo) if config.evaluation.at_end else None
-        run.write_status("succeeded", step=config.train.max_steps, eta_s=0, final_metrics=final, phase=None,
-                         evaluation_error=evaluation_error)
+        # Succeeded before the evaluation: the student is saved, so a process killed while evaluating
+        # still leaves a finished run (with phase "evaluating" left as the trace).
+        done = dict(step=config.train.max_steps, eta_s=0, final_metrics=final)
+        run.write_status("succeeded", **done, phase="evaluating" if config.evaluation.at_end else None)
+        if config.evaluation.at_end:
+            run.write_status("succeeded", **done, phase=None, evaluation_error=_evaluate_at_end(config, run, echo))
     return final
 
 
 def _evaluate_at_end(config: DistillConfig, run: RunDir, echo) -> str | None:
-    """Evaluate the saved student (workbench/run_eval.py). The student is already saved, so a failure
-    here is reported (status evaluation_error) but does not fail the run; any checkpoint can be
-    evaluated again later from the UI or `python -m workbench evaluate`."""
+    """Evaluate the saved student (workbench/run_eval.py); returns what went wrong, if anything. A
+    failure does not fail the run; any saved student can be evaluated again later from the UI or
+    `python -m workbench evaluate`."""
     from workbench.run_eval import evaluate_run
-    run.write_status("running", step=config.train.max_steps, eta_s=None, phase="evaluating")
     try:
         # Cancelling now stops the evaluation at once (there is nothing to checkpoint); the run stays done.
         with StopRequest().installed():
@@ -113,7 +116,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     set_seed(config.train.seed)
     bf16 = use_bf16(config)
     strategy_cls = strategy_class(config.strategy)
-    teacher = load_teacher(config.teacher, bf16) if strategy_cls.needs_teacher else None
+    teacher = load_teacher(config.teacher, bf16) if strategy_cls.uses_teacher(config) else None
     keep = config.student.init_from_teacher_layers
     student, tokenizer = initial_student(config)
     if keep:

@@ -13,7 +13,7 @@ from workbench.eval_queue import EvaluationQueue
 from workbench.ingest import Ingestor, IngestLoop
 from workbench.inspector import Inspector
 from workbench.config import DistillConfig
-from workbench.rundir import CONFIG, SPEC, RunDir, is_run_dir
+from workbench.rundir import CONFIG, SPEC, run_in
 from workbench.store import DB_NAME, Store
 
 
@@ -56,15 +56,16 @@ class Services:
 
     def add_baseline(self, run_id: str) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
-        run = RunDir(self.runs_dir / run_id)
-        if run.path.resolve().parent != self.runs_dir or not is_run_dir(run.path):
-            raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
+        run = run_in(self.runs_dir, run_id)
+        name = f"{run_id}-ce-baseline"
+        if (self.runs_dir / name).exists():
+            raise ValueError(f"{run_id} already has its CE-only baseline: {name}")
         if run.file(SPEC).exists():
             spec = JobSpec.read(run.path)
             config, processes, accelerate = spec.config, spec.num_processes, spec.accelerate_config
         else:  # a run started from the command line
             config, processes, accelerate = DistillConfig.load(run.file(CONFIG)), 1, None
-        return self.jobs.submit(ce_baseline_config(config), run_name=f"{run_id}-ce-baseline",
+        return self.jobs.submit(ce_baseline_config(config), run_name=name,
                                 num_processes=processes, accelerate_config=accelerate, baseline_of=run_id)
 
     def baseline_of(self, run_id: str) -> str | None:
@@ -75,7 +76,7 @@ class Services:
         return found[0] if found else None
 
     def evaluation_reports(self, run_id: str) -> list[dict]:
-        return RunDir(self.runs_dir / run_id).read_evaluations()
+        return run_in(self.runs_dir, run_id).read_evaluations()
 
     def close(self) -> None:
         """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""

@@ -24,13 +24,22 @@ def weights_bytes(folder: Path | None) -> int | None:
     return sum(p.stat().st_size for p in files) or None
 
 
+def _sync(device: torch.device) -> None:
+    """GPU work is asynchronous: wait for it before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def forward_tokens_per_s(model, input_ids: torch.Tensor, repeats: int = 3) -> float:
     """Tokens per second of a full forward pass over input_ids (1, L), after one warm-up pass."""
+    input_ids = input_ids.to(model.device)
     with torch.no_grad():
         model(input_ids=input_ids)
+        _sync(model.device)
         start = time.perf_counter()
         for _ in range(repeats):
             model(input_ids=input_ids)
+        _sync(model.device)
     return repeats * input_ids.numel() / (time.perf_counter() - start)
 
 
@@ -38,10 +47,13 @@ def generation_ms_per_token(model, prompt_ids: torch.Tensor, new_tokens: int = 3
     """Milliseconds per generated token, greedy with the KV cache, exactly `new_tokens` tokens."""
     # pad_token_id only silences generate's warning: one sequence, nothing is padded.
     kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    prompt_ids = prompt_ids.to(model.device)
     with torch.no_grad():
         model.generate(prompt_ids, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
+        _sync(model.device)
         start = time.perf_counter()
         model.generate(prompt_ids, **kwargs)
+        _sync(model.device)
     return 1000 * (time.perf_counter() - start) / new_tokens
 
 
@@ -56,7 +68,7 @@ def speed_and_size(model, folder: Path | None, sample_ids: torch.Tensor, prompt_
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """The greedy continuation of `prompt` (the new text only)."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)

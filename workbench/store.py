@@ -154,9 +154,10 @@ class Store:
             WITH last AS (
                 SELECT run_id, metric, arg_max(value, seq) AS value FROM evals
                 WHERE split = 'validation' AND list_contains(?, run_id) GROUP BY run_id, metric),
-            judged AS (
-                SELECT run_id, metric, arg_max(value, step) AS value FROM evals
-                WHERE split = 'evaluation' AND list_contains(?, run_id) GROUP BY run_id, metric)
+            judged AS (  -- every number from each run's latest evaluation, none from older ones
+                SELECT run_id, metric, value FROM evals
+                WHERE split = 'evaluation' AND list_contains(?, run_id)
+                QUALIFY step = max(step) OVER (PARTITION BY run_id))
             SELECT r.run_id, r.status,
                    exp(max(CASE WHEN l.metric = 'ce' THEN l.value END)) AS heldout_perplexity,
                    max(CASE WHEN l.metric = 'loss' THEN l.value END) AS heldout_loss,

@@ -23,6 +23,11 @@ class Strategy(ABC):
     # Logit-based strategies compare distributions token by token: one vocabulary is required.
     needs_shared_vocab: ClassVar[bool] = True
 
+    @classmethod
+    def uses_teacher(cls, config: DistillConfig) -> bool:
+        """Whether this run needs the teacher loaded (a strategy may do without it for some settings)."""
+        return cls.needs_teacher
+
     def __init__(self, config: DistillConfig, teacher: torch.nn.Module | None, shared_vocab: int | None):
         self.config = config
         self.teacher = teacher

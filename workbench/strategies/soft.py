@@ -13,6 +13,11 @@ from workbench.strategies.base import Strategy
 class SoftLabelStrategy(Strategy):
     name = "soft_label"
 
+    @classmethod
+    def uses_teacher(cls, config) -> bool:
+        # alpha = 1 is plain fine-tuning (the CE-only baseline): the teacher would never run.
+        return config.loss.alpha < 1.0
+
     def compute_loss(self, model, inputs, num_items_in_batch):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         # Causal shift: logits at i predict token i+1. (B, L-1, V) logits vs (B, L-1) labels.

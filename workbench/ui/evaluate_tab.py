@@ -32,7 +32,10 @@ def _round(value, digits):
 
 def report_view(services: Services, run_id: str | None, step: int | None) -> tuple[str, object, object, object]:
     """(run card markdown, metrics table, reliability figure, generations table) of one evaluation."""
-    reports = services.evaluation_reports(run_id) if run_id else []
+    try:
+        reports = services.evaluation_reports(run_id) if run_id else []
+    except KeyError as err:
+        return f"**{err.args[0]}**", None, None, None
     chosen = [r for r in reports if r.get("step") == step] or reports[-1:]
     if not chosen:
         return "No evaluation of this run yet: evaluate a saved student below.", None, None, None
@@ -70,12 +73,12 @@ def create_evaluate_tab(services: Services) -> None:
     def choose(run_id):
         if not run_id:
             return gr.skip(), gr.skip(), "", None, None, None, ()
-        reports = services.evaluation_reports(run_id)
-        steps = [r["step"] for r in reports]
         try:
+            reports = services.evaluation_reports(run_id)
             keys = [p.key for p in services.inspector.points(run_id)]
-        except ValueError:
-            keys = []
+        except (KeyError, ValueError):  # deleted meanwhile, or not started yet
+            reports, keys = [], []
+        steps = [r["step"] for r in reports]
         return (gr.Dropdown(choices=steps, value=steps[-1] if steps else None),
                 gr.Dropdown(choices=keys, value=keys[-1] if keys else None), *report_view(services, run_id, None),
                 _seen(reports))
@@ -83,7 +86,10 @@ def create_evaluate_tab(services: Services) -> None:
     def request(run_id, key):
         if not run_id or not key:
             return "Pick a run and a saved student first."
-        return services.evaluations.request(run_id, key, services.baseline_of(run_id))
+        try:
+            return services.evaluations.request(run_id, key, services.baseline_of(run_id))
+        except KeyError as err:
+            return f"**{err.args[0]}**"
 
     def add_baseline(run_id):
         if not run_id:
@@ -99,7 +105,10 @@ def create_evaluate_tab(services: Services) -> None:
         if not run_id:
             return (gr.skip(),) * 7
         line = services.evaluations.state(run_id, key) if key else ""
-        reports = services.evaluation_reports(run_id)
+        try:
+            reports = services.evaluation_reports(run_id)
+        except KeyError:
+            return line, *(gr.skip(),) * 6
         if _seen(reports) == seen:
             return line, *(gr.skip(),) * 6
         newest = max(reports, key=lambda r: r.get("created", 0))["step"]

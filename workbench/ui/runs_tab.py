@@ -19,7 +19,7 @@ def jobs_table(services: Services) -> pd.DataFrame:
         step, total = job.get("step") or 0, job.get("total_steps") or 0
         position = job.get("queue_position")
         state = f"queued (#{position})" if position else job["state"]
-        if job["state"] == "running" and job.get("phase") == "evaluating":
+        if job.get("live") and job.get("phase") == "evaluating":
             state = "evaluating the student"
         running = job["state"] in ("running", "starting")
         rows.append({"run": job["run_id"], "state": state, "progress": f"{100 * step / total:.0f}%" if total else "",
