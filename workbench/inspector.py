@@ -10,9 +10,9 @@ from pathlib import Path
 from workbench.config import DistillConfig
 from workbench.data import heldout_documents
 from workbench.inspect import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
-from workbench.models import load_tokenizer, shared_logit_size
+from workbench.models import shared_logit_size
 from workbench.rundir import CONFIG, RunDir, is_run_dir, run_in
-from workbench.run_models import StudentPoint, load_student_at, load_teacher_fp32, student_points
+from workbench.run_models import StudentPoint, load_student_at, load_teacher_fp32, student_points, student_tokenizer
 
 
 class _Lru(OrderedDict):
@@ -57,6 +57,7 @@ class Inspector:
         self._teacher_rows = _Lru(max_bytes // 2, lambda rows: rows.nbytes)
         self._analyses = _Lru(max_bytes, _analysis_bytes)
         self._texts: dict[str, list[str]] = {}
+        self._tokenizers: dict[tuple, object] = {}
 
     def run(self, run_id: str) -> tuple[RunDir, DistillConfig]:
         try:
@@ -73,14 +74,14 @@ class Inspector:
 
     def tokenizer(self, run_id: str):
         _, config = self.run(run_id)
-        return self._teacher(config)[1]
+        return self._tokenizer(config)
 
     def validation_texts(self, run_id: str) -> list[str]:
         with self._lock:
             if run_id in self._texts:
                 return self._texts[run_id]
         _, config = self.run(run_id)
-        texts = heldout_documents(config.data, self._teacher(config)[1], config.train.seed)
+        texts = heldout_documents(config.data, self._tokenizer(config), config.train.seed)
         with self._lock:
             self._texts[run_id] = texts
         return texts
@@ -102,7 +103,7 @@ class Inspector:
             if not 0 <= position < len(found):
                 raise ValueError(f"position must be in [0, {len(found) - 1}], got {position}")
             rows.append((point.step, found.student_logits[position]))
-        return trajectory(found.teacher_logits[position], rows, self._teacher(config)[1], temperature, k)
+        return trajectory(found.teacher_logits[position], rows, self._tokenizer(config), temperature, k)
 
     def _analysis(self, run_id: str, config: DistillConfig, point: StudentPoint, text: str,
                   max_tokens: int) -> TokenAnalysis:
@@ -116,7 +117,7 @@ class Inspector:
                 found = self._analyses.hit(cache_key)
             if found is not None:
                 return found
-            teacher, tokenizer = self._teacher(config)
+            teacher, tokenizer = self._teacher(config), self._tokenizer(config)
             student = self._student(run_id, config, point, teacher)
             rows_key = (_teacher_key(config), text, max_tokens, shared_logit_size(teacher, student))
             with self._lock:
@@ -136,11 +137,22 @@ class Inspector:
             with self._lock:
                 found = self._teachers.hit(key)
             if found is None:
-                # The student's tokenizer is the teacher's: soft-label runs were checked for one vocabulary.
-                found = (load_teacher_fp32(config), load_tokenizer(config.teacher, "teacher"))
+                found = load_teacher_fp32(config)
                 with self._lock:
                     self._teachers.put(key, found)
             return found
+
+    def _tokenizer(self, config: DistillConfig):
+        """The tokenizer training used (soft-label runs were checked for one vocabulary)."""
+        spec = config.teacher if config.student.init_from_teacher_layers else config.student
+        key = (spec.name_or_path, spec.revision, spec.gguf_file)
+        with self._lock:
+            found = self._tokenizers.get(key)
+        if found is None:
+            found = student_tokenizer(config)
+            with self._lock:
+                self._tokenizers[key] = found
+        return found
 
     def _student(self, run_id: str, config: DistillConfig, point: StudentPoint, teacher):
         key = (run_id, point.key, _stamp(point))

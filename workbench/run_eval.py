@@ -13,9 +13,9 @@ from workbench.config import DistillConfig, ModelSpec
 from workbench.data import PadCollator, heldout_dataset
 from workbench.evaluate import heldout_metrics, quality_retained
 from workbench.modelcard import set_evaluation_section
-from workbench.models import hub_snapshot, load_tokenizer, resolve_source, shared_logit_size
+from workbench.models import hub_snapshot, resolve_source, shared_logit_size
 from workbench.run_models import (StudentPoint, is_adapter_only, load_student_at, load_teacher_fp32,
-                                  student_points)
+                                  student_points, student_tokenizer)
 from workbench.rundir import CONFIG, RunDir, write_json_atomic
 from workbench.speed import generate, speed_and_size
 
@@ -52,7 +52,7 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     config = config or DistillConfig.load(run.file(CONFIG))
     points = student_points(run, config)
     point = pick_point(points, point_key)
-    tokenizer = load_tokenizer(config.teacher, "teacher")
+    tokenizer = student_tokenizer(config)
     held = heldout_dataset(config.data, tokenizer, config.train.seq_len, config.train.seed)
     if held is None or len(held) == 0:
         raise ValueError("data.validation_fraction: the run has no held-out text to evaluate on; give "

@@ -32,11 +32,18 @@ def initial_student(config: DistillConfig, teacher: torch.nn.Module | None = Non
     """(student before training, its tokenizer): a named checkpoint, or the teacher's layers kept
     (then with the teacher's tokenizer, which a pruned student shares). `teacher`: an fp32 teacher
     already loaded, to prune from instead of loading it again (its weights are copied, not changed)."""
-    keep = config.student.init_from_teacher_layers
-    if keep:
+    if config.student.init_from_teacher_layers:
         source = teacher if teacher is not None else load_model(config.teacher, "teacher", torch.float32)
-        return student_from_teacher(source, keep), load_tokenizer(config.teacher, "teacher")
-    return load_student(config.student), load_tokenizer(config.student, "student")
+        return student_from_teacher(source, config.student.init_from_teacher_layers), student_tokenizer(config)
+    return load_student(config.student), student_tokenizer(config)
+
+
+def student_tokenizer(config: DistillConfig):
+    """The tokenizer training used (the student's; the teacher's for a student pruned from it), so held-out
+    text is tokenized for evaluation and inspection exactly as for training."""
+    if config.student.init_from_teacher_layers:
+        return load_tokenizer(config.teacher, "teacher")
+    return load_tokenizer(config.student, "student")
 
 
 def student_points(run: RunDir, config: DistillConfig) -> list[StudentPoint]:
