@@ -1,0 +1,97 @@
+"""The chunked, head-fused distillation loss equals the naive one on full logits, value and gradients,
+for every divergence, with ignored positions, padded logit rows, a bias, and the CE-only baseline."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.chunked_loss import fused_distill_loss
+from workbench.config import DIVERGENCES, LossSpec
+from workbench.losses import distill_loss
+
+N, H_S, H_T, V = 37, 16, 24, 50
+
+
+def case(seed=0, teacher_vocab=V, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(N, H_S, generator=g, dtype=torch.float64).float().requires_grad_(True)
+    ws = (torch.randn(V, H_S, generator=g) * 0.5).requires_grad_(True)
+    bs = (torch.randn(V, generator=g) * 0.1).requires_grad_(True) if bias else None
+    ht = torch.randn(N, H_T, generator=g)
+    wt = torch.randn(teacher_vocab, H_T, generator=g) * 0.5
+    labels = torch.randint(0, V, (N,), generator=g)
+    labels[::4] = -100  # prompt / padding positions
+    return hs, ws, bs, ht, wt, labels
+
+
+def grads(result, *leaves):
+    return torch.autograd.grad(result["loss"], [x for x in leaves if x is not None])
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_chunked_equals_naive_for_every_divergence(divergence):
+    spec = LossSpec(divergence=divergence, alpha=0.3, temperature=2.0, beta=0.3, skew_lambda=0.2)
+    hs, ws, bs, ht, wt, labels = case(bias=True)
+    naive = distill_loss(F.linear(hs, ws, bs), ht @ wt.T, labels, spec)
+    fused = fused_distill_loss(hs, ws, labels, spec, ht, wt, student_bias=bs, chunk=5)
+    for key in ("loss", "ce", "kd"):
+        assert fused[key].item() == pytest.approx(naive[key].item(), abs=1e-5, rel=1e-5), key
+    for a, b in zip(grads(naive, hs, ws, bs), grads(fused, hs, ws, bs)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+
+
+def test_padded_teacher_rows_and_accumulation_counts():
+    """A teacher with extra (padding) logit rows is compared on the shared ones, and num_items_in_batch
+    (the whole accumulated batch's target count) divides the sums, as in distill_loss."""
+    spec = LossSpec(alpha=0.5, temperature=1.0)
+    hs, ws, _, ht, wt, labels = case(seed=1, teacher_vocab=V + 6)
+    naive = distill_loss(hs @ ws.T, ht @ wt.T, labels, spec, num_items_in_batch=100, kd_vocab=V)
+    fused = fused_distill_loss(hs, ws, labels, spec, ht, wt, num_items_in_batch=100, kd_vocab=V, chunk=8)
+    assert fused["loss"].item() == pytest.approx(naive["loss"].item(), abs=1e-6)
+    for a, b in zip(grads(naive, hs, ws), grads(fused, hs, ws)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ce_only_baseline_and_chunk_sizes():
+    spec = LossSpec(alpha=1.0)
+    hs, ws, _, _, _, labels = case(seed=2)
+    naive = distill_loss(hs @ ws.T, None, labels, spec)
+    expected = grads(naive, hs, ws)
+    for chunk in (1, 7, N, 10 * N):
+        fused = fused_distill_loss(hs, ws, labels, spec, chunk=chunk)
+        assert set(fused) == {"loss", "ce"} and fused["loss"].item() == pytest.approx(naive["loss"].item(), abs=1e-6)
+        for a, b in zip(expected, grads(fused, hs, ws)):
+            assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk must be"):
+        fused_distill_loss(hs, ws, labels, spec, chunk=0)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_the_soft_label_strategy_gives_the_same_gradients_fused_or_plain(teacher_dir, student_dir, alpha):
+    """Through real models: last hidden states + heads, chunked, against full logits, every student weight."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.config import DistillConfig
+    from workbench.strategies.soft import SoftLabelStrategy
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 300, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    results = {}
+    for chunk in (0, 7):
+        config = DistillConfig.from_dict({"teacher": {"name_or_path": "t"}, "student": {"name_or_path": "s"},
+                                          "data": {"source": "d"}, "loss": {"alpha": alpha, "temperature": 2.0,
+                                                                            "chunk_size": chunk}})
+        student.zero_grad()
+        terms = SoftLabelStrategy(config, teacher, None).compute_loss(student, inputs, None)
+        terms["loss"].backward()
+        results[chunk] = (terms, {n: p.grad.clone() for n, p in student.named_parameters()})
+    (plain, plain_grads), (fused, fused_grads) = results[0], results[7]
+    assert plain.keys() == fused.keys()
+    for key in plain:
+        assert fused[key].item() == pytest.approx(plain[key].item(), abs=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fused_grads[name], grad, atol=1e-5), name

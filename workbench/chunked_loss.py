@@ -1,0 +1,120 @@
+"""The distillation loss computed in chunks of positions and fused with the LM heads, so full-vocabulary
+logits for the whole batch never exist at once (Liger-Kernel's fused linear + loss, in plain torch).
+
+For each chunk of c positions the student's and the teacher's logits (c, V) are computed from their last
+hidden states and LM-head weights, the loss terms of workbench/losses.py are evaluated on them, and the
+gradients with respect to the student's hidden states and head weight are taken right there; only those
+gradients (the size of the hidden states and of the head) are kept for backward. Peak extra memory is a
+few (c, V) blocks instead of several (N, V) ones, and the value and gradients equal the naive
+`distill_loss` on full logits.
+
+Shapes: student_hidden (N, H_s), student_weight (V_s, H_s), teacher_hidden (N, H_t), teacher_weight
+(V_t, H_t), labels (N,) already shifted (labels[i] is the target of position i), -100 ignored.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE
+
+DEFAULT_CHUNK = 128
+
+
+def _knobs(spec) -> dict:
+    return {"jsd": {"beta": spec.beta}, "skew_kl": {"skew_lambda": spec.skew_lambda},
+            "skew_reverse_kl": {"skew_lambda": spec.skew_lambda}}.get(spec.divergence, {})
+
+
+def _chunk_terms(s_logits: Tensor, t_logits: Tensor | None, labels: Tensor, spec, kd_vocab: int | None
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Summed (not averaged) CE and KD of one chunk: (c, V) logits, (c,) labels -> two 0-dim tensors."""
+    valid = labels != IGNORE_INDEX
+    ce = F.cross_entropy(s_logits, labels, reduction="sum", ignore_index=IGNORE_INDEX)
+    if t_logits is None:
+        return ce, None
+    per_position = DIVERGENCES[spec.divergence](s_logits[:, :kd_vocab], t_logits[:, :kd_vocab], spec.temperature,
+                                                **_knobs(spec))
+    kd = torch.where(valid, per_position, torch.zeros((), device=per_position.device)).sum()
+    if spec.divergence in KL_TYPE:
+        kd = kd * spec.temperature ** 2
+    return ce, kd
+
+
+class _FusedDistill(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
+                labels, spec, count, kd_vocab, chunk):
+        # The heads run in whatever precision the surrounding autocast chooses, like the model's own head;
+        # the loss terms and the gradient buffers are float32.
+        alpha = spec.alpha
+        grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32)
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if student_bias is not None else None
+        ce_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
+        kd_total = torch.zeros_like(ce_total) if teacher_hidden is not None else None
+        for start in range(0, student_hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            hidden = student_hidden[rows]
+            with torch.enable_grad():
+                # (c, V) float32 leaf: the chunk's graph starts here and ends at its loss
+                s_logits = F.linear(hidden, student_weight, student_bias).float().detach().requires_grad_(True)
+                t_logits = None
+                if teacher_hidden is not None:
+                    t_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float()
+                ce, kd = _chunk_terms(s_logits, t_logits, labels[rows], spec, kd_vocab)
+                total = ce if kd is None else alpha * ce + (1 - alpha) * kd
+                (grad_logits,) = torch.autograd.grad(total / count, s_logits)
+            grad_hidden[rows] = grad_logits @ student_weight.to(grad_logits.dtype)
+            grad_weight += grad_logits.T @ hidden.to(grad_logits.dtype)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+            ce_total += ce.detach()
+            if kd is not None:
+                kd_total += kd.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias if grad_bias is not None else torch.empty(0))
+        ctx.has_bias = grad_bias is not None
+        ctx.dtypes = (student_hidden.dtype, student_weight.dtype, None if student_bias is None else student_bias.dtype)
+        ce_mean = ce_total / count
+        kd_mean = ce_mean.new_zeros(()) if kd_total is None else kd_total / count
+        ctx.mark_non_differentiable(ce_mean, kd_mean)
+        if kd_total is None:
+            return ce_mean.clone(), ce_mean, kd_mean
+        return alpha * ce_mean + (1 - alpha) * kd_mean, ce_mean, kd_mean
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_kd):
+        # Only the total loss carries gradients; ce and kd are returned for logging.
+        # In place: the buffers are this call's own, and a head-sized copy (V x H) is worth not making.
+        grad_hidden, grad_weight, grad_bias = (g.mul_(grad_loss.float()) for g in ctx.saved_tensors)
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        return (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype),
+                grad_bias.to(bias_dtype) if ctx.has_bias else None,
+                None, None, None, None, None, None, None, None)
+
+
+def fused_distill_loss(student_hidden: Tensor, student_weight: Tensor, labels: Tensor, spec,
+                       teacher_hidden: Tensor | None = None, teacher_weight: Tensor | None = None,
+                       student_bias: Tensor | None = None, teacher_bias: Tensor | None = None,
+                       num_items_in_batch: int | Tensor | None = None, kd_vocab: int | None = None,
+                       chunk: int = DEFAULT_CHUNK) -> dict[str, Tensor]:
+    """The same {"loss", "ce"[, "kd"]} as losses.distill_loss on full logits, from hidden states and head
+    weights, chunk positions at a time. No teacher: the CE-only baseline, as distill_loss with None."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    labels = labels.reshape(-1)
+    student_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+    if student_hidden.shape[0] != labels.shape[0]:
+        raise ValueError(f"{student_hidden.shape[0]} hidden rows but {labels.shape[0]} labels")
+    count = (labels != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+    count = torch.as_tensor(count, device=student_hidden.device, dtype=torch.float32).clamp(min=1)
+    loss, ce, kd = _FusedDistill.apply(student_hidden, student_weight, student_bias, teacher_hidden,
+                                       None if teacher_weight is None else teacher_weight.detach(),
+                                       None if teacher_bias is None else teacher_bias.detach(),
+                                       labels, spec, count, kd_vocab, chunk)
+    if teacher_hidden is None:
+        return {"loss": loss, "ce": ce}
+    return {"loss": loss, "ce": ce, "kd": kd}
