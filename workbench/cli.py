@@ -7,6 +7,7 @@
     python -m workbench prune TEACHER OUT_DIR --keep 6        a student from a teacher's layers
     python -m workbench ingest RUNS_DIR [--db FILE]          rebuild the DuckDB results store
     python -m workbench evaluate RUN_DIR [--student checkpoint-50] [--baseline RUN_DIR]
+    python -m workbench cache CONFIG.yaml OUT_DIR [--k 32] [--set ...]   precompute the teacher's top k
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory holding config.json")
     evaluate.add_argument("--student", help="initial, checkpoint-STEP or final (default: the latest saved)")
     evaluate.add_argument("--baseline", help="the run directory of a CE-only baseline to compare with")
+    cache = sub.add_parser("cache", help="run the config's teacher once over its training data and store its "
+                                         "top-k log-probabilities (resumable); runs then set loss.teacher_cache")
+    cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
+    cache.add_argument("out_dir", help="folder for the cache")
+    cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32)")
+    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cache.add_argument("--cache-dir", help="where the offline defaults live")
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -98,6 +106,29 @@ def _evaluate(args) -> int:
                                                            flush=True))
     print(report["card"])
     print(f"written to {RunDir(args.run_dir).evaluation_file(report['step'])}")
+    return 0
+
+
+def _cache(args) -> int:
+    from workbench.config import DistillConfig
+    from workbench.data import tokenize_datasets
+    from workbench.defaults import resolve_defaults
+    from workbench.models import check_vocab, load_tokenizer, logit_size
+    from workbench.run_models import load_teacher_fp32, student_tokenizer
+    from workbench.teacher_cache import build_cache
+    config = resolve_defaults(DistillConfig.load(args.config, args.overrides), args.cache_dir)
+    tokenizer = student_tokenizer(config)
+    teacher = load_teacher_fp32(config)
+    if not config.student.init_from_teacher_layers:
+        # The cache stores teacher ids read with the student's tokenizer: they must name the same tokens.
+        check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher), logit_size(teacher))
+    train, _ = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
+    start = time.perf_counter()
+    manifest = build_cache(teacher, tokenizer, train, args.out_dir, args.k, teacher_name=config.teacher.name_or_path,
+                           batch_size=config.train.batch_size, progress=lambda msg, frac: print(
+                               f"[{frac:4.0%} {time.perf_counter() - start:6.1f}s] {msg}", flush=True))
+    print(f"{args.out_dir}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
+          f"{manifest.bytes_per_token} bytes/token; train with --set loss.teacher_cache={args.out_dir}")
     return 0
 
 
@@ -153,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "resume":
             from workbench.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":

@@ -79,6 +79,9 @@ class LossSpec:
                        low=0, high=1)
     skew_lambda: float = knob(0.1, "Skew KL mixing lambda (DistiLLM): KL(p || lambda*p + (1-lambda)*q)",
                               low=0, high=1)
+    teacher_cache: str | None = knob(None, "A teacher cache folder (python -m workbench cache): the KD term "
+                                           "reads the teacher's stored top-k log-probabilities and the teacher "
+                                           "is not run during training")
     chunk_size: int = knob(128, "Positions per chunk when the loss is computed fused with the LM heads, so "
                                  "full-vocabulary logits of the whole batch never exist at once (same loss "
                                  "and gradients); 0 = the plain loss on full logits", low=0, high=1_000_000)

@@ -335,7 +335,8 @@ class PadCollator:
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {}
+        # Per-row integers besides the token columns (e.g. "block", a teacher-cache row) pass through.
+        batch = {key: torch.tensor([f[key] for f in features]) for key in features[0] if key not in self.pads}
         for key, pad in self.pads.items():
             out = torch.full((len(features), length), pad, dtype=torch.long)
             for row, f in enumerate(features):

@@ -145,6 +145,28 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, dive
     return loss * temperature ** 2 if divergence in KL_TYPE else loss
 
 
+# A bucket with no mass (the tail when k = V) is floored here: log 0 would turn 0 * (-inf - -inf) into NaN
+# inside the KL, while e^-60 changes no result at float32 precision.
+LOG_FLOOR = -60.0
+
+
+def sparse_kd_loss(student_logits: Tensor, top_logp: Tensor, top_ids: Tensor, tail_logp: Tensor, labels: Tensor,
+                   divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                   skew_lambda: float = 0.1, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """kd_loss against a stored top-k teacher (workbench/teacher_cache.py): both distributions are
+    compared over k + 1 buckets, the teacher's top k tokens and everything else as one. student_logits
+    (..., V); top_logp, top_ids (..., k) at T = 1; tail_logp (...) the log of the teacher's remaining mass.
+    With k = V this is kd_loss on full logits; at T != 1 it is exact within the top k."""
+    log_q = F.log_softmax(student_logits.float(), dim=-1)
+    student_top = log_q.gather(-1, top_ids)
+    student_rest = log_q.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+    # Normalised log-probabilities as "logits": kd_loss's softmax(x / T) re-softens them at T.
+    student_buckets = torch.cat([student_top, student_rest.clamp_min(LOG_FLOOR)[..., None]], -1)
+    teacher_buckets = torch.cat([top_logp.float(), tail_logp.float().clamp_min(LOG_FLOOR)[..., None]], -1)
+    return kd_loss(student_buckets, teacher_buckets, labels, divergence, temperature, beta, skew_lambda,
+                   num_items_in_batch)
+
+
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, spec,
                  num_items_in_batch: int | Tensor | None = None, kd_vocab: int | None = None) -> dict[str, Tensor]:
     """{"loss": alpha*CE + (1-alpha)*KD, "ce": CE, "kd": KD} for a LossSpec `spec`; all 0-dim tensors.

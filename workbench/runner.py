@@ -135,8 +135,13 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     say(f"student: {total:,} parameters, {trainable:,} trainable; bf16 {'on' if bf16 else 'off'}")
 
     train_ds, eval_ds = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
+    cache = None
+    if config.loss.teacher_cache:
+        cache = open_teacher_cache(config, tokenizer, train_ds, logit_size(student))
+        train_ds = train_ds.add_column("block", list(range(len(train_ds))))  # each row finds its cached row
+        say(f"teacher cache: {config.loss.teacher_cache} (k={cache.manifest.k}); the teacher is not run")
     say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
-    strategy = strategy_cls(config, teacher, shared_vocab)
+    strategy = strategy_cls(config, teacher, shared_vocab, cache)
     trainer = DistillTrainer(
         model=strategy.trainable_model(student), args=training_arguments(config, run.checkpoints, eval_ds is not None),
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=PadCollator(tokenizer),
@@ -159,6 +164,21 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     _save_student(trainer, strategy, tokenizer, run, config, final)
     say(f"saved the student to {run.student}")
     return final
+
+
+def open_teacher_cache(config: DistillConfig, tokenizer, train_ds, student_logits: int):
+    """The run's teacher cache, refused (naming loss.teacher_cache) unless it was built with this
+    tokenizer over exactly these training blocks, with ids the student has logits for."""
+    from workbench.configbase import ConfigError
+    from workbench.teacher_cache import CacheError, TeacherCache, data_hash, tokenizer_hash
+    try:
+        cache = TeacherCache.open(config.loss.teacher_cache, tokenizer_hash(tokenizer), data_hash(train_ds))
+    except CacheError as err:
+        raise ConfigError([("loss.teacher_cache", str(err))]) from err
+    if cache.manifest.vocab > student_logits:
+        raise ConfigError([("loss.teacher_cache", f"the cache's teacher has {cache.manifest.vocab} logits, the "
+                                                  f"student only {student_logits}")])
+    return cache
 
 
 def _final_eval(trainer: DistillTrainer) -> dict:

@@ -28,10 +28,12 @@ class Strategy(ABC):
         """Whether this run needs the teacher loaded (a strategy may do without it for some settings)."""
         return cls.needs_teacher
 
-    def __init__(self, config: DistillConfig, teacher: torch.nn.Module | None, shared_vocab: int | None):
+    def __init__(self, config: DistillConfig, teacher: torch.nn.Module | None, shared_vocab: int | None,
+                 cache=None):
         self.config = config
         self.teacher = teacher
         self.shared_vocab = shared_vocab
+        self.cache = cache  # a TeacherCache when loss.teacher_cache is set: the stored teacher signal
 
     def to(self, device: torch.device) -> "Strategy":
         if self.teacher is not None:

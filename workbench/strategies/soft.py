@@ -13,7 +13,7 @@ import inspect
 import torch
 
 from workbench.chunked_loss import fused_distill_loss
-from workbench.losses import distill_loss
+from workbench.losses import ce_loss, distill_loss, sparse_kd_loss
 from workbench.strategies.base import Strategy
 
 
@@ -45,13 +45,16 @@ class SoftLabelStrategy(Strategy):
 
     @classmethod
     def uses_teacher(cls, config) -> bool:
-        # alpha = 1 is plain fine-tuning (the CE-only baseline): the teacher would never run.
-        return config.loss.alpha < 1.0
+        # alpha = 1 is plain fine-tuning (the CE-only baseline): the teacher would never run; with a
+        # teacher cache its stored top-k stands in for it.
+        return config.loss.alpha < 1.0 and not config.loss.teacher_cache
 
     def compute_loss(self, model, inputs, num_items_in_batch):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         # Causal shift: position i predicts token i+1. (B, L-1) labels against (B, L-1, ...) outputs.
         labels = inputs["labels"][:, 1:]
+        if self.cache is not None:
+            return self._cached_loss(model, inputs, labels, num_items_in_batch)
         use_teacher = self.config.loss.alpha < 1.0
         if self.config.loss.chunk_size and _fusable(model) and (not use_teacher or _fusable(self.teacher)):
             return self._fused_loss(model, input_ids, attention_mask, labels, use_teacher, num_items_in_batch)
@@ -75,3 +78,16 @@ class SoftLabelStrategy(Strategy):
             teacher_hidden=teacher_hidden, teacher_weight=None if teacher_head is None else teacher_head.weight,
             student_bias=head.bias, teacher_bias=None if teacher_head is None else teacher_head.bias,
             num_items_in_batch=num_items_in_batch, kd_vocab=self.shared_vocab, chunk=self.config.loss.chunk_size)
+
+    def _cached_loss(self, model, inputs, labels, num_items_in_batch):
+        """KD against the teacher cache's rows for these blocks (training batches carry their block
+        index); held-out batches have none and get the CE term alone."""
+        student_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
+        if "block" not in inputs or self.config.loss.alpha == 1.0:
+            return distill_loss(student_logits, None, labels, self.config.loss, num_items_in_batch=num_items_in_batch)
+        spec = self.config.loss
+        top_logp, top_ids, tail = (t.to(student_logits.device) for t in self.cache.rows(inputs["block"].tolist()))
+        ce = ce_loss(student_logits, labels, num_items_in_batch)
+        kd = sparse_kd_loss(student_logits, top_logp, top_ids, tail, labels, spec.divergence, spec.temperature,
+                            spec.beta, spec.skew_lambda, num_items_in_batch)
+        return {"loss": kd if spec.alpha == 0 else spec.alpha * ce + (1 - spec.alpha) * kd, "ce": ce, "kd": kd}

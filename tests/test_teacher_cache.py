@@ -1,0 +1,123 @@
+"""The teacher cache: a round trip is exact, a build resumes where it stopped, a cache of another tokenizer
+or other data is refused by name, and the sparse KD loss with k = V equals the dense one."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from workbench.config import DIVERGENCES
+from workbench.data import tokenize_datasets
+from workbench.losses import kd_loss, sparse_kd_loss
+from workbench.rundir import RunDir
+from workbench.teacher_cache import (MANIFEST, CacheError, TeacherCache, _top_k, build_cache, data_hash,
+                                     tokenizer_hash)
+
+
+@pytest.fixture(scope="module")
+def blocks(tokenizer, corpus_files):
+    from workbench.config import DataSpec
+    train, _ = tokenize_datasets(DataSpec(source=str(corpus_files[0])), tokenizer, 32, 0)
+    return train.select(range(20))
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_dir):
+    return AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+
+
+def test_round_trip_is_exact_at_storage_precision(teacher, tokenizer, blocks, tmp_path):
+    manifest = build_cache(teacher, tokenizer, blocks, tmp_path, k=8, teacher_name="tiny", batch_size=3,
+                           shard_blocks=6)
+    assert manifest.complete and manifest.shards == 4 and manifest.bytes_per_token == 8 * 2 + 8 * 2 + 2
+    cache = TeacherCache.open(tmp_path, tokenizer_hash(tokenizer), data_hash(blocks))
+    chosen = [13, 2, 19, 6]  # across shards, out of order (a shuffled batch)
+    logp, ids, tail = cache.rows(chosen)
+    with torch.no_grad():
+        values, top, rest = _top_k(teacher(input_ids=torch.tensor(blocks[chosen]["input_ids"])).logits[:, :-1], 8)
+    assert torch.equal(ids, top)
+    assert torch.equal(logp, values.half().float()) and torch.equal(tail, rest.half().float())
+    total = logp.exp().sum(-1) + tail.exp()  # top k + the rest: one distribution
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-2)
+
+
+def test_a_stopped_build_resumes_and_mismatches_are_refused(teacher, tokenizer, blocks, tmp_path):
+    calls = []
+    build_cache(teacher, tokenizer, blocks, tmp_path, k=4, shard_blocks=8,
+                progress=lambda message, fraction: calls.append(fraction))
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["shards_done"] = [0]  # as if stopped after the first shard
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / "ids-00001.npy").unlink()
+    with pytest.raises(CacheError, match="incomplete"):
+        TeacherCache.open(tmp_path, tokenizer_hash(tokenizer), data_hash(blocks))
+    calls.clear()
+    build_cache(teacher, tokenizer, blocks, tmp_path, k=4, shard_blocks=8, progress=lambda m, f: calls.append(m))
+    assert calls and "/12 blocks" in calls[-1]  # only the two missing shards (8 + 4 blocks) were run
+    TeacherCache.open(tmp_path, tokenizer_hash(tokenizer), data_hash(blocks))
+    with pytest.raises(CacheError, match="another tokenizer"):
+        TeacherCache.open(tmp_path, "0" * 16, data_hash(blocks))
+    with pytest.raises(CacheError, match="other data"):
+        TeacherCache.open(tmp_path, tokenizer_hash(tokenizer), data_hash(blocks.select(range(5))))
+    with pytest.raises(CacheError, match="at k=4"):
+        build_cache(teacher, tokenizer, blocks, tmp_path, k=16, shard_blocks=8)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_sparse_kd_with_k_equal_to_the_vocabulary_is_dense_kd(divergence, temperature):
+    g = torch.Generator().manual_seed(0)
+    student = (torch.randn(3, 5, 40, generator=g) * 2).requires_grad_(True)
+    teacher = torch.randn(3, 5, 40, generator=g) * 2
+    labels = torch.randint(0, 40, (3, 5), generator=g)
+    labels[0, :2] = -100
+    top_logp, top_ids, tail = _top_k(teacher, 40)
+    dense = kd_loss(student, teacher, labels, divergence, temperature, 0.3, 0.2)
+    sparse = sparse_kd_loss(student, top_logp, top_ids, tail, labels, divergence, temperature, 0.3, 0.2)
+    assert sparse.item() == pytest.approx(dense.item(), abs=1e-5)
+    (g_dense,) = torch.autograd.grad(dense, student)
+    (g_sparse,) = torch.autograd.grad(sparse, student)
+    assert torch.allclose(g_sparse, g_dense, atol=1e-5)
+
+
+def test_sparse_kd_with_a_small_k_keeps_the_tail_as_one_bucket():
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(4, 30, generator=g) * 3
+    labels = torch.zeros(4, dtype=torch.long)
+    top_logp, top_ids, tail = _top_k(teacher, 3)
+    # a student equal to the teacher has zero divergence whatever k is
+    assert sparse_kd_loss(teacher.clone(), top_logp, top_ids, tail, labels).abs().item() < 1e-6
+    assert np.isfinite(sparse_kd_loss(torch.zeros(4, 30), top_logp, top_ids, tail, labels).item())
+
+
+def test_students_train_from_a_cache_without_the_teacher(teacher_dir, student_dir, corpus_files, tmp_path,
+                                                         monkeypatch):
+    import yaml
+
+    from workbench import runner
+    from workbench.cli import main
+    from workbench.config import DistillConfig
+    from workbench.configbase import ConfigError
+    config = {"teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
+              "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1]), "max_examples": 120},
+              "loss": {"alpha": 0.2}, "evaluation": {"at_end": False},
+              "train": {"max_steps": 20, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "logging_steps": 5},
+              "output": {"runs_dir": str(tmp_path / "runs")}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["cache", str(path), str(tmp_path / "cache"), "--k", "16"]) == 0
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(runner, "load_teacher", no_teacher)
+    for name in ("a", "b"):  # several students from one cache
+        cached = DistillConfig.load(path, [f"loss.teacher_cache={tmp_path / 'cache'}", f"output.run_name={name}"])
+        runner.run_training(cached)
+        records = [r for r in RunDir(tmp_path / "runs" / name).read_metrics() if "kd" in r]
+        assert records[-1]["kd"] < 0.7 * records[0]["kd"], records  # the student moves toward the cached teacher
+    other = DistillConfig.load(path, [f"loss.teacher_cache={tmp_path / 'cache'}", "data.max_examples=60",
+                                      "output.run_name=c"])
+    with pytest.raises(ConfigError, match="loss.teacher_cache.*other data"):
+        runner.run_training(other)
