@@ -61,6 +61,9 @@ def test_ce_only_baseline_and_chunk_sizes():
         assert set(fused) == {"loss", "ce"} and fused["loss"].item() == pytest.approx(naive["loss"].item(), abs=1e-6)
         for a, b in zip(expected, grads(fused, hs, ws)):
             assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # evaluation: the same values, no gradient work
+        quiet = fused_distill_loss(hs, ws, labels, spec, chunk=7)
+    assert quiet["loss"].item() == pytest.approx(naive["loss"].item(), abs=1e-6) and not quiet["loss"].requires_grad
     with pytest.raises(ValueError, match="chunk must be"):
         fused_distill_loss(hs, ws, labels, spec, chunk=0)
 

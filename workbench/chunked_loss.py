@@ -45,34 +45,38 @@ def _chunk_terms(s_logits: Tensor, t_logits: Tensor | None, labels: Tensor, spec
 class _FusedDistill(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                labels, spec, count, kd_vocab, chunk):
+                labels, spec, count, kd_vocab, chunk, need_grad):
         # The heads run in whatever precision the surrounding autocast chooses, like the model's own head;
         # the loss terms and the gradient buffers are float32.
         alpha = spec.alpha
-        grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32)
-        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32)
-        grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if student_bias is not None else None
+        # Gradient buffers only when a backward will come (not under no_grad, as in evaluation).
+        grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32) if need_grad else torch.empty(0)
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if need_grad else torch.empty(0)
+        grad_bias = (torch.zeros_like(student_bias, dtype=torch.float32)
+                     if student_bias is not None and need_grad else None)
         ce_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
         kd_total = torch.zeros_like(ce_total) if teacher_hidden is not None else None
         for start in range(0, student_hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             hidden = student_hidden[rows]
-            with torch.enable_grad():
+            with torch.set_grad_enabled(need_grad):
                 # (c, V) float32 leaf: the chunk's graph starts here and ends at its loss
-                s_logits = F.linear(hidden, student_weight, student_bias).float().detach().requires_grad_(True)
+                s_logits = F.linear(hidden, student_weight, student_bias).float().detach().requires_grad_(need_grad)
                 t_logits = None
                 if teacher_hidden is not None:
                     t_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float()
                 ce, kd = _chunk_terms(s_logits, t_logits, labels[rows], spec, kd_vocab)
+                ce_total += ce.detach()
+                if kd is not None:
+                    kd_total += kd.detach()
+                if not need_grad:  # evaluation: the terms only
+                    continue
                 total = ce if kd is None else alpha * ce + (1 - alpha) * kd
                 (grad_logits,) = torch.autograd.grad(total / count, s_logits)
             grad_hidden[rows] = grad_logits @ student_weight.to(grad_logits.dtype)
             grad_weight += grad_logits.T @ hidden.to(grad_logits.dtype)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-            ce_total += ce.detach()
-            if kd is not None:
-                kd_total += kd.detach()
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias if grad_bias is not None else torch.empty(0))
         ctx.has_bias = grad_bias is not None
         ctx.dtypes = (student_hidden.dtype, student_weight.dtype, None if student_bias is None else student_bias.dtype)
@@ -91,7 +95,7 @@ class _FusedDistill(torch.autograd.Function):
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         return (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype),
                 grad_bias.to(bias_dtype) if ctx.has_bias else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 def fused_distill_loss(student_hidden: Tensor, student_weight: Tensor, labels: Tensor, spec,
@@ -114,7 +118,9 @@ def fused_distill_loss(student_hidden: Tensor, student_weight: Tensor, labels: T
     loss, ce, kd = _FusedDistill.apply(student_hidden, student_weight, student_bias, teacher_hidden,
                                        None if teacher_weight is None else teacher_weight.detach(),
                                        None if teacher_bias is None else teacher_bias.detach(),
-                                       labels, spec, count, kd_vocab, chunk)
+                                       labels, spec, count, kd_vocab, chunk,
+                                       torch.is_grad_enabled() and (student_hidden.requires_grad
+                                                                    or student_weight.requires_grad))
     if teacher_hidden is None:
         return {"loss": loss, "ce": ce}
     return {"loss": loss, "ce": ce, "kd": kd}
