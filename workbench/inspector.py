@@ -105,42 +105,40 @@ class Inspector:
             rows.append((point.step, found.student_logits[position]))
         return trajectory(found.teacher_logits[position], rows, self._tokenizer(config), temperature, k)
 
-    def _analysis(self, run_id: str, config: DistillConfig, point: StudentPoint, text: str,
-                  max_tokens: int) -> TokenAnalysis:
-        cache_key = (run_id, point.key, _stamp(point), text, max_tokens)
+    def _cached(self, cache: _Lru, key, make):
+        """cache[key], made by `make()` under _work if missing; a hit never waits for _work, and a
+        second request for the same key finds what the first one made."""
         with self._lock:
-            found = self._analyses.hit(cache_key)
+            found = cache.hit(key)
         if found is not None:
             return found
         with self._work:
             with self._lock:
-                found = self._analyses.hit(cache_key)
-            if found is not None:
-                return found
-            teacher, tokenizer = self._teacher(config), self._tokenizer(config)
-            student = self._student(run_id, config, point, teacher)
+                found = cache.hit(key)
+            if found is None:
+                found = make()
+                with self._lock:
+                    cache.put(key, found)
+            return found
+
+    def _analysis(self, run_id: str, config: DistillConfig, point: StudentPoint, text: str,
+                  max_tokens: int) -> TokenAnalysis:
+        def make() -> TokenAnalysis:
+            teacher = self._teacher(config)
+            student = self._cached(self._students, (run_id, point.key, _stamp(point)),
+                                   lambda: load_student_at(config, point, teacher=teacher))
             rows_key = (_teacher_key(config), text, max_tokens, shared_logit_size(teacher, student))
             with self._lock:
                 rows = self._teacher_rows.hit(rows_key)
-            found = analyse(teacher, student, tokenizer, text, max_tokens, rows)
+            found = analyse(teacher, student, self._tokenizer(config), text, max_tokens, rows)
             with self._lock:
                 self._teacher_rows.put(rows_key, found.teacher_logits)
-                return self._analyses.put(cache_key, found)
+            return found
+
+        return self._cached(self._analyses, (run_id, point.key, _stamp(point), text, max_tokens), make)
 
     def _teacher(self, config: DistillConfig):
-        key = _teacher_key(config)
-        with self._lock:
-            found = self._teachers.hit(key)
-        if found is not None:
-            return found
-        with self._work:
-            with self._lock:
-                found = self._teachers.hit(key)
-            if found is None:
-                found = load_teacher_fp32(config)
-                with self._lock:
-                    self._teachers.put(key, found)
-            return found
+        return self._cached(self._teachers, _teacher_key(config), lambda: load_teacher_fp32(config))
 
     def _tokenizer(self, config: DistillConfig):
         """The tokenizer training used (soft-label runs were checked for one vocabulary)."""
@@ -152,16 +150,6 @@ class Inspector:
             found = student_tokenizer(config)
             with self._lock:
                 self._tokenizers[key] = found
-        return found
-
-    def _student(self, run_id: str, config: DistillConfig, point: StudentPoint, teacher):
-        key = (run_id, point.key, _stamp(point))
-        with self._lock:
-            found = self._students.hit(key)
-        if found is None:
-            found = load_student_at(config, point, teacher=teacher)  # the caller holds _work
-            with self._lock:
-                self._students.put(key, found)
         return found
 
 
