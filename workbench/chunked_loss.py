@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE
+from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE, sparse_kd_loss
 
 DEFAULT_CHUNK = 128
 
@@ -27,25 +27,41 @@ def _knobs(spec) -> dict:
             "skew_reverse_kl": {"skew_lambda": spec.skew_lambda}}.get(spec.divergence, {})
 
 
-def _chunk_terms(s_logits: Tensor, t_logits: Tensor | None, labels: Tensor, spec, kd_vocab: int | None
-                 ) -> tuple[Tensor, Tensor | None]:
+class _LiveTeacher:
+    """The teacher signal as its last hidden states (N, H_t) and head: logits made chunk by chunk."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, kd_vocab: int | None):
+        self.hidden, self.weight, self.bias, self.kd_vocab = hidden, weight, bias, kd_vocab
+
+    def kd_sum(self, s_logits: Tensor, rows: slice, labels: Tensor, spec) -> Tensor:
+        t_logits = F.linear(self.hidden[rows], self.weight, self.bias).float()
+        per_position = DIVERGENCES[spec.divergence](s_logits[:, :self.kd_vocab], t_logits[:, :self.kd_vocab],
+                                                    spec.temperature, **_knobs(spec))
+        kd = torch.where(labels != IGNORE_INDEX, per_position, torch.zeros((), device=per_position.device)).sum()
+        return kd * spec.temperature ** 2 if spec.divergence in KL_TYPE else kd
+
+
+class _CachedTeacher:
+    """The teacher signal as teacher-cache rows: top-k log-probs and ids (N, k), tail log-mass (N,)."""
+
+    def __init__(self, top_logp: Tensor, top_ids: Tensor, tail: Tensor):
+        self.top_logp, self.top_ids, self.tail = top_logp, top_ids, tail
+
+    def kd_sum(self, s_logits: Tensor, rows: slice, labels: Tensor, spec) -> Tensor:
+        # num_items_in_batch=1: the sum over the chunk (with T^2), which forward divides by the count
+        return sparse_kd_loss(s_logits, self.top_logp[rows], self.top_ids[rows], self.tail[rows], labels,
+                              spec.divergence, spec.temperature, spec.beta, spec.skew_lambda, num_items_in_batch=1)
+
+
+def _chunk_terms(s_logits: Tensor, teacher, rows: slice, labels: Tensor, spec) -> tuple[Tensor, Tensor | None]:
     """Summed (not averaged) CE and KD of one chunk: (c, V) logits, (c,) labels -> two 0-dim tensors."""
-    valid = labels != IGNORE_INDEX
     ce = F.cross_entropy(s_logits, labels, reduction="sum", ignore_index=IGNORE_INDEX)
-    if t_logits is None:
-        return ce, None
-    per_position = DIVERGENCES[spec.divergence](s_logits[:, :kd_vocab], t_logits[:, :kd_vocab], spec.temperature,
-                                                **_knobs(spec))
-    kd = torch.where(valid, per_position, torch.zeros((), device=per_position.device)).sum()
-    if spec.divergence in KL_TYPE:
-        kd = kd * spec.temperature ** 2
-    return ce, kd
+    return ce, (None if teacher is None else teacher.kd_sum(s_logits, rows, labels, spec))
 
 
 class _FusedDistill(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                labels, spec, count, kd_vocab, chunk, need_grad):
+    def forward(ctx, student_hidden, student_weight, student_bias, teacher, labels, spec, count, chunk, need_grad):
         # The heads run in whatever precision the surrounding autocast chooses, like the model's own head;
         # the loss terms and the gradient buffers are float32.
         alpha = spec.alpha
@@ -55,17 +71,14 @@ class _FusedDistill(torch.autograd.Function):
         grad_bias = (torch.zeros_like(student_bias, dtype=torch.float32)
                      if student_bias is not None and need_grad else None)
         ce_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
-        kd_total = torch.zeros_like(ce_total) if teacher_hidden is not None else None
+        kd_total = torch.zeros_like(ce_total) if teacher is not None else None
         for start in range(0, student_hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             hidden = student_hidden[rows]
             with torch.set_grad_enabled(need_grad):
                 # (c, V) float32 leaf: the chunk's graph starts here and ends at its loss
                 s_logits = F.linear(hidden, student_weight, student_bias).float().detach().requires_grad_(need_grad)
-                t_logits = None
-                if teacher_hidden is not None:
-                    t_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float()
-                ce, kd = _chunk_terms(s_logits, t_logits, labels[rows], spec, kd_vocab)
+                ce, kd = _chunk_terms(s_logits, teacher, rows, labels[rows], spec)
                 ce_total += ce.detach()
                 if kd is not None:
                     kd_total += kd.detach()
@@ -95,32 +108,38 @@ class _FusedDistill(torch.autograd.Function):
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         return (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype),
                 grad_bias.to(bias_dtype) if ctx.has_bias else None,
-                None, None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def fused_distill_loss(student_hidden: Tensor, student_weight: Tensor, labels: Tensor, spec,
                        teacher_hidden: Tensor | None = None, teacher_weight: Tensor | None = None,
                        student_bias: Tensor | None = None, teacher_bias: Tensor | None = None,
                        num_items_in_batch: int | Tensor | None = None, kd_vocab: int | None = None,
-                       chunk: int = DEFAULT_CHUNK) -> dict[str, Tensor]:
+                       chunk: int = DEFAULT_CHUNK, teacher_rows: tuple[Tensor, Tensor, Tensor] | None = None
+                       ) -> dict[str, Tensor]:
     """The same {"loss", "ce"[, "kd"]} as losses.distill_loss on full logits, from hidden states and head
-    weights, chunk positions at a time. No teacher: the CE-only baseline, as distill_loss with None."""
+    weights, chunk positions at a time. The teacher is either live (teacher_hidden + teacher_weight) or
+    cached (teacher_rows = top-k log-probs, ids, tail log-mass: the KD term is then sparse_kd_loss's);
+    neither: the CE-only baseline, as distill_loss with None."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     labels = labels.reshape(-1)
     student_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
-    if teacher_hidden is not None:
-        teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
     if student_hidden.shape[0] != labels.shape[0]:
         raise ValueError(f"{student_hidden.shape[0]} hidden rows but {labels.shape[0]} labels")
+    teacher = None
+    if teacher_hidden is not None:
+        teacher = _LiveTeacher(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach(), teacher_weight.detach(),
+                               None if teacher_bias is None else teacher_bias.detach(), kd_vocab)
+    elif teacher_rows is not None:
+        top_logp, top_ids, tail = teacher_rows
+        k = top_logp.shape[-1]
+        teacher = _CachedTeacher(top_logp.reshape(-1, k), top_ids.reshape(-1, k), tail.reshape(-1))
     count = (labels != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
     count = torch.as_tensor(count, device=student_hidden.device, dtype=torch.float32).clamp(min=1)
-    loss, ce, kd = _FusedDistill.apply(student_hidden, student_weight, student_bias, teacher_hidden,
-                                       None if teacher_weight is None else teacher_weight.detach(),
-                                       None if teacher_bias is None else teacher_bias.detach(),
-                                       labels, spec, count, kd_vocab, chunk,
-                                       torch.is_grad_enabled() and (student_hidden.requires_grad
-                                                                    or student_weight.requires_grad))
-    if teacher_hidden is None:
+    loss, ce, kd = _FusedDistill.apply(student_hidden, student_weight, student_bias, teacher, labels, spec, count,
+                                       chunk, torch.is_grad_enabled() and (student_hidden.requires_grad
+                                                                           or student_weight.requires_grad))
+    if teacher is None:
         return {"loss": loss, "ce": ce}
     return {"loss": loss, "ce": ce, "kd": kd}

@@ -82,12 +82,20 @@ class SoftLabelStrategy(Strategy):
     def _cached_loss(self, model, inputs, labels, num_items_in_batch):
         """KD against the teacher cache's rows for these blocks (training batches carry their block
         index); held-out batches have none and get the CE term alone."""
-        student_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
-        if "block" not in inputs or self.config.loss.alpha == 1.0:
-            return distill_loss(student_logits, None, labels, self.config.loss, num_items_in_batch=num_items_in_batch)
         spec = self.config.loss
-        top_logp, top_ids, tail = (t.to(student_logits.device) for t in self.cache.rows(inputs["block"].tolist()))
+        rows = None
+        if "block" in inputs and spec.alpha < 1.0:
+            device = inputs["input_ids"].device
+            rows = tuple(t.to(device) for t in self.cache.rows(inputs["block"].tolist()))
+        if spec.chunk_size and _fusable(model):
+            head = _unwrap(model).get_output_embeddings()
+            return fused_distill_loss(_hidden(model, inputs["input_ids"], inputs["attention_mask"]), head.weight,
+                                      labels, spec, student_bias=head.bias, num_items_in_batch=num_items_in_batch,
+                                      chunk=spec.chunk_size, teacher_rows=rows)
+        student_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
+        if rows is None:
+            return distill_loss(student_logits, None, labels, spec, num_items_in_batch=num_items_in_batch)
         ce = ce_loss(student_logits, labels, num_items_in_batch)
-        kd = sparse_kd_loss(student_logits, top_logp, top_ids, tail, labels, spec.divergence, spec.temperature,
-                            spec.beta, spec.skew_lambda, num_items_in_batch)
+        kd = sparse_kd_loss(student_logits, *rows, labels, spec.divergence, spec.temperature, spec.beta,
+                            spec.skew_lambda, num_items_in_batch)
         return {"loss": kd if spec.alpha == 0 else spec.alpha * ce + (1 - spec.alpha) * kd, "ce": ce, "kd": kd}
