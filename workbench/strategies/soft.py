@@ -4,7 +4,8 @@ total = alpha * CE(student, data) + (1 - alpha) * T^2 * D(teacher_T || student_T
 
 With loss.chunk_size > 0 the models return their last hidden states instead of full logits and the loss
 runs fused with their LM heads, chunk_size positions at a time (workbench/chunked_loss.py); models whose
-head does more than a linear map (logit soft-capping) use the plain path.
+head does more than a linear map (logit soft-capping) use the plain path. With loss.teacher_cache the
+teacher signal is the cache's stored top-k rows (losses.sparse_kd_loss), fused the same way.
 """
 from __future__ import annotations
 
