@@ -121,3 +121,15 @@ def test_students_train_from_a_cache_without_the_teacher(teacher_dir, student_di
                                       "output.run_name=c"])
     with pytest.raises(ConfigError, match="loss.teacher_cache.*other data"):
         runner.run_training(other)
+
+
+def test_caches_are_listed_with_what_picking_one_needs(teacher, tokenizer, blocks, tmp_path):
+    from workbench.teacher_cache import list_caches
+    build_cache(teacher, tokenizer, blocks, tmp_path / "k4", k=4, teacher_name="tiny")
+    (tmp_path / "not-a-cache").mkdir()
+    [row] = list_caches(tmp_path)
+    assert (row["name"], row["k"], row["blocks"], row["complete"], row["bytes/token"]) == ("k4", 4, 20, True, 18)
+    values, _, _ = _top_k(teacher(input_ids=torch.tensor(blocks["input_ids"])).logits[:, :-1].detach(), 4)
+    assert row["mass kept"] == pytest.approx(float(values.exp().sum(-1).mean()), abs=1e-3)
+    stored = sum(p.stat().st_size for p in (tmp_path / "k4").glob("*.npy")) / 2**20
+    assert row["MB"] == pytest.approx(stored, abs=1e-3) and row["MB"] > 0

@@ -49,7 +49,15 @@ def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, cor
     kept = config.data.source
     assert kept.startswith(str(services.uploads_dir)) and open(kept).read() == corpus_files[0].read_text()
     assert config.data.validation_source is None and config.loss.alpha == 0.5
-    assert config.evaluation.at_end
+    assert config.evaluation.at_end and config.loss.teacher_cache is None
+    cache = services.caches_dir / "k32"
+    cached = form_to_config(dataclasses.replace(tiny_form, teacher_cache=str(cache)), services.allowed_roots,
+                            services.uploads_dir)
+    assert cached.config.loss.teacher_cache == str(cache)
+    with pytest.raises(ConfigError) as err:
+        form_to_config(dataclasses.replace(tiny_form, teacher_cache="/etc/cache"), services.allowed_roots,
+                       services.uploads_dir)
+    assert err.value.field == "loss.teacher_cache"
     quiet = form_to_config(dataclasses.replace(tiny_form, evaluate=False), services.allowed_roots, services.uploads_dir)
     assert not quiet.config.evaluation.at_end
 

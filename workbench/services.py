@@ -38,6 +38,11 @@ class Services:
     def exports_dir(self) -> Path:
         return self.runs_dir / "exports"
 
+    @property
+    def caches_dir(self) -> Path:
+        """Where teacher caches live by default (python -m workbench cache CONFIG RUNS/caches/NAME)."""
+        return self.runs_dir / "caches"
+
     @classmethod
     def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
               cache_dir: str | Path | None = None, preparation: Preparation | None = None,

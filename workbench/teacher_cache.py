@@ -68,6 +68,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     temperature_policy: str = "log-probabilities at T=1; other T re-soften the top-k and tail buckets"
     created: float = field(default_factory=time.time)
+    mass_sum: float = 0.0       # the teacher's probability inside the top k, summed over stored positions
+    positions: int = 0          # positions stored so far
+
+    @property
+    def mass_retained(self) -> float | None:
+        """Mean share of the teacher's probability the top k keep (1 = nothing lost)."""
+        return self.mass_sum / self.positions if self.positions else None
 
     @property
     def shards(self) -> int:
@@ -159,6 +166,8 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
             np.save(tmp, array)
             tmp.replace(folder / f"{name}-{shard:05d}.npy")
         wanted.shards_done = sorted({*wanted.shards_done, shard})
+        wanted.mass_sum += float(values.exp().sum(-1).sum())
+        wanted.positions += values.shape[0] * values.shape[1]
         write_json_atomic(folder / MANIFEST, asdict(wanted))
     return wanted
 
@@ -196,3 +205,22 @@ class TeacherCache:
         logp, ids, tail = (np.stack(column) for column in zip(*found))
         return (torch.from_numpy(logp.astype(np.float32)), torch.from_numpy(ids.astype(np.int64)),
                 torch.from_numpy(tail.astype(np.float32)))
+
+
+def list_caches(root: str | Path) -> list[dict]:
+    """Every cache directly under `root` (newest first) with what picking one needs to know."""
+    rows = []
+    for folder in sorted(Path(root).glob("*/")) if Path(root).is_dir() else []:
+        try:
+            manifest = _read_manifest(folder)
+        except CacheError:
+            continue
+        if manifest is None:
+            continue
+        size = sum(p.stat().st_size for p in folder.glob("*.npy"))
+        rows.append({"name": folder.name, "path": str(folder), "teacher": manifest.teacher, "k": manifest.k,
+                     "blocks": manifest.blocks, "MB": round(size / 2**20, 3),
+                     "bytes/token": manifest.bytes_per_token,
+                     "mass kept": None if manifest.mass_retained is None else round(manifest.mass_retained, 3),
+                     "complete": manifest.complete, "created": manifest.created})
+    return sorted(rows, key=lambda r: -r["created"])

@@ -61,6 +61,7 @@ class SetupForm:
     accelerate_config: str = ""  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
     run_name: str = ""
     evaluate: bool = True  # evaluate the student when the job ends (evaluation.at_end)
+    teacher_cache: str = ""  # a teacher-cache folder (loss.teacher_cache); empty = run the teacher live
     base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
 
     @classmethod
@@ -72,7 +73,8 @@ class SetupForm:
                    divergence=c.loss.divergence, alpha=c.loss.alpha, temperature=c.loss.temperature,
                    beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
                    seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
-                   run_name=c.output.run_name or "", evaluate=c.evaluation.at_end, base=c.to_dict())
+                   run_name=c.output.run_name or "", evaluate=c.evaluation.at_end,
+                   teacher_cache=c.loss.teacher_cache or "", base=c.to_dict())
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -129,8 +131,11 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
                        "lora": {**data.get("student", {}).get("lora", {}), "enabled": bool(form.lora)}}
     data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
     data["strategy"] = form.strategy
+    cache = (form.teacher_cache or "").strip() or None
+    if cache and not _inside(Path(cache), roots):
+        problems.append(("loss.teacher_cache", f"{cache} is outside the folders this app may read"))
     data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,
-                    "temperature": form.temperature, "beta": form.beta}
+                    "temperature": form.temperature, "beta": form.beta, "teacher_cache": cache}
     train = data.get("train", {})
     # A curve needs points: log at least ~20 times per run, whatever the base config's interval.
     logging = min(train.get("logging_steps", 10), max(1, (ints["max_steps"] or 0) // 20))

@@ -15,6 +15,7 @@ from workbench.plots import temperature_preview as preview_figure
 from workbench.preflight import preflight
 from workbench.preview import temperature_preview
 from workbench.services import Services
+from workbench.ui.cache_panel import create_cache_panel
 from workbench.ui.form import (DATA_HUB, DATA_KINDS, DATA_UPLOAD, KNOWN_PAIRS, STUDENT_CHECKPOINT, STUDENT_PRUNED,
                                Launch, SetupForm, form_to_config)
 
@@ -106,6 +107,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             run_name = gr.Textbox(start.run_name, label="Run name (optional)")
             evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
                                    info="perplexity, agreement, calibration, speed, generations: the run card")
+        teacher_cache = create_cache_panel(services, start.teacher_cache)
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -119,7 +121,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
 
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
-                               processes, accelerate_config, run_name, evaluate]))
+                               processes, accelerate_config, run_name, evaluate, teacher_cache]))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
     base = default.to_dict()
