@@ -21,7 +21,7 @@ from workbench.config import DistillConfig  # noqa: E402
 from workbench.data import heldout_dataset  # noqa: E402
 from workbench.defaults import resolve_defaults  # noqa: E402
 from workbench.run_models import load_teacher_fp32, student_tokenizer  # noqa: E402
-from workbench.teacher_cache import Manifest, _top_k  # noqa: E402
+from workbench.teacher_cache import Manifest, top_k_logprobs  # noqa: E402
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "assets" / "configs" / "default.yaml"
 
@@ -44,7 +44,7 @@ def main() -> None:
     vocab = logits.shape[-1]
     rows = []
     for k in (int(k) for k in args.ks.split(",")):
-        values, _, rest = _top_k(logits, k)
+        values, _, rest = top_k_logprobs(logits, k)
         manifest = Manifest(teacher="", tokenizer_hash="", data_hash="", k=k, vocab=vocab, seq_len=ids.shape[1],
                             blocks=len(ids))
         rows.append({"k": k, "bytes_per_token": manifest.bytes_per_token,

@@ -103,10 +103,10 @@ def test_the_soft_label_strategy_gives_the_same_gradients_fused_or_plain(teacher
 @pytest.mark.parametrize("divergence", ["forward_kl", "jsd", "tvd"])
 def test_chunked_with_cached_teacher_rows_equals_the_plain_sparse_loss(divergence):
     from workbench.losses import ce_loss, sparse_kd_loss
-    from workbench.teacher_cache import _top_k
+    from workbench.teacher_cache import top_k_logprobs
     spec = LossSpec(divergence=divergence, alpha=0.4, temperature=1.5, beta=0.3)
     hs, ws, _, ht, wt, labels = case(seed=3)
-    rows = _top_k(ht @ wt.T, 6)
+    rows = top_k_logprobs(ht @ wt.T, 6)
     logits = hs @ ws.T
     ce, kd = ce_loss(logits, labels), sparse_kd_loss(logits, *rows, labels, divergence, 1.5, 0.3)
     plain = {"loss": 0.4 * ce + 0.6 * kd, "ce": ce, "kd": kd}

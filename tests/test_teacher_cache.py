@@ -11,7 +11,7 @@ from workbench.config import DIVERGENCES
 from workbench.data import tokenize_datasets
 from workbench.losses import kd_loss, sparse_kd_loss
 from workbench.rundir import RunDir
-from workbench.teacher_cache import (MANIFEST, CacheError, TeacherCache, _top_k, build_cache, data_hash,
+from workbench.teacher_cache import (MANIFEST, CacheError, TeacherCache, top_k_logprobs, build_cache, data_hash,
                                      tokenizer_hash)
 
 
@@ -35,7 +35,7 @@ def test_round_trip_is_exact_at_storage_precision(teacher, tokenizer, blocks, tm
     chosen = [13, 2, 19, 6]  # across shards, out of order (a shuffled batch)
     logp, ids, tail = cache.rows(chosen)
     with torch.no_grad():
-        values, top, rest = _top_k(teacher(input_ids=torch.tensor(blocks[chosen]["input_ids"])).logits[:, :-1], 8)
+        values, top, rest = top_k_logprobs(teacher(input_ids=torch.tensor(blocks[chosen]["input_ids"])).logits[:, :-1], 8)
     assert torch.equal(ids, top)
     assert torch.equal(logp, values.half().float()) and torch.equal(tail, rest.half().float())
     total = logp.exp().sum(-1) + tail.exp()  # top k + the rest: one distribution
@@ -72,7 +72,7 @@ def test_sparse_kd_with_k_equal_to_the_vocabulary_is_dense_kd(divergence, temper
     teacher = torch.randn(3, 5, 40, generator=g) * 2
     labels = torch.randint(0, 40, (3, 5), generator=g)
     labels[0, :2] = -100
-    top_logp, top_ids, tail = _top_k(teacher, 40)
+    top_logp, top_ids, tail = top_k_logprobs(teacher, 40)
     dense = kd_loss(student, teacher, labels, divergence, temperature, 0.3, 0.2)
     sparse = sparse_kd_loss(student, top_logp, top_ids, tail, labels, divergence, temperature, 0.3, 0.2)
     assert sparse.item() == pytest.approx(dense.item(), abs=1e-5)
@@ -85,7 +85,7 @@ def test_sparse_kd_with_a_small_k_keeps_the_tail_as_one_bucket():
     g = torch.Generator().manual_seed(1)
     teacher = torch.randn(4, 30, generator=g) * 3
     labels = torch.zeros(4, dtype=torch.long)
-    top_logp, top_ids, tail = _top_k(teacher, 3)
+    top_logp, top_ids, tail = top_k_logprobs(teacher, 3)
     # a student equal to the teacher has zero divergence whatever k is
     assert sparse_kd_loss(teacher.clone(), top_logp, top_ids, tail, labels).abs().item() < 1e-6
     assert np.isfinite(sparse_kd_loss(torch.zeros(4, 30), top_logp, top_ids, tail, labels).item())
@@ -129,7 +129,7 @@ def test_caches_are_listed_with_what_picking_one_needs(teacher, tokenizer, block
     (tmp_path / "not-a-cache").mkdir()
     [row] = list_caches(tmp_path)
     assert (row["name"], row["k"], row["blocks"], row["complete"], row["bytes/token"]) == ("k4", 4, 20, True, 18)
-    values, _, _ = _top_k(teacher(input_ids=torch.tensor(blocks["input_ids"])).logits[:, :-1].detach(), 4)
+    values, _, _ = top_k_logprobs(teacher(input_ids=torch.tensor(blocks["input_ids"])).logits[:, :-1].detach(), 4)
     assert row["mass kept"] == pytest.approx(float(values.exp().sum(-1).mean()), abs=1e-3)
     stored = sum(p.stat().st_size for p in (tmp_path / "k4").glob("*.npy")) / 2**20
     assert row["MB"] == pytest.approx(stored, abs=1e-3) and row["MB"] > 0

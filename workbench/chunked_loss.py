@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE, sparse_kd_loss
+from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE, combine, sparse_kd_loss
 
 DEFAULT_CHUNK = 128
 
@@ -84,7 +84,7 @@ class _FusedDistill(torch.autograd.Function):
                     kd_total += kd.detach()
                 if not need_grad:  # evaluation: the terms only
                     continue
-                total = ce if kd is None else alpha * ce + (1 - alpha) * kd
+                total = ce if kd is None else combine(ce, kd, alpha)
                 (grad_logits,) = torch.autograd.grad(total / count, s_logits)
             grad_hidden[rows] = grad_logits @ student_weight.to(grad_logits.dtype)
             grad_weight += grad_logits.T @ hidden.to(grad_logits.dtype)
@@ -98,7 +98,7 @@ class _FusedDistill(torch.autograd.Function):
         ctx.mark_non_differentiable(ce_mean, kd_mean)
         if kd_total is None:
             return ce_mean.clone(), ce_mean, kd_mean
-        return alpha * ce_mean + (1 - alpha) * kd_mean, ce_mean, kd_mean
+        return combine(ce_mean, kd_mean, alpha), ce_mean, kd_mean
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kd):

@@ -167,6 +167,15 @@ def sparse_kd_loss(student_logits: Tensor, top_logp: Tensor, top_ids: Tensor, ta
                    num_items_in_batch)
 
 
+def combine(ce: Tensor, kd: Tensor, alpha: float) -> Tensor:
+    """alpha*CE + (1-alpha)*KD; at the edges exactly the one term (a non-finite unused term stays out)."""
+    if alpha == 1:
+        return ce
+    if alpha == 0:
+        return kd
+    return alpha * ce + (1 - alpha) * kd
+
+
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, spec,
                  num_items_in_batch: int | Tensor | None = None, kd_vocab: int | None = None) -> dict[str, Tensor]:
     """{"loss": alpha*CE + (1-alpha)*KD, "ce": CE, "kd": KD} for a LossSpec `spec`; all 0-dim tensors.
@@ -188,10 +197,4 @@ def distill_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: 
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha != 1):
         kd_value = kd_loss(student_logits[..., :kd_vocab], teacher_logits[..., :kd_vocab], labels, spec.divergence, spec.temperature,
                            spec.beta, spec.skew_lambda, num_items_in_batch)
-    if alpha == 1:
-        total = ce
-    elif alpha == 0:
-        total = kd_value
-    else:
-        total = alpha * ce + (1 - alpha) * kd_value
-    return {"loss": total, "ce": ce, "kd": kd_value}
+    return {"loss": combine(ce, kd_value, alpha), "ce": ce, "kd": kd_value}

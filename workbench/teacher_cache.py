@@ -112,7 +112,7 @@ def _check(found: Manifest, wanted_tokenizer: str, wanted_data: str, folder: Pat
                          f"is {wanted_data}): data source, seq_len, seed and max_examples must match the build")
 
 
-def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_k_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, L, V) logits -> top-k log-probs (B, L, k), their ids, and the log of the remaining mass (B, L)."""
     log_p = torch.log_softmax(logits.float(), -1)
     values, ids = log_p.topk(k, -1)
@@ -152,7 +152,7 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
         for start in range(first, last, batch_size):
             ids = torch.as_tensor(dataset[start:min(start + batch_size, last)]["input_ids"], device=device)
             with torch.no_grad():
-                parts.append([t.cpu() for t in _top_k(teacher(input_ids=ids).logits[:, :-1], k)])
+                parts.append([t.cpu() for t in top_k_logprobs(teacher(input_ids=ids).logits[:, :-1], k)])
             done_blocks += ids.shape[0]
             if progress:
                 elapsed = time.perf_counter() - start_time

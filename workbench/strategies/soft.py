@@ -14,7 +14,7 @@ import inspect
 import torch
 
 from workbench.chunked_loss import fused_distill_loss
-from workbench.losses import ce_loss, distill_loss, sparse_kd_loss
+from workbench.losses import ce_loss, combine, distill_loss, sparse_kd_loss
 from workbench.strategies.base import Strategy
 
 
@@ -99,4 +99,4 @@ class SoftLabelStrategy(Strategy):
         ce = ce_loss(student_logits, labels, num_items_in_batch)
         kd = sparse_kd_loss(student_logits, *rows, labels, spec.divergence, spec.temperature, spec.beta,
                             spec.skew_lambda, num_items_in_batch)
-        return {"loss": kd if spec.alpha == 0 else spec.alpha * ce + (1 - spec.alpha) * kd, "ce": ce, "kd": kd}
+        return {"loss": combine(ce, kd, spec.alpha), "ce": ce, "kd": kd}
