@@ -13,6 +13,9 @@ from workbench.config import DistillConfig
 def ce_baseline_config(config: DistillConfig) -> DistillConfig:
     """Everything as in `config` except α = 1: the student learns from the labels alone, and the
     teacher is not even loaded (the evaluation still compares the result with it)."""
+    if config.strategy == "hard_label":
+        raise ValueError("strategy: a hard-label run is already plain fine-tuning (on the teacher's text); "
+                         "compare it with a soft-label run of the same student instead")
     if config.loss.alpha == 1.0:
         raise ValueError("loss.alpha is already 1: this run is CE-only, it is its own baseline")
     return config.replace(loss=dataclasses.replace(config.loss, alpha=1.0),

@@ -8,6 +8,7 @@
     python -m workbench ingest RUNS_DIR [--db FILE]          rebuild the DuckDB results store
     python -m workbench evaluate RUN_DIR [--student checkpoint-50] [--baseline RUN_DIR]
     python -m workbench cache CONFIG.yaml OUT_DIR [--k 32] [--set ...]   precompute the teacher's top k
+    python -m workbench generate CONFIG.yaml OUT_DIR [--set ...]   the hard-label teacher writes its data
 """
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32)")
     cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cache.add_argument("--cache-dir", help="where the offline defaults live")
+    generate = sub.add_parser("generate", help="hard-label stage 1 alone: the config's teacher (local or API) "
+                                               "answers its prompts into OUT_DIR/completions.jsonl (resumable); "
+                                               "runs then set generation.dataset")
+    generate.add_argument("config", help="a config with strategy hard_label and its generation section")
+    generate.add_argument("out_dir", help="folder for completions.jsonl and its manifest")
+    generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    generate.add_argument("--cache-dir", help="where the offline defaults live")
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -132,6 +140,25 @@ def _cache(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from pathlib import Path
+    from workbench.callbacks import format_eta
+    from workbench.config import DistillConfig
+    from workbench.defaults import resolve_defaults
+    from workbench.generation import generate_dataset
+    config = resolve_defaults(DistillConfig.load(args.config, args.overrides), args.cache_dir)
+    start, shown = time.perf_counter(), [-1]
+
+    def progress(done: int, total: int, eta) -> None:
+        if 20 * done // max(total, 1) > shown[0]:
+            shown[0] = 20 * done // max(total, 1)
+            print(f"[{done / max(total, 1):4.0%} {time.perf_counter() - start:6.1f}s] {done}/{total} completions, "
+                  f"{format_eta(eta)} left", flush=True)
+    path = generate_dataset(config, Path(args.out_dir), progress)
+    print(f"{path}; train on it with --set generation.dataset={path}")
+    return 0
+
+
 def _prune(args) -> int:
     from workbench.config import ModelSpec
     from workbench.models import load_model, load_tokenizer
@@ -186,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "generate":
+            return _generate(args)
         if args.command == "resume":
             from workbench.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":

@@ -16,7 +16,8 @@ from workbench.configbase import (ConfigError, apply_overrides, check_fields, du
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
-STRATEGIES = ("soft_label",)
+STRATEGIES = ("soft_label", "hard_label")
+BACKENDS = ("local", "openai")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
@@ -108,6 +109,37 @@ class TrainSpec:
     save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1)
 
 
+@dataclass
+class GenerationSpec:
+    """Hard-label stage 1: the teacher writes completions for a prompt set; the student is then
+    fine-tuned on them (loss on completion tokens only)."""
+    prompts: str = knob("project:instructions", "Prompts the teacher answers: a .jsonl/.json/.csv/.parquet file with "
+                                                "a prompt column or chat messages, a hub dataset id, or "
+                                                "project:instructions (the project's own 120 instructions)")
+    prompt_column: str = knob("prompt", "Column holding the prompt text (a messages column is used when present)")
+    split: str = knob("train", "Split of a hub prompt dataset")
+    max_prompts: int | None = knob(None, "Answer at most this many prompts", low=1)
+    backend: str = knob("local", "local = the teacher checkpoint generates here; openai = any OpenAI-compatible "
+                                 "chat-completions endpoint (a black-box teacher)", choices=BACKENDS)
+    api_base_url: str = knob("", "Endpoint base URL for the openai backend, e.g. http://127.0.0.1:8000/v1")
+    api_model: str = knob("", "Model name the endpoint serves, for the openai backend")
+    api_key_env: str = knob("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key "
+                                              "itself is never written to the config, logs or the store); empty "
+                                              "for endpoints that need none")
+    concurrency: int = knob(4, "Requests in flight at once, for the openai backend", low=1, high=256)
+    max_retries: int = knob(5, "Retries per request on 429, 5xx and timeouts (exponential backoff)", low=0, high=100)
+    timeout_s: float = knob(120.0, "Seconds before one request times out", low=0, high=3600, low_open=True)
+    temperature: float = knob(0.7, "Sampling temperature of the teacher; 0 = greedy", low=0, high=10)
+    top_p: float = knob(0.95, "Nucleus sampling: keep the smallest token set with this much mass", low=0, high=1,
+                        low_open=True)
+    max_new_tokens: int = knob(128, "Longest completion, in teacher tokens", low=1, high=32768)
+    samples_per_prompt: int = knob(1, "Completions the teacher writes per prompt", low=1, high=64)
+    seed: int = knob(0, "Sampling seed: the same seed writes the same completions", low=0, high=2**31 - 1)
+    batch_size: int = knob(8, "Prompts generated together by a local teacher (left-padded)", low=1, high=4096)
+    dataset: str | None = knob(None, "A completions file an earlier run generated (RUN/generated/completions.jsonl) "
+                                     "to train on instead of generating")
+
+
 DEFAULT_PROMPTS = ["In the beginning", "The best way to learn a new language is", "Once upon a time, there was"]
 
 
@@ -136,18 +168,25 @@ class DistillConfig:
     data: DataSpec = knob(help="Training and held-out text", default_factory=DataSpec)
     strategy: str = knob("soft_label", "How a batch becomes loss terms", choices=STRATEGIES)
     loss: LossSpec = knob(help="Divergence and its knobs", default_factory=LossSpec)
+    generation: GenerationSpec = knob(help="How the teacher writes the data, for strategy hard_label",
+                                      default_factory=GenerationSpec)
     train: TrainSpec = knob(help="Optimisation and logging", default_factory=TrainSpec)
     evaluation: EvalSpec = knob(help="What is measured once a student is trained", default_factory=EvalSpec)
     output: OutputSpec = knob(help="Where results go", default_factory=OutputSpec)
 
     def validate(self) -> "DistillConfig":
         problems = check_fields(self)
+        hard = self.strategy == "hard_label"
         for name in ("teacher", "student"):
             if name == "student" and self.student.init_from_teacher_layers:
                 continue
+            if name == "teacher" and hard and not self.teacher_model_needed():
+                continue
             if not getattr(self, name).name_or_path.strip():
                 problems.append((f"{name}.name_or_path", "is required: a hub id or a local folder"))
-        if not self.data.source.strip():
+        if hard:
+            problems.extend(self.generation_problems())
+        elif not self.data.source.strip():
             problems.append(("data.source", "is required: a local file or a hub dataset id"))
         if self.student.lora.enabled and not self.student.lora.target_modules:
             problems.append(("student.lora.target_modules", "must name at least one module when LoRA is on"))
@@ -158,6 +197,33 @@ class DistillConfig:
         if problems:
             raise ConfigError(problems)
         return self
+
+    def teacher_model_needed(self) -> bool:
+        """Whether the teacher checkpoint is used: always, except by a hard-label run whose data an
+        endpoint writes or an earlier run wrote (a pruned student still needs it to be cut from)."""
+        g = self.generation
+        return (self.strategy != "hard_label" or self.student.init_from_teacher_layers > 0
+                or (g.backend == "local" and not g.dataset))
+
+    def generation_problems(self) -> list[tuple[str, str]]:
+        g, problems = self.generation, []
+        if self.loss.teacher_cache:
+            problems.append(("loss.teacher_cache", "hard-label training reads the teacher's text, not its logits; "
+                                                   "unset the cache"))
+        if g.dataset is not None and not g.dataset.strip():
+            problems.append(("generation.dataset", "is empty; name a completions file or leave it unset"))
+        if g.dataset or g.backend == "local":
+            return problems
+        if not g.api_base_url.strip().startswith(("http://", "https://")):
+            problems.append(("generation.api_base_url", f"{g.api_base_url!r} must be an http(s) URL, e.g. "
+                                                        "http://127.0.0.1:8000/v1"))
+        if not g.api_model.strip():
+            problems.append(("generation.api_model", "is required for the openai backend: the model the endpoint "
+                                                     "serves"))
+        if g.api_key_env and not g.api_key_env.isidentifier():
+            problems.append(("generation.api_key_env", "must be the NAME of an environment variable (letters, "
+                                                       "digits, _), not the key itself"))
+        return problems
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":

@@ -54,7 +54,7 @@ def _has_text(path: Path, field: str) -> bool:
             offset += len(chunk)
 
 
-def _check_file(path: Path, spec: DataSpec, field: str) -> None:
+def check_file(path: Path, spec: DataSpec, field: str) -> None:
     """Refuse what would fail late or confusingly inside `datasets`, before any loading."""
     if not path.exists():
         raise DataError(field, f"file {str(path)!r} does not exist (relative paths start at {os.getcwd()}); "
@@ -84,7 +84,7 @@ def _reason(err: BaseException) -> str:
     return " <- ".join(parts)
 
 
-def _load_file(path: Path, split: str, field: str) -> datasets.Dataset:
+def load_file(path: Path, split: str, field: str) -> datasets.Dataset:
     builder = BUILDERS[path.suffix.lower()]
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split=split)
@@ -97,7 +97,7 @@ def _load_file(path: Path, split: str, field: str) -> datasets.Dataset:
     return ds
 
 
-def _load_hub(source: str, config: str | None, split: str, field: str) -> datasets.Dataset:
+def load_hub(source: str, config: str | None, split: str, field: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(source, config, split=split)
     except Exception as err:  # noqa: BLE001 - offline, missing, gated, bad config or split: all the user's to fix
@@ -110,10 +110,10 @@ def _load_hub(source: str, config: str | None, split: str, field: str) -> datase
 def _load(source: str, config: str | None, split: str, spec: DataSpec, field: str) -> datasets.Dataset:
     if looks_like_local_path(source, tuple(BUILDERS)):
         path = Path(source).expanduser()
-        _check_file(path, spec, field)
-        ds = _load_file(path, split, field)
+        check_file(path, spec, field)
+        ds = load_file(path, split, field)
     else:
-        ds = _load_hub(source, config, split, field)
+        ds = load_hub(source, config, split, field)
     if len(ds) == 0:
         raise DataError(field, f"{source!r} (split {split!r}) has no rows; give data with at least one row")
     return ds
@@ -195,7 +195,7 @@ def _messages(batch: dict, spec: DataSpec) -> list[list[dict]]:
     return rows
 
 
-def _render_chat(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+def render_chat(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     # Base models have no template: a plain transcript still shows who said what.
@@ -215,14 +215,14 @@ def _prompts_and_completions(batch: dict, fmt: str, spec: DataSpec, tokenizer) -
             raise DataError("data.messages_column", f"the last message must be the assistant's reply to train on, "
                                                     f"got role {messages[-1]['role']!r}; end each conversation "
                                                     "with an assistant message, or use packing")
-        prompts.append(_render_chat(tokenizer, messages[:-1], generation_prompt=True))
+        prompts.append(render_chat(tokenizer, messages[:-1], generation_prompt=True))
         completions.append(messages[-1]["content"])
     return prompts, completions
 
 
 def _documents(batch: dict, fmt: str, spec: DataSpec, tokenizer) -> list[str]:
     if fmt == "chat":
-        return [_render_chat(tokenizer, messages) for messages in _messages(batch, spec)]
+        return [render_chat(tokenizer, messages) for messages in _messages(batch, spec)]
     return [p + c for p, c in zip(*_prompts_and_completions(batch, fmt, spec, tokenizer))]
 
 

@@ -12,7 +12,8 @@ from workbench.data import heldout_documents
 from workbench.inspect import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
 from workbench.models import shared_logit_size
 from workbench.rundir import CONFIG, RunDir, is_run_dir, run_in
-from workbench.run_models import StudentPoint, load_student_at, load_teacher_fp32, student_points, student_tokenizer
+from workbench.run_models import (StudentPoint, load_student_at, load_teacher_fp32, student_points, student_tokenizer,
+                                  token_comparable)
 
 
 class _Lru(OrderedDict):
@@ -138,6 +139,10 @@ class Inspector:
         return self._cached(self._analyses, (run_id, point.key, _stamp(point), text, max_tokens), make)
 
     def _teacher(self, config: DistillConfig):
+        if not token_comparable(config):
+            raise ValueError("the inspector compares teacher and student token by token, which needs one "
+                             "tokenizer and a local teacher; this hard-label run's teacher has neither "
+                             "(its completions are the data: see the run's generated dataset)")
         return self._cached(self._teachers, _teacher_key(config), lambda: load_teacher_fp32(config))
 
     def _tokenizer(self, config: DistillConfig):

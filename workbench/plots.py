@@ -161,3 +161,21 @@ def reliability(bins: dict[str, list[dict]]) -> go.Figure:
                       xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=50, r=20, t=30, b=40),
                       legend=dict(orientation="h"))
     return fig
+
+
+def completion_lengths(frame: pd.DataFrame) -> go.Figure:
+    """Histogram of prompt and completion lengths (words) of a teacher-written dataset; completions cut
+    at max_new_tokens show as their own bar colour, since a pile-up there means the limit was too low."""
+    if frame.empty:
+        return _empty("no completions yet")
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=frame["prompt"].astype(str).str.split().str.len(), name="prompt", opacity=0.6))
+    ended = frame.get("finish_reason", pd.Series(["stop"] * len(frame), index=frame.index))
+    words = frame["completion"].astype(str).str.split().str.len()
+    for reason, label in (("stop", "completion (ended)"), ("length", "completion (cut at max_new_tokens)")):
+        picked = words[ended == reason]
+        if len(picked):
+            fig.add_trace(go.Histogram(x=picked, name=label, opacity=0.6))
+    fig.update_layout(barmode="overlay", height=320, xaxis_title="words", yaxis_title="rows",
+                      margin=dict(l=40, r=20, t=30, b=40))
+    return fig

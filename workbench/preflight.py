@@ -6,6 +6,7 @@ tokenizers. Every problem names the config field to fix.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from workbench.data import DataError, load_raw, resolve_format
 from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
 from workbench.paths import looks_like_local_path
+from workbench.prompts import load_prompts
 from workbench.sizing import GIB, arch_info, estimate_memory
 from workbench.strategies import strategy_class
 from workbench.trainer import use_bf16
@@ -53,27 +55,60 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
             return report
         config = resolve_defaults(config, cache_dir)
     _check_data(config, report)
+    if config.strategy == "hard_label":
+        _check_generation(config, report)
     try:
-        teacher = arch_info(config.teacher, "teacher")
         keep = config.student.init_from_teacher_layers
+        teacher = arch_info(config.teacher, "teacher") if config.teacher_model_needed() else None
         student = arch_info(config.teacher, "teacher", layers=keep) if keep else arch_info(config.student, "student")
     except ModelLoadError as err:
         role = "student" if str(err).startswith("student") else "teacher"
         report.problems.append((f"{role}.name_or_path", str(err)))
         return report
-    if keep and keep > teacher.layers:
-        report.problems.append(("student.init_from_teacher_layers",
-                                f"the teacher has {teacher.layers} layers; keep 1 to {teacher.layers}"))
-    report.teacher_params, report.student_params = teacher.params, student.params
-    report.notes.append(f"teacher {_count(teacher.params)} parameters ({teacher.layers} layers, hidden "
-                        f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, hidden "
-                        f"{student.hidden}): **{teacher.params / student.params:.1f}x smaller**")
-    _check_vocabulary(config, teacher.vocab, student.vocab, report)
+    report.student_params = student.params
+    if teacher is None:
+        report.notes.append(f"student {_count(student.params)} parameters ({student.layers} layers, hidden "
+                            f"{student.hidden}); the teacher is an API endpoint or an earlier run's data")
+    else:
+        if keep and keep > teacher.layers:
+            report.problems.append(("student.init_from_teacher_layers",
+                                    f"the teacher has {teacher.layers} layers; keep 1 to {teacher.layers}"))
+        report.teacher_params = teacher.params
+        report.notes.append(f"teacher {_count(teacher.params)} parameters ({teacher.layers} layers, hidden "
+                            f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, "
+                            f"hidden {student.hidden}): **{teacher.params / student.params:.1f}x smaller**")
+        _check_vocabulary(config, teacher.vocab, student.vocab, report)
     share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
-    memory = estimate_memory(config, teacher, student, use_bf16(config), share)
+    # Hard-label training holds no teacher: it writes its data before the student trains.
+    memory = estimate_memory(config, teacher if strategy_class(config.strategy).needs_teacher else None, student,
+                             use_bf16(config), share)
     report.memory_gib = memory.as_gib()
     _check_memory(memory.total, processes, report)
     return report
+
+
+def _check_generation(config: DistillConfig, report: Preflight) -> None:
+    """The prompts (or the reused completions) are read now, and an API key must be where the config says."""
+    g = config.generation
+    if g.dataset:
+        if not Path(g.dataset).expanduser().is_file():
+            report.problems.append(("generation.dataset", f"no such file: {g.dataset}"))
+        else:
+            report.notes.append(f"data: the completions in {g.dataset}; no teacher runs")
+        return
+    try:
+        prompts = load_prompts(g, config.data.max_file_mb)
+    except DataError as err:
+        report.problems.append((err.field, str(err).split(": ", 1)[-1]))
+        return
+    writer = f"{g.api_model} at {g.api_base_url}" if g.backend == "openai" else "the teacher"
+    report.notes.append(f"data: {writer} writes {len(prompts) * g.samples_per_prompt:,} completions "
+                        f"({len(prompts):,} prompts × {g.samples_per_prompt}, up to {g.max_new_tokens} tokens each) "
+                        "before the student trains on them; teacher and student may use different tokenizers")
+    if g.backend == "openai" and g.api_key_env and not os.environ.get(g.api_key_env):
+        report.problems.append(("generation.api_key_env", f"the environment variable {g.api_key_env} is not set "
+                                                          "in this app's environment; export the key in it and "
+                                                          "restart, or clear the field for an endpoint without keys"))
 
 
 def _check_data(config: DistillConfig, report: Preflight) -> None:

@@ -85,6 +85,25 @@ def is_adapter_only(folder: Path) -> bool:
     return (folder / ADAPTER_CONFIG).exists() and not (folder / "config.json").exists()
 
 
+def has_local_teacher(config: DistillConfig) -> bool:
+    """Whether the run's teacher is a checkpoint here (a hard-label teacher may be an API endpoint)."""
+    return bool(config.teacher.name_or_path.strip()) and (config.strategy != "hard_label"
+                                                          or config.generation.backend == "local")
+
+
+def token_comparable(config: DistillConfig) -> bool:
+    """Whether teacher and student read the same tokens, so their next-token distributions can be compared
+    position by position (agreement, KL, the inspector). Logit strategies check this at launch and a
+    pruned student shares the teacher's tokenizer; a hard-label run may pair any two tokenizers."""
+    if not has_local_teacher(config):
+        return False
+    from workbench.strategies import strategy_class
+    from workbench.teacher_cache import tokenizer_hash
+    if strategy_class(config.strategy).needs_shared_vocab or config.student.init_from_teacher_layers:
+        return True
+    return tokenizer_hash(load_tokenizer(config.teacher, "teacher")) == tokenizer_hash(student_tokenizer(config))
+
+
 def load_teacher_fp32(config: DistillConfig) -> torch.nn.Module:
     """The teacher as the inspector and evaluation use it: fp32 (exact probabilities), eval, frozen."""
     return load_model(config.teacher, "teacher", torch.float32).eval().requires_grad_(False)

@@ -5,6 +5,7 @@ needs (config, status, metrics, the student) ends up in the run directory (workb
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -15,8 +16,9 @@ import psutil
 import torch.distributed as dist
 from transformers import set_seed
 
-from workbench.callbacks import RunFilesCallback
+from workbench.callbacks import RunFilesCallback, format_eta
 from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
 from workbench.data import PadCollator, tokenize_datasets
 from workbench.defaults import progress_line, resolve_defaults
 from workbench.modelcard import write_model_card
@@ -58,6 +60,10 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
             config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None))
             if main:
                 config.save(run.file(CONFIG))
+            if config.strategy == "hard_label":
+                config = _generated_data(config, run, echo if main else None, main)
+                if main:
+                    config.save(run.file(CONFIG))  # now naming the data the student trains on
             final = _train(config, run, resume, echo if main else None, stop)
     except Cancelled as cancelled:
         if main:
@@ -98,6 +104,48 @@ def _evaluate_at_end(config: DistillConfig, run: RunDir, echo) -> str | None:
     if echo:
         echo(report["card"])
     return None
+
+
+def _generated_data(config: DistillConfig, run: RunDir, echo, main: bool) -> DistillConfig:
+    """Hard-label stage 1: the teacher's completions (written now into RUN/generated, or reused from
+    generation.dataset) become the training data: one example per row, loss on the completion only."""
+    from workbench.generation import GENERATED, generate_dataset, read_manifest
+    dataset = config.generation.dataset
+    if dataset:
+        source = Path(dataset).expanduser()
+        if not source.is_file():
+            raise ConfigError([("generation.dataset", f"no such file: {source}")])
+    elif main:
+        source = generate_dataset(config, run.path / GENERATED, _generation_progress(run, echo))
+        run.write_status("running", phase=None, eta_s=None)
+    else:
+        # Other ranks of a multi-process job wait for rank 0's teacher to finish writing.
+        while not (read_manifest(run.path / GENERATED) or {}).get("complete"):
+            if run.read_status().get("state") == "failed":
+                raise RuntimeError("generation failed on rank 0")
+            time.sleep(1.0)
+        source = run.path / GENERATED / "completions.jsonl"
+    # Held-out rows are split off the completions (data.validation_fraction): text of the same kind.
+    data = dataclasses.replace(config.data, source=str(source), format="auto", packing=False, validation_source=None,
+                               validation_split=None)
+    return config.replace(data=data)
+
+
+def _generation_progress(run: RunDir, echo):
+    """Status (for the Runs tab's progress and ETA) at most once a second, a log line every 10%."""
+    last = {"status": 0.0, "tenth": -1}
+
+    def report(done: int, total: int, eta: float | None) -> None:
+        now = time.monotonic()
+        if now - last["status"] >= 1.0 or done == total:
+            last["status"] = now
+            run.write_status("running", phase="generating", phase_done=done, phase_total=total,
+                             eta_s=None if eta is None else round(eta, 1))
+        tenth = 10 * done // max(total, 1)
+        if echo and tenth > last["tenth"]:
+            last["tenth"] = tenth
+            echo(f"teacher writing completions: {done}/{total} ({format_eta(eta)} left)")
+    return report
 
 
 def _leave_process_group() -> None:
@@ -169,7 +217,6 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
 def open_teacher_cache(config: DistillConfig, tokenizer, train_ds, student_logits: int):
     """The run's teacher cache, refused (naming loss.teacher_cache) unless it was built with this
     tokenizer over exactly these training blocks, with ids the student has logits for."""
-    from workbench.configbase import ConfigError
     from workbench.teacher_cache import CacheError, TeacherCache, data_hash, tokenizer_hash
     try:
         cache = TeacherCache.open(config.loss.teacher_cache, tokenizer_hash(tokenizer), data_hash(train_ds))

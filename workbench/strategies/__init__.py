@@ -1,8 +1,9 @@
 """Strategies by name: the config's `strategy` field picks one."""
 from workbench.strategies.base import Strategy
+from workbench.strategies.hard import HardLabelStrategy
 from workbench.strategies.soft import SoftLabelStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (SoftLabelStrategy,)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (SoftLabelStrategy, HardLabelStrategy)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -56,7 +56,8 @@ class SoftLabelStrategy(Strategy):
         labels = inputs["labels"][:, 1:]
         if self.cache is not None:
             return self._cached_loss(model, inputs, labels, num_items_in_batch)
-        use_teacher = self.config.loss.alpha < 1.0
+        # No teacher loaded (alpha = 1, or the hard-label strategy): the loss is the student's CE.
+        use_teacher = self.teacher is not None and self.config.loss.alpha < 1.0
         if self.config.loss.chunk_size and _fusable(model) and (not use_teacher or _fusable(self.teacher)):
             return self._fused_loss(model, input_ids, attention_mask, labels, use_teacher, num_items_in_batch)
         student_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]

@@ -62,6 +62,19 @@ class SetupForm:
     run_name: str = ""
     evaluate: bool = True  # evaluate the student when the job ends (evaluation.at_end)
     teacher_cache: str = ""  # a teacher-cache folder (loss.teacher_cache); empty = run the teacher live
+    # Hard-label: how the teacher writes the data (the generation section).
+    gen_backend: str = "local"
+    gen_prompts: str = "project:instructions"
+    gen_upload: str | None = None  # an uploaded prompt file, used instead of gen_prompts
+    gen_api_base_url: str = ""
+    gen_api_model: str = ""
+    gen_api_key_env: str = "OPENAI_API_KEY"
+    gen_temperature: float = 0.7
+    gen_top_p: float = 0.95
+    gen_max_new_tokens: int = 128
+    gen_samples: int = 1
+    gen_concurrency: int = 4
+    gen_dataset: str = ""  # completions an earlier run wrote (generation.dataset); empty = generate
     base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
 
     @classmethod
@@ -74,7 +87,12 @@ class SetupForm:
                    beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
                    seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
                    run_name=c.output.run_name or "", evaluate=c.evaluation.at_end,
-                   teacher_cache=c.loss.teacher_cache or "", base=c.to_dict())
+                   teacher_cache=c.loss.teacher_cache or "", gen_backend=c.generation.backend,
+                   gen_prompts=c.generation.prompts, gen_api_base_url=c.generation.api_base_url,
+                   gen_api_model=c.generation.api_model, gen_api_key_env=c.generation.api_key_env,
+                   gen_temperature=c.generation.temperature, gen_top_p=c.generation.top_p,
+                   gen_max_new_tokens=c.generation.max_new_tokens, gen_samples=c.generation.samples_per_prompt,
+                   gen_concurrency=c.generation.concurrency, gen_dataset=c.generation.dataset or "", base=c.to_dict())
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -116,7 +134,9 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     roots = [Path(r).expanduser().resolve() for r in roots]
     ints = {name: _as_int(getattr(form, name), key, problems) for name, key in
             (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
-             ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"))}
+             ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"),
+             ("gen_max_new_tokens", "generation.max_new_tokens"), ("gen_samples", "generation.samples_per_prompt"),
+             ("gen_concurrency", "generation.concurrency"))}
     data = dict(form.base)
     pruned = form.student_kind == STUDENT_PRUNED
     teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
@@ -129,7 +149,12 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     data["student"] = {**data.get("student", {}), "name_or_path": student,
                        "init_from_teacher_layers": (ints["keep_layers"] or 0) if pruned else 0,
                        "lora": {**data.get("student", {}).get("lora", {}), "enabled": bool(form.lora)}}
-    data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
+    if form.strategy == "hard_label":
+        # The teacher writes the data: the runner points data.source at its completions.
+        data["data"] = {**data.get("data", {}), "source": "", "validation_source": None, "validation_split": None}
+        data["generation"] = _generation_section(form, data.get("generation", {}), ints, roots, uploads_dir, problems)
+    else:
+        data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
     data["strategy"] = form.strategy
     cache = (form.teacher_cache or "").strip() or None
     if cache and not _inside(Path(cache), roots):
@@ -153,6 +178,35 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     return Launch(config, ints["processes"], accelerate_config)
 
 
+def _keep_upload(upload: Path, uploads_dir: Path) -> str:
+    """A copy the job still finds after the browser's temporary file is gone."""
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{upload.name}"
+    shutil.copyfile(upload, kept)
+    return str(kept)
+
+
+def _generation_section(form: SetupForm, section: dict, ints: dict, roots: list[Path], uploads_dir: Path,
+                        problems: list) -> dict:
+    prompts = form.gen_prompts.strip()
+    if form.gen_upload:
+        upload = Path(form.gen_upload)
+        if upload.suffix.lower() not in UPLOAD_SUFFIXES:
+            problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
+        else:
+            prompts = _keep_upload(upload, uploads_dir)
+    else:
+        _check_local(prompts, "generation.prompts", roots, problems)
+    dataset = (form.gen_dataset or "").strip() or None
+    if dataset and not _inside(Path(dataset), roots):
+        problems.append(("generation.dataset", f"{dataset} is outside the folders this app may read"))
+    return {**section, "backend": form.gen_backend, "prompts": prompts, "api_base_url": form.gen_api_base_url.strip(),
+            "api_model": form.gen_api_model.strip(), "api_key_env": form.gen_api_key_env.strip(),
+            "temperature": form.gen_temperature, "top_p": form.gen_top_p,
+            "max_new_tokens": ints["gen_max_new_tokens"], "samples_per_prompt": ints["gen_samples"],
+            "concurrency": ints["gen_concurrency"], "dataset": dataset}
+
+
 def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: list) -> dict:
     if form.data_kind == DATA_DEFAULT:
         return {**section, "source": "defaults:corpus/train.jsonl",
@@ -173,8 +227,5 @@ def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: l
         problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "
                                         f"{limit_mb} MiB limit (data.max_file_mb)"))
     else:
-        uploads_dir.mkdir(parents=True, exist_ok=True)
-        kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{upload.name}"
-        shutil.copyfile(upload, kept)
-        return {**section, "source": str(kept)}
+        return {**section, "source": _keep_upload(upload, uploads_dir)}
     return section

@@ -19,10 +19,15 @@ def jobs_table(services: Services) -> pd.DataFrame:
         step, total = job.get("step") or 0, job.get("total_steps") or 0
         position = job.get("queue_position")
         state = f"queued (#{position})" if position else job["state"]
+        progress = f"{100 * step / total:.0f}%" if total else ""
         if job.get("live") and job.get("phase") == "evaluating":
             state = "evaluating the student"
+        if job.get("live") and job.get("phase") == "generating":
+            done, rows_total = job.get("phase_done") or 0, job.get("phase_total") or 0
+            state = f"teacher writing data ({done}/{rows_total})"
+            progress = f"{100 * done / rows_total:.0f}% of the data" if rows_total else ""
         running = job["state"] in ("running", "starting")
-        rows.append({"run": job["run_id"], "state": state, "progress": f"{100 * step / total:.0f}%" if total else "",
+        rows.append({"run": job["run_id"], "state": state, "progress": progress,
                      "step": f"{step}/{total}", "ETA": format_eta(job.get("eta_s")) if running else "",
                      "processes": job.get("processes", 1),
                      "error": job.get("error") or (f"evaluation: {job['evaluation_error']}"

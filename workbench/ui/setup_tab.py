@@ -16,6 +16,7 @@ from workbench.preflight import preflight
 from workbench.preview import temperature_preview
 from workbench.services import Services
 from workbench.ui.cache_panel import create_cache_panel
+from workbench.ui.generation_panel import create_dataset_panel, create_generation_fields
 from workbench.ui.form import (DATA_HUB, DATA_KINDS, DATA_UPLOAD, KNOWN_PAIRS, STUDENT_CHECKPOINT, STUDENT_PRUNED,
                                Launch, SetupForm, form_to_config)
 
@@ -82,8 +83,11 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             student = gr.Textbox(start.student, label="Student checkpoint", info="hub id or local folder")
             keep_layers = gr.Slider(1, 64, value=start.keep_layers, step=1, label="Keep N teacher layers",
                                     visible=start.student_kind == STUDENT_PRUNED)
+        hard = start.strategy == "hard_label"
         with gr.Row():
-            strategy = gr.Dropdown(list(STRATEGIES), value=start.strategy, label="Strategy")
+            strategy = gr.Dropdown(list(STRATEGIES), value=start.strategy, label="Strategy",
+                                   info="soft_label: match the teacher's distributions; hard_label: learn its text")
+        with gr.Row(visible=not hard) as soft_row:
             divergence = gr.Dropdown(list(DIVERGENCES), value=start.divergence, label="Divergence")
             alpha = gr.Number(start.alpha, label="α (CE weight)", info="0 = pure KD, 1 = plain fine-tuning", step=0.05)
             temperature = gr.Number(start.temperature, label="Temperature T", step=0.5)
@@ -93,7 +97,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             lr = gr.Number(start.lr, label="Learning rate")
             batch_size = gr.Number(start.batch_size, label="Batch size", precision=0)
             seq_len = gr.Number(start.seq_len, label="Sequence length", precision=0)
-        with gr.Row():
+        generation, generation_fields = create_generation_fields(start, hard)
+        datasets, gen_dataset = create_dataset_panel(services, start.gen_dataset, hard)
+        with gr.Row(visible=not hard) as data_row:
             data_kind = gr.Radio(list(DATA_KINDS), value=start.data_kind, label="Data")
             upload = gr.File(label="Training file (.txt .jsonl .json .csv .parquet)", visible=False, type="filepath",
                              file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"])
@@ -121,7 +127,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
 
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
-                               processes, accelerate_config, run_name, evaluate, teacher_cache]))
+                               processes, accelerate_config, run_name, evaluate, teacher_cache, *generation_fields,
+                               gen_dataset]))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
     base = default.to_dict()
@@ -141,6 +148,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     student_kind.change(lambda kind: (gr.update(visible=kind == STUDENT_PRUNED), gr.update(visible=kind != STUDENT_PRUNED)),
                         student_kind, [keep_layers, student])
     divergence.change(lambda d: gr.update(visible=d == "jsd"), divergence, beta)
+    strategy.change(lambda s: (gr.update(visible=s != "hard_label"), gr.update(visible=s != "hard_label"),
+                               gr.update(visible=s == "hard_label"), gr.update(visible=s == "hard_label")),
+                    strategy, [soft_row, data_row, generation, datasets])
     data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
                      data_kind, [upload, hub_dataset])
     check_button.click(on_check, list(inputs.values()), [verdict, download])
