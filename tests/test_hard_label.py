@@ -10,7 +10,7 @@ import tiny
 
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
-from workbench.data import IGNORE_INDEX, tokenize_datasets
+from workbench.data import IGNORE_INDEX, load_raw, tokenize_datasets
 from workbench.generation import COMPLETIONS, MANIFEST, GenerationError, generate_dataset
 from workbench.models import load_tokenizer
 
@@ -86,6 +86,10 @@ def test_resume_skips_answered_prompts(tmp_path, teacher_dir, student_dir, promp
         generate_dataset(config.replace(generation=config.generation.__class__(
             **{**config.generation.__dict__, "temperature": 0.2})), folder)
     assert err.value.field == "generation.temperature"
+    with pytest.raises(GenerationError) as err:  # a local teacher's batches are part of its sampling
+        generate_dataset(config.replace(generation=config.generation.__class__(
+            **{**config.generation.__dict__, "batch_size": 3})), folder)
+    assert err.value.field == "generation.batch_size"
 
 
 def test_student_loss_covers_completion_tokens_only(tmp_path, teacher_dir, other_student, prompts_file):
@@ -117,6 +121,9 @@ def test_mismatched_tokenizers_train_and_lower_the_loss(tmp_path, teacher_dir, o
     assert curve[0]["step"] == 0 and final["eval_ce"] < curve[0]["eval_ce"] - 1.0
     saved = DistillConfig.load(run.file("config.json"))
     assert saved.data.source == str(run.path / "generated" / COMPLETIONS) and saved.data.packing is False
+    train, held = load_raw(saved.data, saved.train.seed)
+    # Both samples of a prompt stay on one side: no held-out prompt is trained on.
+    assert len(held) == 2 * 5 and not set(held["prompt_index"]) & set(train["prompt_index"])
     status = run.read_status()
     assert status["state"] == "succeeded" and status["evaluation_error"] is None
     report = json.loads(run.evaluation_file(30).read_text())
@@ -147,12 +154,14 @@ class ScriptedServer:
                     server.requests += 1
                     number = server.requests
                 prompt = body["messages"][-1]["content"]
-                if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
-                    return self.reply(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                # Error bodies repeat the credentials sent, as careless servers do: the client must scrub them.
+                sent = self.headers.get("Authorization")
+                if server.key and sent != f"Bearer {server.key}":
+                    return self.reply(401, {"error": {"message": f"Incorrect API key provided: {sent}", "type": "auth"}})
                 if number == 1 and server.flaky:
                     return self.reply(429, {"error": {"message": "slow down", "type": "rate_limit"}})
                 if (number % 5 == 0 and server.flaky) or prompt in server.broken:
-                    return self.reply(500, {"error": {"message": "boom", "type": "server"}})
+                    return self.reply(500, {"error": {"message": f"boom ({sent})", "type": "server"}})
                 self.reply(200, {"id": f"c{number}", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": f"answer: {prompt}"}}],
@@ -213,20 +222,25 @@ def test_api_teacher_retries_finishes_and_never_stores_the_key(tmp_path, server,
 
 
 def test_api_failures_keep_partial_results_and_resume(tmp_path, server, other_student, prompts_file, monkeypatch):
+    from workbench.rundir import RunDir
+    from workbench.runner import run_training
     monkeypatch.setenv("WB_TEST_KEY", KEY)
-    config = api_config(server, other_student, prompts_file, max_retries=1)
+    config = api_config(server, other_student, prompts_file, tmp_path, max_retries=1)
     prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
     server.flaky, server.broken = False, {prompts[2], prompts[9]}
     with pytest.raises(GenerationError, match="failed after 1 retries") as err:
-        generate_dataset(config, tmp_path)
-    assert KEY not in str(err.value)
-    kept = rows(tmp_path / COMPLETIONS)
+        run_training(config)
+    assert "boom (Bearer ***)" in str(err.value)  # the server's echo of the key, scrubbed
+    run = RunDir(tmp_path / "api")
+    assert run.read_status()["state"] == "failed" and "GenerationError" in run.read_status()["traceback"]
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()] == []
+    kept = rows(run.path / "generated" / COMPLETIONS)
     assert sorted(r["prompt_index"] for r in kept) == [i for i in range(24) if i not in (2, 9)]
     server.broken = set()
     before = server.requests
-    generate_dataset(config, tmp_path)
-    assert sorted(r["prompt_index"] for r in rows(tmp_path / COMPLETIONS)) == list(range(24))
-    assert server.requests - before == 2  # only the two missing prompts
+    run_training(DistillConfig.load(run.file("config.json")), run, resume=True)
+    assert sorted(r["prompt_index"] for r in rows(run.path / "generated" / COMPLETIONS)) == list(range(24))
+    assert server.requests - before == 2 and run.read_status()["state"] == "succeeded"  # only the missing two
 
 
 def test_api_key_problems_are_clear(tmp_path, other_student, prompts_file, monkeypatch):
@@ -241,18 +255,21 @@ def test_api_key_problems_are_clear(tmp_path, other_student, prompts_file, monke
         monkeypatch.setenv("WB_TEST_KEY", KEY)
         with pytest.raises(GenerationError, match="AuthenticationError") as err:
             generate_dataset(config, tmp_path)
-        assert err.value.field == "generation.api_key_env" and KEY not in str(err.value)
+        assert err.value.field == "generation.api_key_env" and "Bearer ***" in str(err.value)
         assert scripted.requests <= 3  # the requests in flight (concurrency 3), not one per prompt
     finally:
         scripted.close()
     for change, field in (({"api_key_env": KEY}, "generation.api_key_env"),
+                          ({"api_key_env": "gsk_a1b2c3d4e5"}, "generation.api_key_env"),
+                          ({"api_base_url": "https://user:secret@api.example.com/v1"}, "generation.api_base_url"),
+                          ({"api_base_url": "https://api.example.com/v1?key=secret"}, "generation.api_base_url"),
                           ({"api_base_url": "127.0.0.1:8000"}, "generation.api_base_url"),
                           ({"api_model": ""}, "generation.api_model")):
         with pytest.raises(ConfigError) as bad:
             DistillConfig.from_dict({"student": {"name_or_path": "s"}, "strategy": "hard_label",
                                      "generation": {"backend": "openai", "api_base_url": "http://x/v1",
                                                     "api_model": "m", **change}})
-        assert bad.value.field == field
+        assert bad.value.field == field and "secret" not in str(bad.value) and "gsk_" not in str(bad.value)
 
 
 def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_dir, other_student, prompts_file):
@@ -286,3 +303,14 @@ def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_d
         assert DistillConfig.load(services.runs_dir / "reused" / "config.json").data.source == path
     finally:
         services.close()
+
+
+def test_a_reused_dataset_is_compared_only_with_the_teacher_that_wrote_it(tmp_path, teacher_dir, student_dir,
+                                                                         other_student, prompts_file):
+    from workbench.run_models import has_local_teacher, token_comparable
+    config = hard_config(teacher_dir, student_dir, prompts_file, max_prompts=2)
+    path = generate_dataset(config, tmp_path)
+    reused = config.generation.__class__(**{**config.generation.__dict__, "dataset": str(path)})
+    assert has_local_teacher(config.replace(generation=reused)) and token_comparable(config.replace(generation=reused))
+    stranger = config.replace(teacher=config.teacher.__class__(name_or_path=str(other_student)), generation=reused)
+    assert not has_local_teacher(stranger) and not token_comparable(stranger)

@@ -41,6 +41,28 @@ def test_the_app_builds_with_every_tab(services):
     assert all(isinstance(child, gr.Tab) for child in tabs.children), [type(c).__name__ for c in tabs.children]
 
 
+def test_every_form_field_is_bound_to_its_own_component(services):
+    """setup_tab zips SetupForm's fields with its components in order: one out of place would hand its value
+    to another field. Built from a config whose fields all differ, each component bound to a field must
+    show that field's start value."""
+    data = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+    data["loss"].update(alpha=0.3, beta=0.6, temperature=2.0)
+    data["train"].update(max_steps=123, batch_size=5, seq_len=77, lr=0.002)
+    data["generation"].update(temperature=0.8, top_p=0.9, max_new_tokens=99, samples_per_prompt=3, concurrency=4,
+                              seed=7, max_prompts=11, prompt_column="instruction", api_key_env="MY_KEY",
+                              api_base_url="http://127.0.0.1:9/v1", api_model="m")
+    config = DistillConfig.from_dict(data)
+    start = SetupForm.from_config(config)
+    with gr.Blocks():
+        inputs = setup_tab.create_setup_tab(services, config)
+    assert list(inputs) == setup_tab.FIELDS
+    shown = {name: getattr(start, name) for name in setup_tab.FIELDS if getattr(start, name) not in (None, "")}
+    assert len({(type(v) is bool, v) for v in shown.values()}) == len(shown)  # all distinct: a swap shows
+    for name, expected in shown.items():
+        value = inputs[name].value
+        assert (type(value) is bool, value) == (type(expected) is bool, expected), name
+
+
 def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
     plan = form_to_config(tiny_form, services.allowed_roots, services.uploads_dir)
     config = plan.config

@@ -8,7 +8,9 @@ is never in the config, a row, the manifest, a log line or an error message (err
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import queue
+import threading
+from collections import deque
 
 from workbench.config import DistillConfig
 from workbench.generation import GenerationError
@@ -49,24 +51,37 @@ class ApiTeacherWriter:
                 "completion_tokens": getattr(usage, "completion_tokens", None), "seed": seed}
 
     def write(self, jobs, done: set[int], emit) -> list[str]:
-        """Returns the failures (scrubbed messages) of requests that kept failing after the retries."""
-        failures = []
-        pool = ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix="teacher-api")
-        try:
-            futures = {pool.submit(self._answer, job): job for job in jobs if job.index not in done}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    answer = future.result()
-                except Exception as err:  # noqa: BLE001 - every failure is reported, none loses other rows
-                    message = self.scrub(f"prompt {job.prompt_index}: {type(err).__name__}: {err}")
-                    if type(err).__name__ in FATAL:
-                        raise GenerationError(_field(err), message) from None
-                    failures.append(message)
-                    continue
+        """Returns the failures (scrubbed messages) of requests that kept failing after the retries.
+
+        At most `concurrency` requests exist at any time (a fatal error sends no more), each on a daemon
+        thread: a cancelled run exits without waiting for answers it will not keep. Rows are written
+        here, on the calling thread, as answers arrive."""
+        todo = deque(job for job in jobs if job.index not in done)
+        results: queue.Queue = queue.Queue()
+        failures, in_flight = [], 0
+
+        def ask(job) -> None:
+            try:
+                results.put((job, self._answer(job), None))
+            except Exception as err:  # noqa: BLE001 - handed to the calling thread, which decides
+                results.put((job, None, err))
+
+        while todo or in_flight:
+            while todo and in_flight < self.spec.concurrency:
+                threading.Thread(target=ask, args=(todo.popleft(),), daemon=True).start()
+                in_flight += 1
+            try:
+                job, answer, err = results.get(timeout=0.5)  # a timeout keeps SIGTERM handling prompt
+            except queue.Empty:
+                continue
+            in_flight -= 1
+            if err is None:
                 emit(job, answer)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+                continue
+            message = self.scrub(f"prompt {job.prompt_index}: {type(err).__name__}: {err}")
+            if type(err).__name__ in FATAL:
+                raise GenerationError(_field(err), message) from None
+            failures.append(message)
         return failures
 
 

@@ -146,7 +146,9 @@ def _generate(args) -> int:
     from workbench.config import DistillConfig
     from workbench.defaults import resolve_defaults
     from workbench.generation import generate_dataset
-    config = resolve_defaults(DistillConfig.load(args.config, args.overrides), args.cache_dir)
+    # Generating is hard-label's first stage, whatever the file's strategy: its checks apply.
+    config = DistillConfig.load(args.config, [*args.overrides, "strategy=hard_label"])
+    config = resolve_defaults(config, args.cache_dir)
     start, shown = time.perf_counter(), [-1]
 
     def progress(done: int, total: int, eta) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from workbench.configbase import (ConfigError, apply_overrides, check_fields, dump, from_dict, knob,
                                   load_mapping, to_dict)
@@ -18,6 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 STRATEGIES = ("soft_label", "hard_label")
 BACKENDS = ("local", "openai")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
@@ -214,15 +217,22 @@ class DistillConfig:
             problems.append(("generation.dataset", "is empty; name a completions file or leave it unset"))
         if g.dataset or g.backend == "local":
             return problems
-        if not g.api_base_url.strip().startswith(("http://", "https://")):
+        url = urlsplit(g.api_base_url.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
             problems.append(("generation.api_base_url", f"{g.api_base_url!r} must be an http(s) URL, e.g. "
                                                         "http://127.0.0.1:8000/v1"))
+        elif url.username or url.password or url.query:
+            # The URL is written into every row's provenance: a credential in it would be stored.
+            problems.append(("generation.api_base_url", "must not carry credentials (user:password@ or ?key=); "
+                                                        "put the key in the variable generation.api_key_env names"))
         if not g.api_model.strip():
             problems.append(("generation.api_model", "is required for the openai backend: the model the endpoint "
                                                      "serves"))
-        if g.api_key_env and not g.api_key_env.isidentifier():
-            problems.append(("generation.api_key_env", "must be the NAME of an environment variable (letters, "
-                                                       "digits, _), not the key itself"))
+        if g.api_key_env and not ENV_NAME.fullmatch(g.api_key_env):
+            # Not echoed: a key pasted here by mistake must not reach an error message, a log or the UI.
+            problems.append(("generation.api_key_env", "must be the NAME of an environment variable (capital "
+                                                       "letters, digits and _, e.g. OPENAI_API_KEY), not the key "
+                                                       "itself"))
         return problems
 
     @classmethod

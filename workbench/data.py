@@ -20,6 +20,7 @@ from workbench.paths import looks_like_local_path
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 IGNORE_INDEX = -100
+GROUP_COLUMN = "prompt_index"  # rows of one prompt (teacher-written samples) stay on one side of a split
 _CHUNK_BYTES = 1 << 20
 
 
@@ -120,7 +121,10 @@ def _load(source: str, config: str | None, split: str, spec: DataSpec, field: st
 
 
 def _split_off(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Hold out whole rows (documents) before packing, so no document is in both sets."""
+    """Hold out whole rows (documents) before packing, so no document is in both sets. Rows of a
+    teacher-written dataset are held out by prompt: other samples of a held-out prompt must not train."""
+    if GROUP_COLUMN in ds.column_names:
+        return _split_off_groups(ds, fraction, seed)
     try:
         # No keep_in_memory here: datasets 5.2 then clashes with its own indices cache file name.
         parts = ds.train_test_split(test_size=fraction, seed=seed)
@@ -129,6 +133,18 @@ def _split_off(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datase
                                                     "data.validation_fraction to 0 or give more data or a "
                                                     "data.validation_source") from err
     return parts["train"], parts["test"]
+
+
+def _split_off_groups(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    groups = np.asarray(ds[GROUP_COLUMN])
+    unique = np.unique(groups)
+    n_held = int(round(fraction * len(unique)))
+    if not 0 < n_held < len(unique):
+        raise DataError("data.validation_fraction", f"cannot hold out {fraction} of {len(unique)} prompts; set "
+                                                    "data.validation_fraction so at least one prompt is held out "
+                                                    "and one trains, or answer more prompts")
+    held = np.isin(groups, np.random.default_rng(seed).choice(unique, n_held, replace=False))
+    return ds.select(np.flatnonzero(~held)), ds.select(np.flatnonzero(held))
 
 
 def resolve_format(spec: DataSpec, columns: list[str], where: str = "the data") -> str:

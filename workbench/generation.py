@@ -30,7 +30,7 @@ COMPLETIONS = "completions.jsonl"
 MANIFEST = "manifest.json"
 # Settings that change what the teacher writes: resuming with different ones would mix two datasets.
 SETTINGS = ("backend", "teacher", "temperature", "top_p", "max_new_tokens", "samples_per_prompt", "seed",
-            "prompts", "prompts_hash")
+            "batch_size", "prompts", "prompts_hash")
 
 Progress = Callable[[int, int, float | None], None]  # (rows done, rows in all, ETA seconds or None)
 
@@ -60,12 +60,27 @@ def teacher_name(config: DistillConfig) -> str:
     return f"{g.api_model} at {g.api_base_url}" if g.backend == "openai" else config.teacher.name_or_path
 
 
-def settings_of(config: DistillConfig, prompts: list[Conversation]) -> dict:
+def _settings(config: DistillConfig) -> dict:
     g = config.generation
-    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16]
+    # A local teacher's batches are seeded slices of the prompt list: their size is part of the sampling.
     return {"backend": g.backend, "teacher": teacher_name(config), "temperature": g.temperature, "top_p": g.top_p,
             "max_new_tokens": g.max_new_tokens, "samples_per_prompt": g.samples_per_prompt, "seed": g.seed,
-            "prompts": g.prompts, "prompts_hash": digest}
+            "batch_size": g.batch_size if g.backend == "local" else None, "prompts": g.prompts}
+
+
+def settings_of(config: DistillConfig, prompts: list[Conversation]) -> dict:
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16]
+    return {**_settings(config), "prompts_hash": digest}
+
+
+def _already_complete(folder: Path, config: DistillConfig) -> bool:
+    """A finished dataset with these settings: resuming a run after its data was written must not read
+    the prompts again (the file may have changed, a hub dataset may be out of reach)."""
+    manifest = read_manifest(folder)
+    if not manifest or not manifest.get("complete"):
+        return False
+    same = all(manifest["settings"].get(key) == value for key, value in _settings(config).items())
+    return same and len(CompletionFile(folder / COMPLETIONS).done) == manifest["rows_total"]
 
 
 class CompletionFile:
@@ -140,6 +155,8 @@ def generate_dataset(config: DistillConfig, folder: Path, progress: Progress | N
     """Write (or finish writing) FOLDER/completions.jsonl; returns its path. Raises GenerationError
     when requests failed for good, after keeping every row that was written."""
     g = config.generation
+    if _already_complete(folder, config):
+        return folder / COMPLETIONS
     prompts = load_prompts(g, config.data.max_file_mb)
     jobs = make_jobs(prompts, g.samples_per_prompt)
     folder.mkdir(parents=True, exist_ok=True)

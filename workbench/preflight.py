@@ -18,7 +18,7 @@ from workbench.data import DataError, load_raw, resolve_format
 from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
 from workbench.paths import looks_like_local_path
-from workbench.prompts import load_prompts
+from workbench.prompts import load_prompts, prompt_source_path
 from workbench.sizing import GIB, arch_info, estimate_memory
 from workbench.strategies import strategy_class
 from workbench.trainer import use_bf16
@@ -96,15 +96,17 @@ def _check_generation(config: DistillConfig, report: Preflight) -> None:
         else:
             report.notes.append(f"data: the completions in {g.dataset}; no teacher runs")
         return
+    writer = f"{g.api_model} at {g.api_base_url}" if g.backend == "openai" else "the teacher"
     try:
-        prompts = load_prompts(g, config.data.max_file_mb)
+        local = prompt_source_path(g.prompts.strip()) is not None
+        prompts = load_prompts(g, config.data.max_file_mb) if local else None  # hub data: when the job runs
     except DataError as err:
         report.problems.append((err.field, str(err).split(": ", 1)[-1]))
         return
-    writer = f"{g.api_model} at {g.api_base_url}" if g.backend == "openai" else "the teacher"
-    report.notes.append(f"data: {writer} writes {len(prompts) * g.samples_per_prompt:,} completions "
-                        f"({len(prompts):,} prompts × {g.samples_per_prompt}, up to {g.max_new_tokens} tokens each) "
-                        "before the student trains on them; teacher and student may use different tokenizers")
+    count = (f"{len(prompts) * g.samples_per_prompt:,} completions ({len(prompts):,} prompts × "
+             f"{g.samples_per_prompt}" if prompts is not None else f"completions for the hub prompts ({g.prompts}")
+    report.notes.append(f"data: {writer} writes {count}, up to {g.max_new_tokens} tokens each) before the student "
+                        "trains on them; teacher and student may use different tokenizers")
     if g.backend == "openai" and g.api_key_env and not os.environ.get(g.api_key_env):
         report.problems.append(("generation.api_key_env", f"the environment variable {g.api_key_env} is not set "
                                                           "in this app's environment; export the key in it and "

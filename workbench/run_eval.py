@@ -103,7 +103,7 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
         say(f"generating {i + 1}/{len(prompts)}", 0.8 + 0.18 * i / len(prompts))
         generations.append({"prompt": prompt, **{
             role: generate(model, tok, render_chat(tok, [{"role": "user", "content": prompt}], True) if chat else prompt,
-                           config.evaluation.max_new_tokens)
+                           config.evaluation.max_new_tokens, add_special_tokens=not (chat and tok.chat_template))
             for role, (model, tok) in roles.items()}})
     report = {"run_id": run.path.name, "step": point.step, "student": point.label, "created": time.time(),
               "device": str(device), "baseline": baseline.path.name if found is not None else None,

@@ -86,9 +86,16 @@ def is_adapter_only(folder: Path) -> bool:
 
 
 def has_local_teacher(config: DistillConfig) -> bool:
-    """Whether the run's teacher is a checkpoint here (a hard-label teacher may be an API endpoint)."""
-    return bool(config.teacher.name_or_path.strip()) and (config.strategy != "hard_label"
-                                                          or config.generation.backend == "local")
+    """Whether the run's teacher is a checkpoint here. A hard-label teacher may be an API endpoint, and a
+    reused dataset counts as this teacher's only when its manifest says this checkpoint wrote it."""
+    name, g = config.teacher.name_or_path.strip(), config.generation
+    if not name or config.strategy != "hard_label":
+        return bool(name)
+    if g.dataset:
+        from workbench.generation import read_manifest
+        settings = (read_manifest(Path(g.dataset).expanduser().parent) or {}).get("settings", {})
+        return settings.get("backend") == "local" and settings.get("teacher") == name
+    return g.backend == "local"
 
 
 def token_comparable(config: DistillConfig) -> bool:

@@ -119,15 +119,19 @@ def _generated_data(config: DistillConfig, run: RunDir, echo, main: bool) -> Dis
         source = generate_dataset(config, run.path / GENERATED, _generation_progress(run, echo))
         run.write_status("running", phase=None, eta_s=None)
     else:
-        # Other ranks of a multi-process job wait for rank 0's teacher to finish writing.
+        # Other ranks of a multi-process job wait for rank 0's teacher to finish writing; a status that
+        # rank 0 ended in this attempt (not one left by an earlier attempt) ends the wait.
+        began = psutil.Process().create_time()
         while not (read_manifest(run.path / GENERATED) or {}).get("complete"):
-            if run.read_status().get("state") == "failed":
-                raise RuntimeError("generation failed on rank 0")
+            status = run.read_status()
+            if status.get("state") in ("failed", "cancelled") and status.get("updated", 0) > began:
+                raise RuntimeError(f"rank 0 stopped while the teacher was writing the data ({status['state']})")
             time.sleep(1.0)
         source = run.path / GENERATED / "completions.jsonl"
-    # Held-out rows are split off the completions (data.validation_fraction): text of the same kind.
+    # Held-out rows are split off the completions (data.validation_fraction), by prompt. Every setting
+    # that says how to read the user's own data is reset: these are the completions' columns.
     data = dataclasses.replace(config.data, source=str(source), format="auto", packing=False, validation_source=None,
-                               validation_split=None)
+                               validation_split=None, split="train", hub_config=None, messages_column="messages")
     return config.replace(data=data)
 
 

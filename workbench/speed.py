@@ -66,9 +66,10 @@ def speed_and_size(model, folder: Path | None, sample_ids: torch.Tensor, prompt_
             "generation_ms_per_token": generation_ms_per_token(model, prompt_ids)}
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """The greedy continuation of `prompt` (the new text only)."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, add_special_tokens: bool = True) -> str:
+    """The greedy continuation of `prompt` (the new text only); add_special_tokens=False for a prompt
+    already rendered by a chat template, which writes its own."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).input_ids.to(model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)

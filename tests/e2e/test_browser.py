@@ -145,3 +145,23 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
     # every tab once, after visiting them all (Gradio repeats or drops tabs if anything but a Tab sits in Tabs)
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Set up", "Runs", "Inspect", "Evaluate",
                                                                      "Compare", "Config"]
+
+
+def test_hard_label_shows_its_own_fields_in_the_browser(page, app_url):
+    """Choosing hard_label swaps the soft-label knobs and the data choice for the generation fields; the
+    endpoint fields appear only for the openai backend."""
+    page.get_by_role("tab", name="Set up").click()
+    page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="hard_label").click()
+    expect(page.locator("#setup-gen_backend")).to_be_visible()
+    expect(page.locator("#setup-gen_prompts textarea")).to_have_value("project:instructions")
+    expect(page.locator("#setup-alpha")).to_be_hidden()
+    expect(page.locator("#setup-data_kind")).to_be_hidden()
+    expect(page.locator("#setup-gen_api_base_url")).to_be_hidden()
+    page.locator("#setup-gen_backend").get_by_text("openai", exact=True).click()
+    expect(page.locator("#setup-gen_api_key_env textarea")).to_have_value("OPENAI_API_KEY")
+    page.screenshot(path=SHOTS / "7-hard-label.png", full_page=True)
+    page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="soft_label").click()
+    expect(page.locator("#setup-alpha")).to_be_visible()
+    expect(page.locator("#setup-gen_backend")).to_be_hidden()

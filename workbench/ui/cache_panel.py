@@ -21,9 +21,10 @@ def cache_table(services: Services) -> pd.DataFrame:
     return pd.DataFrame(list_caches(services.caches_dir), columns=COLUMNS)
 
 
-def create_cache_panel(services: Services, value: str) -> gr.Dropdown:
-    """Inside the Set up tab; returns the dropdown whose value is loss.teacher_cache."""
-    with gr.Accordion("Teacher cache: train from the teacher's stored top-k, without running it", open=False):
+def create_cache_panel(services: Services, value: str, visible: bool = True) -> tuple[gr.Accordion, gr.Dropdown]:
+    """Inside the Set up tab; returns the panel and the dropdown whose value is loss.teacher_cache."""
+    with gr.Accordion("Teacher cache: train from the teacher's stored top-k, without running it", open=False,
+                      visible=visible) as panel:
         gr.Markdown(f"Build one for a config with `python -m workbench cache CONFIG.yaml {services.caches_dir}/NAME "
                     "--k 32` (resumable). It must match this run's tokenizer and training data (source, "
                     "sequence length, seed, max examples): launching refuses one that does not.")
@@ -33,4 +34,4 @@ def create_cache_panel(services: Services, value: str) -> gr.Dropdown:
         refresh = gr.Button("Refresh", size="sm")
     refresh.click(lambda chosen: (gr.Dropdown(choices=cache_choices(services), value=chosen), cache_table(services)),
                   choice, [choice, table])
-    return choice
+    return panel, choice

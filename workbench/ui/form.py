@@ -74,6 +74,9 @@ class SetupForm:
     gen_max_new_tokens: int = 128
     gen_samples: int = 1
     gen_concurrency: int = 4
+    gen_seed: int = 0
+    gen_prompt_column: str = "prompt"
+    gen_max_prompts: int | None = 0  # 0 (or None): every prompt
     gen_dataset: str = ""  # completions an earlier run wrote (generation.dataset); empty = generate
     base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
 
@@ -92,7 +95,9 @@ class SetupForm:
                    gen_api_model=c.generation.api_model, gen_api_key_env=c.generation.api_key_env,
                    gen_temperature=c.generation.temperature, gen_top_p=c.generation.top_p,
                    gen_max_new_tokens=c.generation.max_new_tokens, gen_samples=c.generation.samples_per_prompt,
-                   gen_concurrency=c.generation.concurrency, gen_dataset=c.generation.dataset or "", base=c.to_dict())
+                   gen_concurrency=c.generation.concurrency, gen_seed=c.generation.seed,
+                   gen_prompt_column=c.generation.prompt_column, gen_max_prompts=c.generation.max_prompts or 0,
+                   gen_dataset=c.generation.dataset or "", base=c.to_dict())
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -136,7 +141,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
             (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
              ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"),
              ("gen_max_new_tokens", "generation.max_new_tokens"), ("gen_samples", "generation.samples_per_prompt"),
-             ("gen_concurrency", "generation.concurrency"))}
+             ("gen_concurrency", "generation.concurrency"), ("gen_seed", "generation.seed"))}
+    max_prompts = _as_int(form.gen_max_prompts, "generation.max_prompts", problems) if form.gen_max_prompts else None
     data = dict(form.base)
     pruned = form.student_kind == STUDENT_PRUNED
     teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
@@ -152,7 +158,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     if form.strategy == "hard_label":
         # The teacher writes the data: the runner points data.source at its completions.
         data["data"] = {**data.get("data", {}), "source": "", "validation_source": None, "validation_split": None}
-        data["generation"] = _generation_section(form, data.get("generation", {}), ints, roots, uploads_dir, problems)
+        data["generation"] = {**_generation_section(form, data.get("generation", {}), ints, roots, uploads_dir,
+                                                    problems), "max_prompts": max_prompts or None}
     else:
         data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
     data["strategy"] = form.strategy
@@ -204,7 +211,8 @@ def _generation_section(form: SetupForm, section: dict, ints: dict, roots: list[
             "api_model": form.gen_api_model.strip(), "api_key_env": form.gen_api_key_env.strip(),
             "temperature": form.gen_temperature, "top_p": form.gen_top_p,
             "max_new_tokens": ints["gen_max_new_tokens"], "samples_per_prompt": ints["gen_samples"],
-            "concurrency": ints["gen_concurrency"], "dataset": dataset}
+            "concurrency": ints["gen_concurrency"], "seed": ints["gen_seed"],
+            "prompt_column": form.gen_prompt_column.strip() or "prompt", "dataset": dataset}
 
 
 def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: list) -> dict:

@@ -47,7 +47,7 @@ def dataset_view(services: Services, path: str | None) -> tuple[pd.DataFrame, st
 
 
 def create_generation_fields(start: SetupForm, visible: bool) -> tuple[gr.Group, list]:
-    """The generation fields, in SetupForm's gen_* order (backend ... concurrency); hidden unless the
+    """The generation fields, in SetupForm's gen_* order (backend ... max_prompts); hidden unless the
     strategy is hard_label."""
     with gr.Group(visible=visible) as group:
         gr.Markdown("**Hard-label: the teacher writes the data.** It answers the prompts first (progress and ETA "
@@ -59,7 +59,7 @@ def create_generation_fields(start: SetupForm, visible: bool) -> tuple[gr.Group,
             prompts = gr.Textbox(start.gen_prompts, label="Prompts",
                                  info="project:instructions (120 built in), a hub dataset id, or an allowed file")
             upload = gr.File(label="…or upload prompts (.jsonl .json .csv .parquet)", type="filepath",
-                             file_types=[".jsonl", ".json", ".csv", ".parquet"])
+                             file_types=[".jsonl", ".json", ".csv", ".parquet"], height=110)
         with gr.Row(visible=start.gen_backend == "openai") as api_row:
             base_url = gr.Textbox(start.gen_api_base_url, label="Endpoint base URL",
                                   placeholder="http://127.0.0.1:8000/v1")
@@ -73,9 +73,15 @@ def create_generation_fields(start: SetupForm, visible: bool) -> tuple[gr.Group,
             top_p = gr.Number(start.gen_top_p, label="top_p", step=0.05)
             max_new_tokens = gr.Number(start.gen_max_new_tokens, label="Max new tokens", precision=0)
             samples = gr.Number(start.gen_samples, label="Completions per prompt", precision=0)
+            seed = gr.Number(start.gen_seed, label="Sampling seed", precision=0,
+                             info="the same seed writes the same completions")
+        with gr.Row():
+            prompt_column = gr.Textbox(start.gen_prompt_column, label="Prompt column",
+                                       info="used when the prompts have no chat messages column")
+            max_prompts = gr.Number(start.gen_max_prompts, label="At most N prompts (0 = all)", precision=0)
     backend.change(lambda b: gr.update(visible=b == "openai"), backend, api_row)
     return group, [backend, prompts, upload, base_url, model, key_env, temperature, top_p, max_new_tokens, samples,
-                   concurrency]
+                   concurrency, seed, prompt_column, max_prompts]
 
 
 def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple[gr.Accordion, gr.Dropdown]:

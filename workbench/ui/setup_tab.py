@@ -113,7 +113,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             run_name = gr.Textbox(start.run_name, label="Run name (optional)")
             evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
                                    info="perplexity, agreement, calibration, speed, generations: the run card")
-        teacher_cache = create_cache_panel(services, start.teacher_cache)
+        cache_panel, teacher_cache = create_cache_panel(services, start.teacher_cache, not hard)
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -125,10 +125,11 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             download = gr.DownloadButton("Download config (YAML)", visible=False)
         verdict = gr.Markdown(elem_id="setup-verdict")
 
+    # strict: a field added to SetupForm without its component (or the reverse) fails when the app builds.
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
                                processes, accelerate_config, run_name, evaluate, teacher_cache, *generation_fields,
-                               gen_dataset]))
+                               gen_dataset], strict=True))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
     base = default.to_dict()
@@ -148,9 +149,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     student_kind.change(lambda kind: (gr.update(visible=kind == STUDENT_PRUNED), gr.update(visible=kind != STUDENT_PRUNED)),
                         student_kind, [keep_layers, student])
     divergence.change(lambda d: gr.update(visible=d == "jsd"), divergence, beta)
-    strategy.change(lambda s: (gr.update(visible=s != "hard_label"), gr.update(visible=s != "hard_label"),
-                               gr.update(visible=s == "hard_label"), gr.update(visible=s == "hard_label")),
-                    strategy, [soft_row, data_row, generation, datasets])
+    strategy.change(lambda chosen: [gr.update(visible=(chosen == "hard_label") == hard_part)
+                                    for hard_part in (False, False, False, True, True)],
+                    strategy, [soft_row, data_row, cache_panel, generation, datasets])
     data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
                      data_kind, [upload, hub_dataset])
     check_button.click(on_check, list(inputs.values()), [verdict, download])
