@@ -75,3 +75,22 @@ def distilled_run(tmp_path_factory, teacher_dir, student_dir, corpus_files):
         "output": {"runs_dir": str(runs), "run_name": "distilled"}})
     final = run_training(config)
     return RunDir(runs / "distilled"), config, final
+
+
+@pytest.fixture
+def crash_at_step(monkeypatch):
+    """(arm, disarm): arm(N) makes the next run raise KeyboardInterrupt right after step N ends, as a
+    crash would (checkpoints before N are on disk); disarm() restores normal runs."""
+    from workbench.callbacks import RunFilesCallback
+    original = RunFilesCallback.on_step_end
+
+    def arm(step: int) -> None:
+        def crash(self, args, state, control, **kw):
+            original(self, args, state, control, **kw)
+            if state.global_step == step:
+                raise KeyboardInterrupt("simulated crash")
+        monkeypatch.setattr(RunFilesCallback, "on_step_end", crash)
+
+    def disarm() -> None:
+        monkeypatch.setattr(RunFilesCallback, "on_step_end", original)
+    return arm, disarm

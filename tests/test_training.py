@@ -6,7 +6,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench.callbacks import RunFilesCallback
 from workbench.config import DistillConfig
 from workbench.data import PadCollator, tokenize_datasets
 from workbench.losses import kd_loss
@@ -77,21 +76,15 @@ def test_run_directory_holds_the_contract_files(finished_run):
 
 
 def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(
-        finished_run, monkeypatch, teacher_dir, student_dir, corpus_files, tmp_path):
+        finished_run, crash_at_step, teacher_dir, student_dir, corpus_files, tmp_path):
     config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "resumed")
     run = RunDir(tmp_path / "resumed")
-    original = RunFilesCallback.on_step_end
-
-    def crash_at_15(self, args, state, control, **kw):
-        original(self, args, state, control, **kw)
-        if state.global_step == 15:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(RunFilesCallback, "on_step_end", crash_at_15)
+    arm, disarm = crash_at_step
+    arm(15)
     with pytest.raises(KeyboardInterrupt):
         run_training(config, run)
     assert run.read_status()["state"] == "failed" and run.last_checkpoint().name == "checkpoint-10"
-    monkeypatch.setattr(RunFilesCallback, "on_step_end", original)
+    disarm()
     # A process killed while saving leaves a checkpoint without its (complete) trainer state: skipped.
     partial = run.checkpoints / "checkpoint-15"
     partial.mkdir()

@@ -16,9 +16,11 @@ def ce_baseline_config(config: DistillConfig) -> DistillConfig:
     if config.strategy == "hard_label":
         raise ValueError("strategy: a hard-label run is already plain fine-tuning (on the teacher's text); "
                          "compare it with a soft-label run of the same student instead")
-    if config.loss.alpha == 1.0:
+    if config.loss.alpha == 1.0 and config.strategy == "soft_label":
         raise ValueError("loss.alpha is already 1: this run is CE-only, it is its own baseline")
-    return config.replace(loss=dataclasses.replace(config.loss, alpha=1.0),
+    # soft_label at α = 1 whatever the run's strategy: a co-distillation schedule or a layer term would
+    # keep the teacher in the loss.
+    return config.replace(strategy="soft_label", loss=dataclasses.replace(config.loss, alpha=1.0),
                           output=dataclasses.replace(config.output, run_name=None))
 
 

@@ -18,7 +18,8 @@ from workbench.configbase import (ConfigError, apply_overrides, check_fields, du
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
-STRATEGIES = ("soft_label", "hard_label")
+STRATEGIES = ("soft_label", "hard_label", "co_distillation", "hidden_state", "attention")
+SCHEDULES = ("linear", "cosine")
 BACKENDS = ("local", "openai")
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
@@ -143,6 +144,51 @@ class GenerationSpec:
                                      "to train on instead of generating")
 
 
+def parse_pair(text: str) -> tuple[int, int] | None:
+    """'1:3' -> (1, 3): student layer 1 matched with teacher layer 3; None if malformed."""
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass
+class CoDistillSpec:
+    """Co-distillation: teacher and student train together on the same batches. The teacher learns the
+    labels (CE); the student mixes CE with the live teacher's soft labels, α moving from alpha_start
+    (the teacher is noise at first, so CE carries the student) to alpha_end over the warm-up."""
+    teacher_lr: float = knob(5e-5, "Peak learning rate of the teacher (the student uses train.lr)", low=0, high=1,
+                             low_open=True)
+    alpha_start: float = knob(1.0, "The student's CE weight at step 0", low=0, high=1)
+    alpha_end: float = knob(0.5, "The student's CE weight once the warm-up is over", low=0, high=1)
+    alpha_warmup_steps: int = knob(100, "Steps over which α moves from alpha_start to alpha_end", low=0)
+    alpha_schedule: str = knob("linear", "Shape of α's move", choices=SCHEDULES)
+    mutual: bool = knob(False, "Deep mutual learning: the teacher also learns from the student's soft labels")
+    mutual_weight: float = knob(0.5, "Weight of the teacher's KD term from the student, in mutual mode", low=0,
+                                high=100)
+
+
+@dataclass
+class HiddenSpec:
+    layer_map: list[str] = knob(help="Student:teacher decoder-layer pairs such as 0:1, 1:3 (0-based); empty = "
+                                     "evenly spaced (each student layer to the teacher layer at the same relative "
+                                     "depth; a pruned student's own source layers)", default_factory=list)
+    loss: str = knob("mse", "How mapped hidden states are compared", choices=("mse", "cosine"))
+    weight: float = knob(1.0, "Weight of the hidden-state term, added to α·CE + (1−α)·KD", low=0, high=1000)
+
+
+@dataclass
+class AttentionSpec:
+    layer_map: list[str] = knob(help="Student:teacher decoder-layer pairs, as hidden.layer_map; empty = evenly "
+                                     "spaced", default_factory=list)
+    loss: str = knob("kl", "How attention distributions are compared: KL(teacher ‖ student) per query row, or "
+                           "MSE of the probabilities", choices=("kl", "mse"))
+    heads: str = knob("average", "average = mean over each model's heads; map = teacher heads averaged in groups "
+                                 "onto the student's heads (teacher heads a multiple of student heads)",
+                      choices=("average", "map"))
+    weight: float = knob(1.0, "Weight of the attention term, added to α·CE + (1−α)·KD", low=0, high=1000)
+
+
 DEFAULT_PROMPTS = ["In the beginning", "The best way to learn a new language is", "Once upon a time, there was"]
 
 
@@ -173,6 +219,10 @@ class DistillConfig:
     loss: LossSpec = knob(help="Divergence and its knobs", default_factory=LossSpec)
     generation: GenerationSpec = knob(help="How the teacher writes the data, for strategy hard_label",
                                       default_factory=GenerationSpec)
+    co_distillation: CoDistillSpec = knob(help="Teacher and student trained together, for strategy co_distillation",
+                                          default_factory=CoDistillSpec)
+    hidden: HiddenSpec = knob(help="Hidden-state matching, for strategy hidden_state", default_factory=HiddenSpec)
+    attention: AttentionSpec = knob(help="Attention transfer, for strategy attention", default_factory=AttentionSpec)
     train: TrainSpec = knob(help="Optimisation and logging", default_factory=TrainSpec)
     evaluation: EvalSpec = knob(help="What is measured once a student is trained", default_factory=EvalSpec)
     output: OutputSpec = knob(help="Where results go", default_factory=OutputSpec)
@@ -197,6 +247,17 @@ class DistillConfig:
                                                  or any(c in self.output.run_name for c in "/\\")
                                                  or self.output.run_name in (".", "..")):
             problems.append(("output.run_name", f"{self.output.run_name!r} must be a plain folder name"))
+        if self.strategy in ("co_distillation", "hidden_state") and self.student.lora.enabled:
+            problems.append(("student.lora.enabled", f"{self.strategy} trains other weights beside the student, "
+                                                     "which LoRA runs do not support yet; turn LoRA off"))
+        if self.loss.teacher_cache and self.strategy != "soft_label" and not hard:
+            problems.append(("loss.teacher_cache", f"{self.strategy} needs the live teacher; only soft_label reads "
+                                                   "a teacher cache"))
+        for section in ("hidden", "attention"):
+            for i, pair in enumerate(getattr(self, section).layer_map):
+                if parse_pair(pair) is None:
+                    problems.append((f"{section}.layer_map[{i}]", f"{pair!r} must be STUDENT:TEACHER layer "
+                                                                  "numbers, e.g. 1:3"))
         if problems:
             raise ConfigError(problems)
         return self

@@ -13,7 +13,7 @@ from workbench.inspect import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, tr
 from workbench.models import shared_logit_size
 from workbench.rundir import CONFIG, RunDir, is_run_dir, run_in
 from workbench.run_models import (StudentPoint, load_student_at, load_teacher_fp32, student_points, student_tokenizer,
-                                  token_comparable)
+                                  reading_config, token_comparable)
 
 
 class _Lru(OrderedDict):
@@ -67,7 +67,7 @@ class Inspector:
             run = None
         if run is None or not is_run_dir(run.path) or not run.file(CONFIG).exists():
             raise ValueError(f"run {run_id!r}: no started run of that name in {self.runs_dir}")
-        return run, DistillConfig.load(run.file(CONFIG))
+        return run, reading_config(run)
 
     def points(self, run_id: str) -> list[StudentPoint]:
         run, config = self.run(run_id)

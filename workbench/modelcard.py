@@ -57,3 +57,20 @@ def set_evaluation_section(path: Path, card: str) -> Path:
     tmp.write_text(f"{body}{EVALUATION_HEADING}\n\n{card}\n{rest}", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_trained_teacher_card(path: Path, config: DistillConfig, final: dict, params: int, run_name: str) -> Path:
+    """The README of a teacher that trained alongside its student (co-distillation)."""
+    c = config
+    rows = [f"| {k.removeprefix('eval_teacher_')} | {v:.4f} |" for k, v in sorted(final.items())
+            if k.startswith("eval_teacher_") and isinstance(v, float)]
+    lines = ["---", "library_name: transformers", "tags:", "- co-distillation", "- distill-workbench", "---", "",
+             f"# {run_name}: teacher", "",
+             f"`{c.teacher.name_or_path}` trained on the labels alongside its student "
+             f"({'mutual learning' if c.co_distillation.mutual else 'co-distillation'}) with Distill Workbench: "
+             f"{c.train.max_steps} steps at learning rate {c.co_distillation.teacher_lr}, {params:,} parameters. "
+             "The student is in the run's `student/` folder.", ""]
+    if rows:
+        lines += ["## Held-out metrics at the last step", "", "| metric | value |", "| --- | --- |", *rows, ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

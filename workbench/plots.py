@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 import html
+import json
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-LOSS_TERMS = (("loss", "total loss"), ("ce", "CE (labels)"), ("kd", "KD (teacher)"))
-COLORS = {"loss": "#636efa", "ce": "#ef553b", "kd": "#00cc96"}  # a term's held-out points share its colour
+LOSS_TERMS = (("loss", "total loss"), ("ce", "CE (labels)"), ("kd", "KD (teacher)"), ("teacher_ce", "teacher CE"),
+              ("teacher_kd", "teacher KD (mutual)"), ("hidden", "hidden-state term"), ("attention", "attention term"))
+COLORS = {"loss": "#636efa", "ce": "#ef553b", "kd": "#00cc96", "teacher_ce": "#ab63fa", "teacher_kd": "#ffa15a",
+          "hidden": "#19d3f3", "attention": "#ff6692"}  # a term's held-out points share its colour
+
+
+def _with_terms(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The store keeps the core terms as columns and every logged value in `terms` (JSON): strategies'
+    own terms (teacher CE, hidden, attention, α) come from there."""
+    if "terms" not in metrics:
+        return metrics
+    parsed = pd.DataFrame([json.loads(t) if isinstance(t, str) else {} for t in metrics.terms], index=metrics.index)
+    extra = [c for c in parsed if c not in metrics]
+    return pd.concat([metrics, parsed[extra]], axis=1)
 
 
 def token_labels(tokens: list[str]) -> list[str]:
@@ -36,6 +49,7 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
     tokens/s, sharing the step axis."""
     if metrics.empty:
         return _empty("no training steps logged yet")
+    metrics = _with_terms(metrics)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.08,
                         specs=[[{}], [{"secondary_y": True}]])
     for column, name in LOSS_TERMS:
@@ -44,13 +58,16 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
                                      line=dict(color=COLORS[column])), row=1, col=1)
     if evals is not None and not evals.empty:
         for metric, rows in evals[evals.split == "validation"].groupby("metric"):
-            if metric in ("loss", "ce", "kd"):
+            if metric in COLORS:
                 fig.add_trace(go.Scatter(x=rows.step, y=rows.value, name=f"held-out {metric}",
                                          mode="markers+lines", line=dict(dash="dot", color=COLORS[metric])),
                               row=1, col=1)
     if metrics.learning_rate.notna().any():
         fig.add_trace(go.Scatter(x=metrics.step, y=metrics.learning_rate, name="learning rate", mode="lines",
                                  line=dict(color="gray")), row=2, col=1)
+    if "alpha" in metrics and metrics.alpha.notna().any():
+        fig.add_trace(go.Scatter(x=metrics.step, y=metrics.alpha, name="α (CE weight)", mode="lines",
+                                 line=dict(color="black", dash="dash")), row=1, col=1)  # 0..1, on the loss axis
     if metrics.tokens_per_s.notna().any():
         fig.add_trace(go.Scatter(x=metrics.step, y=metrics.tokens_per_s, name="tokens/s", mode="lines",
                                  line=dict(color="teal")), row=2, col=1, secondary_y=True)

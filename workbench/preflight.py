@@ -17,7 +17,10 @@ from workbench.config import DistillConfig
 from workbench.data import DataError, load_raw, resolve_format
 from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
+from workbench.configbase import ConfigError
+from workbench.feature_losses import layer_map
 from workbench.paths import looks_like_local_path
+from workbench.pruning import evenly_spaced
 from workbench.prompts import load_prompts, prompt_source_path
 from workbench.sizing import GIB, arch_info, estimate_memory
 from workbench.strategies import strategy_class
@@ -78,6 +81,8 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
                             f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, "
                             f"hidden {student.hidden}): **{teacher.params / student.params:.1f}x smaller**")
         _check_vocabulary(config, teacher.vocab, student.vocab, report)
+        if config.strategy in ("hidden_state", "attention"):
+            _check_layers(config, teacher, student, report)
     share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
     # Hard-label training holds no teacher: it writes its data before the student trains.
     memory = estimate_memory(config, teacher if strategy_class(config.strategy).needs_teacher else None, student,
@@ -85,6 +90,30 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
     report.memory_gib = memory.as_gib()
     _check_memory(memory.total, processes, report)
     return report
+
+
+def _check_layers(config: DistillConfig, teacher, student, report: Preflight) -> None:
+    """The layer map against both architectures, and what the layer term will need."""
+    section = "hidden" if config.strategy == "hidden_state" else "attention"
+    keep = config.student.init_from_teacher_layers
+    try:
+        pairs = layer_map(getattr(config, section).layer_map, student.layers, teacher.layers, f"{section}.layer_map",
+                          evenly_spaced(keep, teacher.layers) if 0 < keep <= teacher.layers else None)
+    except ConfigError as err:
+        report.problems.extend(err.problems)
+        return
+    shown = ", ".join(f"{s}:{t}" for s, t in pairs)
+    if section == "hidden":
+        width = ("same width" if student.hidden == teacher.hidden
+                 else f"a learned projection {student.hidden} → {teacher.hidden}")
+        report.notes.append(f"hidden states: student:teacher layers {shown}; {width}")
+        return
+    if config.attention.heads == "map" and teacher.heads % student.heads:
+        report.problems.append(("attention.heads", f"map needs the teacher's {teacher.heads} heads to be a multiple "
+                                                   f"of the student's {student.heads}; use average"))
+    report.notes.append(f"attention: student:teacher layers {shown}; heads {config.attention.heads} "
+                        f"({student.heads} student, {teacher.heads} teacher); eager attention, slower than the "
+                        "default kernels")
 
 
 def _check_generation(config: DistillConfig, report: Preflight) -> None:

@@ -15,7 +15,8 @@ from workbench.evaluate import heldout_metrics, quality_retained
 from workbench.modelcard import set_evaluation_section
 from workbench.models import hub_snapshot, load_tokenizer, resolve_source, shared_logit_size
 from workbench.run_models import (StudentPoint, has_local_teacher, is_adapter_only, load_student_at,
-                                  load_teacher_fp32, student_points, student_tokenizer, token_comparable)
+                                  load_teacher_fp32, reading_config, student_points, student_tokenizer,
+                                  token_comparable)
 from workbench.rundir import CONFIG, RunDir, write_json_atomic
 from workbench.speed import generate, speed_and_size
 
@@ -49,7 +50,7 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     """Evaluate the student at `point_key` (default: the latest saved) on the GPU when there is one.
     A baseline is compared only with a final student: both then had the same number of steps."""
     say = progress or (lambda _message, _fraction: None)
-    config = config or DistillConfig.load(run.file(CONFIG))
+    config = config or reading_config(run)
     points = student_points(run, config)
     point = pick_point(points, point_key)
     tokenizer = student_tokenizer(config)

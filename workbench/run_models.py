@@ -4,6 +4,7 @@ here; the inspector and the evaluation load every later point through the same c
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from workbench.config import DistillConfig
 from workbench.models import load_model, load_student, load_tokenizer
 from workbench.pruning import student_from_teacher
-from workbench.rundir import RunDir
+from workbench.rundir import CONFIG, RunDir
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes into a LoRA student's checkpoint
 
@@ -53,7 +54,9 @@ def student_points(run: RunDir, config: DistillConfig) -> list[StudentPoint]:
     for path in run.checkpoints.glob("checkpoint-*"):
         step = path.name.split("-")[-1]
         if step.isdigit() and run.is_complete_checkpoint(path):
-            points[int(step)] = StudentPoint(int(step), path.name, path)
+            # A checkpoint of a student trained with other parts keeps it in its own folder.
+            student = path / "student" if (path / "student" / "config.json").exists() else path
+            points[int(step)] = StudentPoint(int(step), path.name, student)
     if (run.student / "config.json").exists():
         step = run.read_status().get("step") or config.train.max_steps
         points[int(step)] = StudentPoint(int(step), "final", run.student)
@@ -83,6 +86,17 @@ def load_student_at(config: DistillConfig, point: StudentPoint, teacher: torch.n
 def is_adapter_only(folder: Path) -> bool:
     """A LoRA checkpoint: adapter weights and no model config of its own."""
     return (folder / ADAPTER_CONFIG).exists() and not (folder / "config.json").exists()
+
+
+def reading_config(run: RunDir) -> DistillConfig:
+    """A run's config as its readers (evaluation, inspector) need it: a co-distillation run trained its
+    teacher too, so once it is saved (RUN/teacher) the student is compared with that teacher."""
+    config = DistillConfig.load(run.file(CONFIG))
+    trained = run.path / "teacher"
+    if config.strategy == "co_distillation" and (trained / "config.json").exists():
+        config = config.replace(teacher=dataclasses.replace(config.teacher, name_or_path=str(trained), revision=None,
+                                                            gguf_file=None))
+    return config
 
 
 def has_local_teacher(config: DistillConfig) -> bool:

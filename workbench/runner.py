@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
+import torch
 import torch.distributed as dist
 from transformers import set_seed
 
@@ -22,11 +23,13 @@ from workbench.configbase import ConfigError
 from workbench.data import PadCollator, tokenize_datasets
 from workbench.defaults import progress_line, resolve_defaults
 from workbench.modelcard import write_model_card
-from workbench.models import apply_lora, check_vocab, count_parameters, load_teacher, load_tokenizer, logit_size
+from workbench.models import (apply_lora, check_vocab, count_parameters, load_model, load_teacher, load_tokenizer,
+                              logit_size)
 from workbench.rundir import CONFIG, RunDir
 from workbench.run_models import initial_student
 from workbench.stopping import Cancelled, StopCallback, StopRequest
 from workbench.strategies import strategy_class
+from workbench.strategies.together import TrainedTogether
 from workbench.trainer import DistillTrainer, training_arguments, use_bf16
 
 
@@ -82,11 +85,11 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
         done = dict(step=config.train.max_steps, eta_s=0, final_metrics=final)
         run.write_status("succeeded", **done, phase="evaluating" if config.evaluation.at_end else None)
         if config.evaluation.at_end:
-            run.write_status("succeeded", **done, phase=None, evaluation_error=_evaluate_at_end(config, run, echo))
+            run.write_status("succeeded", **done, phase=None, evaluation_error=_evaluate_at_end(run, echo))
     return final
 
 
-def _evaluate_at_end(config: DistillConfig, run: RunDir, echo) -> str | None:
+def _evaluate_at_end(run: RunDir, echo) -> str | None:
     """Evaluate the saved student (workbench/run_eval.py); returns what went wrong, if anything. A
     failure does not fail the run; any saved student can be evaluated again later from the UI or
     `python -m workbench evaluate`."""
@@ -94,7 +97,8 @@ def _evaluate_at_end(config: DistillConfig, run: RunDir, echo) -> str | None:
     try:
         # Cancelling now stops the evaluation at once (there is nothing to checkpoint); the run stays done.
         with StopRequest().installed():
-            report = evaluate_run(run, "final", config=config, progress=_progress_echo(echo))
+            # The config as saved (readers' view: a co-distilled student meets its trained teacher).
+            report = evaluate_run(run, "final", progress=_progress_echo(echo))
     except Cancelled:
         return "cancelled during evaluation"
     except Exception as err:  # noqa: BLE001 - see the docstring
@@ -168,7 +172,10 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     set_seed(config.train.seed)
     bf16 = use_bf16(config)
     strategy_cls = strategy_class(config.strategy)
-    teacher = load_teacher(config.teacher, bf16) if strategy_cls.uses_teacher(config) else None
+    teacher = None
+    if strategy_cls.uses_teacher(config):
+        teacher = (load_model(config.teacher, "teacher", torch.float32) if strategy_cls.trains_teacher
+                   else load_teacher(config.teacher, bf16))
     keep = config.student.init_from_teacher_layers
     student, tokenizer = initial_student(config)
     if keep:
@@ -243,16 +250,42 @@ def _final_eval(trainer: DistillTrainer) -> dict:
 
 def _save_student(trainer: DistillTrainer, strategy, tokenizer, run: RunDir, config: DistillConfig,
                   final: dict) -> None:
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(trained, TrainedTogether):
+        if trainer.is_world_process_zero():
+            _save_together(trained, tokenizer, run, config, final)
+        return
     if config.student.lora.enabled:
         # Keep the adapter, and also a merged model that loads with plain from_pretrained.
         trainer.save_model(str(run.student / "adapter"))
         if trainer.is_world_process_zero():
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged = trained.merge_and_unload()
             merged.save_pretrained(run.student)
             tokenizer.save_pretrained(run.student)
     else:
         trainer.save_model(str(run.student))
     if trainer.is_world_process_zero():
-        strategy.save_extra(run.student)
-        params, _ = count_parameters(trainer.accelerator.unwrap_model(trainer.model))
+        params, _ = count_parameters(trained)
         write_model_card(run.student / "README.md", config, final, params, run.path.name)
+
+
+def _save_together(trained: TrainedTogether, tokenizer, run: RunDir, config: DistillConfig, final: dict) -> None:
+    """The student to RUN/student/, a trained teacher to RUN/teacher/ (each with its model card), any
+    other trained module beside the student (RUN/student/NAME.safetensors)."""
+    from transformers import PreTrainedModel
+    from workbench.modelcard import write_trained_teacher_card
+    from workbench.strategies.together import STUDENT, save_module
+    for name, part in trained.parts.items():
+        if not isinstance(part, PreTrainedModel):
+            continue
+        folder = run.student if name == STUDENT else run.path / name
+        part.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        params, _ = count_parameters(part)
+        if name == STUDENT:
+            write_model_card(folder / "README.md", config, final, params, run.path.name)
+        else:
+            write_trained_teacher_card(folder / "README.md", config, final, params, run.path.name)
+    for name, part in trained.parts.items():
+        if not isinstance(part, PreTrainedModel):
+            save_module(part, run.student / f"{name}.safetensors")

@@ -15,6 +15,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from workbench.config import DistillConfig
 from workbench.strategies.base import Strategy
+from workbench.strategies.together import TrainedTogether
 
 
 def use_bf16(config: DistillConfig) -> bool:
@@ -54,6 +55,8 @@ def training_arguments(config: DistillConfig, checkpoints_dir: Path, has_eval: b
         disable_tqdm=True,
         # Strategies read input_ids/attention_mask/labels themselves; nothing is passed to forward blindly.
         remove_unused_columns=False,
+        # Trainer guesses label names from the model's forward signature, which a TrainedTogether hides.
+        label_names=["labels"],
         prediction_loss_only=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -80,6 +83,7 @@ class DistillTrainer(Trainer):
         self._train_start = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.strategy.global_step = self.state.global_step  # schedules (co-distillation's α) follow the step
         terms = self.strategy.compute_loss(model, inputs, num_items_in_batch)
         loss = terms["loss"]
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -132,8 +136,36 @@ class DistillTrainer(Trainer):
             logs.update({k: v for k, v in self._drain("train", step - last_step).items() if k != "loss"})
             tokens = float(self._tokens) * self.accelerator.num_processes
             logs["tokens_per_s"] = round(tokens / max(now - last_time, 1e-9), 1)
+            logs.update(self.strategy.step_values(step))
             self._tokens, self._last_log = 0.0, (now, step)
         super().log(logs, start_time)
+
+    def create_optimizer(self, *args, **kwargs):
+        """Trainer's optimizer, unless the strategy trains parts at their own learning rates (a co-distilled
+        teacher): then one parameter group per part; the schedule scales every group alike."""
+        groups = self.strategy.parameter_groups(self.accelerator.unwrap_model(self.model))
+        if groups is None or self.optimizer is not None:
+            return super().create_optimizer(*args, **kwargs)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        self.optimizer = optimizer_cls([{**g, "weight_decay": self.args.weight_decay} for g in groups],
+                                       **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        together = self.accelerator.unwrap_model(self.model)
+        if not isinstance(together, TrainedTogether):
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            # Each part as its own folder or file (strategies/together.py): a checkpoint's student stays
+            # loadable on its own, and shared (tied) weights are saved the way save_pretrained does.
+            together.save(Path(output_dir or self.args.output_dir), self.processing_class)
+            torch.save(self.args, Path(output_dir or self.args.output_dir) / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        together = self.accelerator.unwrap_model(model or self.model)
+        if not isinstance(together, TrainedTogether):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        together.load(Path(resume_from_checkpoint))
 
     def train(self, *args, **kwargs):
         # Throughput counts from here, not from construction (model loading is not training time).

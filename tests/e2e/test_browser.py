@@ -147,9 +147,9 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
                                                                      "Compare", "Config"]
 
 
-def test_hard_label_shows_its_own_fields_in_the_browser(page, app_url):
-    """Choosing hard_label swaps the soft-label knobs and the data choice for the generation fields; the
-    endpoint fields appear only for the openai backend."""
+def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):
+    """Choosing hard_label swaps the soft-label knobs and the data choice for the generation fields (the
+    endpoint fields only for the openai backend); co-distillation and attention show theirs."""
     page.get_by_role("tab", name="Set up").click()
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="hard_label").click()
@@ -162,6 +162,16 @@ def test_hard_label_shows_its_own_fields_in_the_browser(page, app_url):
     expect(page.locator("#setup-gen_api_key_env textarea")).to_have_value("OPENAI_API_KEY")
     page.screenshot(path=SHOTS / "7-hard-label.png", full_page=True)
     page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="co_distillation").click()
+    expect(page.locator("#setup-co_teacher_lr")).to_be_visible()
+    expect(page.locator("#setup-gen_backend")).to_be_hidden()
+    page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="attention").click()
+    expect(page.locator("#setup-attention_heads")).to_be_visible()
+    expect(page.locator("#setup-hidden_loss")).to_be_hidden()
+    expect(page.locator("#setup-co_teacher_lr")).to_be_hidden()
+    page.screenshot(path=SHOTS / "8-attention.png", full_page=True)
+    page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="soft_label").click()
     expect(page.locator("#setup-alpha")).to_be_visible()
-    expect(page.locator("#setup-gen_backend")).to_be_hidden()
+    expect(page.locator("#setup-layer_map")).to_be_hidden()

@@ -1,9 +1,13 @@
 """Strategies by name: the config's `strategy` field picks one."""
 from workbench.strategies.base import Strategy
+from workbench.strategies.co import CoDistillationStrategy
+from workbench.strategies.features import AttentionStrategy, HiddenStateStrategy
 from workbench.strategies.hard import HardLabelStrategy
 from workbench.strategies.soft import SoftLabelStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (SoftLabelStrategy, HardLabelStrategy)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (SoftLabelStrategy, HardLabelStrategy, CoDistillationStrategy, HiddenStateStrategy,
+                              AttentionStrategy)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

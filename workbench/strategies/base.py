@@ -2,14 +2,13 @@
 
 The trainer knows nothing about teachers or divergences. It asks the strategy for the module to
 optimise (`trainable_model`), calls `compute_loss` on every micro-batch and logs every returned term
-by name. Hard-label, co-distillation, hidden-state and attention strategies plug in here: a strategy
-that trains extra weights (a projection, a live teacher) returns a module holding them from
-`trainable_model` and saves them in `save_extra`.
+by name. A strategy that trains extra weights (a live teacher, a projection) returns them with the
+student in a TrainedTogether (strategies/together.py) from `trainable_model`: the trainer checkpoints
+and resumes it part by part, and the runner saves each part where it belongs.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -22,6 +21,8 @@ class Strategy(ABC):
     needs_teacher: ClassVar[bool] = True
     # Logit-based strategies compare distributions token by token: one vocabulary is required.
     needs_shared_vocab: ClassVar[bool] = True
+    # A teacher that trains too (co-distillation) loads in fp32 with gradients, like a student.
+    trains_teacher: ClassVar[bool] = False
 
     @classmethod
     def uses_teacher(cls, config: DistillConfig) -> bool:
@@ -49,5 +50,12 @@ class Strategy(ABC):
         """Return {"loss": total, <term>: value, ...}; each a 0-dim tensor normalised per target token
         over the whole accumulated batch (num_items_in_batch) so accumulation is exact."""
 
-    def save_extra(self, output_dir: Path) -> None:
-        """Save whatever the strategy trained besides the student."""
+    global_step: int = 0  # set by the trainer before every loss: for schedules
+
+    def step_values(self, step: int) -> dict[str, float]:
+        """Per-step values to log beside the loss terms (e.g. a scheduled weight)."""
+        return {}
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict] | None:
+        """Optimizer parameter groups with their own learning rates, or None for one group."""
+        return None

@@ -78,11 +78,26 @@ class SetupForm:
     gen_prompt_column: str = "prompt"
     gen_max_prompts: int | None = 0  # 0 (or None): every prompt
     gen_dataset: str = ""  # completions an earlier run wrote (generation.dataset); empty = generate
+    # Co-distillation (the co_distillation section).
+    co_teacher_lr: float = 5e-5
+    co_alpha_start: float = 1.0
+    co_alpha_end: float = 0.5
+    co_warmup: int = 100
+    co_schedule: str = "linear"
+    co_mutual: bool = False
+    co_mutual_weight: float = 0.5
+    # Hidden-state / attention: the layer map and weight go to the chosen strategy's section.
+    layer_map: str = ""  # "0:1, 1:3"; empty = evenly spaced
+    layer_weight: float = 1.0
+    hidden_loss: str = "mse"
+    attention_loss: str = "kl"
+    attention_heads: str = "average"
     base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
 
     @classmethod
     def from_config(cls, config: DistillConfig) -> "SetupForm":
         c = config
+        layers = c.attention if c.strategy == "attention" else c.hidden
         return cls(teacher=c.teacher.name_or_path, student=c.student.name_or_path or "",
                    student_kind=STUDENT_PRUNED if c.student.init_from_teacher_layers else STUDENT_CHECKPOINT,
                    keep_layers=c.student.init_from_teacher_layers or 6, strategy=c.strategy,
@@ -97,7 +112,12 @@ class SetupForm:
                    gen_max_new_tokens=c.generation.max_new_tokens, gen_samples=c.generation.samples_per_prompt,
                    gen_concurrency=c.generation.concurrency, gen_seed=c.generation.seed,
                    gen_prompt_column=c.generation.prompt_column, gen_max_prompts=c.generation.max_prompts or 0,
-                   gen_dataset=c.generation.dataset or "", base=c.to_dict())
+                   gen_dataset=c.generation.dataset or "", co_teacher_lr=c.co_distillation.teacher_lr,
+                   co_alpha_start=c.co_distillation.alpha_start, co_alpha_end=c.co_distillation.alpha_end,
+                   co_warmup=c.co_distillation.alpha_warmup_steps, co_schedule=c.co_distillation.alpha_schedule,
+                   co_mutual=c.co_distillation.mutual, co_mutual_weight=c.co_distillation.mutual_weight,
+                   layer_map=", ".join(layers.layer_map), layer_weight=layers.weight, hidden_loss=c.hidden.loss,
+                   attention_loss=c.attention.loss, attention_heads=c.attention.heads, base=c.to_dict())
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -141,7 +161,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
             (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
              ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"),
              ("gen_max_new_tokens", "generation.max_new_tokens"), ("gen_samples", "generation.samples_per_prompt"),
-             ("gen_concurrency", "generation.concurrency"), ("gen_seed", "generation.seed"))}
+             ("gen_concurrency", "generation.concurrency"), ("gen_seed", "generation.seed"),
+             ("co_warmup", "co_distillation.alpha_warmup_steps"))}
     max_prompts = _as_int(form.gen_max_prompts, "generation.max_prompts", problems) if form.gen_max_prompts else None
     data = dict(form.base)
     pruned = form.student_kind == STUDENT_PRUNED
@@ -163,6 +184,17 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     else:
         data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
     data["strategy"] = form.strategy
+    data["co_distillation"] = {**data.get("co_distillation", {}), "teacher_lr": form.co_teacher_lr,
+                               "alpha_start": form.co_alpha_start, "alpha_end": form.co_alpha_end,
+                               "alpha_warmup_steps": ints["co_warmup"], "alpha_schedule": form.co_schedule,
+                               "mutual": bool(form.co_mutual), "mutual_weight": form.co_mutual_weight}
+    if form.strategy in ("hidden_state", "attention"):
+        section = "hidden" if form.strategy == "hidden_state" else "attention"
+        pairs = [p.strip() for p in (form.layer_map or "").replace(";", ",").split(",") if p.strip()]
+        chosen = {"layer_map": pairs, "weight": form.layer_weight}
+        chosen.update({"loss": form.hidden_loss} if section == "hidden" else
+                      {"loss": form.attention_loss, "heads": form.attention_heads})
+        data[section] = {**data.get(section, {}), **chosen}
     cache = (form.teacher_cache or "").strip() or None
     if cache and not _inside(Path(cache), roots):
         problems.append(("loss.teacher_cache", f"{cache} is outside the folders this app may read"))

@@ -17,6 +17,7 @@ from workbench.preview import temperature_preview
 from workbench.services import Services
 from workbench.ui.cache_panel import create_cache_panel
 from workbench.ui.generation_panel import create_dataset_panel, create_generation_fields
+from workbench.ui.layers_panel import create_layer_fields
 from workbench.ui.form import (DATA_HUB, DATA_KINDS, DATA_UPLOAD, KNOWN_PAIRS, STUDENT_CHECKPOINT, STUDENT_PRUNED,
                                Launch, SetupForm, form_to_config)
 
@@ -97,6 +98,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             lr = gr.Number(start.lr, label="Learning rate")
             batch_size = gr.Number(start.batch_size, label="Batch size", precision=0)
             seq_len = gr.Number(start.seq_len, label="Sequence length", precision=0)
+        layer_fields, layer_groups, show_layers = create_layer_fields(start)
         generation, generation_fields = create_generation_fields(start, hard)
         datasets, gen_dataset = create_dataset_panel(services, start.gen_dataset, hard)
         with gr.Row(visible=not hard) as data_row:
@@ -113,7 +115,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             run_name = gr.Textbox(start.run_name, label="Run name (optional)")
             evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
                                    info="perplexity, agreement, calibration, speed, generations: the run card")
-        cache_panel, teacher_cache = create_cache_panel(services, start.teacher_cache, not hard)
+        cache_panel, teacher_cache = create_cache_panel(services, start.teacher_cache, start.strategy == "soft_label")
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -129,7 +131,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
                                processes, accelerate_config, run_name, evaluate, teacher_cache, *generation_fields,
-                               gen_dataset], strict=True))
+                               gen_dataset, *layer_fields], strict=True))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
     base = default.to_dict()
@@ -149,9 +151,10 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     student_kind.change(lambda kind: (gr.update(visible=kind == STUDENT_PRUNED), gr.update(visible=kind != STUDENT_PRUNED)),
                         student_kind, [keep_layers, student])
     divergence.change(lambda d: gr.update(visible=d == "jsd"), divergence, beta)
-    strategy.change(lambda chosen: [gr.update(visible=(chosen == "hard_label") == hard_part)
-                                    for hard_part in (False, False, False, True, True)],
-                    strategy, [soft_row, data_row, cache_panel, generation, datasets])
+    strategy.change(lambda chosen: [gr.update(visible=chosen != "hard_label"), gr.update(visible=chosen != "hard_label"),
+                                    gr.update(visible=chosen == "soft_label"), gr.update(visible=chosen == "hard_label"),
+                                    gr.update(visible=chosen == "hard_label"), *show_layers(chosen)],
+                    strategy, [soft_row, data_row, cache_panel, generation, datasets, *layer_groups])
     data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
                      data_kind, [upload, hub_dataset])
     check_button.click(on_check, list(inputs.values()), [verdict, download])
