@@ -102,6 +102,9 @@ def test_co_distillation_trains_both_models_on_a_schedule(co_run, teacher_dir):
     run, final = co_run
     teacher_ce, kd = logged(run, "teacher_ce"), logged(run, "kd")
     assert len(teacher_ce) == 30 and teacher_ce[-1] < teacher_ce[0] and kd[-1] < 0.5 * kd[0]
+    for m in (m for m in run.read_metrics() if "alpha" in m):  # the loss used the α logged with it
+        assert m["loss"] == pytest.approx(m["alpha"] * m["ce"] + (1 - m["alpha"]) * m["kd"] + m["teacher_ce"],
+                                          rel=1e-4)
     alphas = {m["step"]: m["alpha"] for m in run.read_metrics() if "alpha" in m}
     assert [alphas[s] for s in (1, 6, 11, 30)] == pytest.approx([1.0, 0.6, 0.2, 0.2])  # the α step s was taken with
     assert final["eval_teacher_ce"] < logged(run, "eval_teacher_ce")[0]
@@ -167,6 +170,28 @@ def test_hidden_state_term_falls_and_the_projection_reloads(tmp_path, teacher_di
         fresh_term = hidden_state_loss([fresh(s[i + 1]) for i, _ in pairs], [t[j + 1] for _, j in pairs],
                                        batch["labels"])
     assert trained_term < 0.7 * fresh_term  # measured 0.96 vs 1.84
+
+
+def test_hidden_state_resumes_with_its_projection_and_tied_weights(tmp_path, crash_at_step, teacher_dir, tokenizer,
+                                                                   corpus_files):
+    tied = tiny.save_llama(tmp_path / "tied", tokenizer, layers=2, hidden=32, seed=6, tie=True)
+    finals = []
+    for name, crash in (("whole", None), ("resumed", 15)):
+        config = make_config(teacher_dir, tied, corpus_files, tmp_path, name, "hidden_state")
+        arm, disarm = crash_at_step
+        if crash:
+            arm(crash)
+            with pytest.raises(KeyboardInterrupt):
+                run_training(config)
+            disarm()
+            finals.append(run_training(config, RunDir(tmp_path / name), resume=True))
+        else:
+            finals.append(run_training(config))
+    # The projection, the tied student and their optimizer state came back from checkpoint-10.
+    assert finals[1]["eval_hidden"] == pytest.approx(finals[0]["eval_hidden"], rel=1e-4)
+    assert finals[1]["eval_ce"] == pytest.approx(finals[0]["eval_ce"], rel=1e-4)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "student")
+    assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()
 
 
 def test_a_bad_layer_map_is_a_clear_error(tmp_path, teacher_dir, student_dir, corpus_files):

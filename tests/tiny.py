@@ -43,14 +43,15 @@ def build_tokenizer(folder: Path, vocab_size: int = 320) -> PreTrainedTokenizerF
 
 
 def save_llama(folder: Path, tokenizer, *, layers: int, hidden: int, seed: int, heads: int = 4,
-               kv_heads: int | None = None, vocab_size: int | None = None, init_range: float = 0.02) -> Path:
+               kv_heads: int | None = None, vocab_size: int | None = None, init_range: float = 0.02,
+               tie: bool = False) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv_heads or heads, max_position_embeddings=512,
                       initializer_range=init_range, pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=tie)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

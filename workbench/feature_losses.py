@@ -24,7 +24,7 @@ def layer_map(pairs: list[str], student_layers: int, teacher_layers: int, field:
     if not pairs:
         if pruned_from and len(pruned_from) == student_layers and max(pruned_from) < teacher_layers:
             return list(enumerate(pruned_from))
-        return [(i, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)]
+        return [(i, max(0, round((i + 1) * teacher_layers / student_layers) - 1)) for i in range(student_layers)]
     out, problems = [], []
     for i, text in enumerate(pairs):
         pair = parse_pair(text)

@@ -16,12 +16,22 @@ def _metric_rows(final: dict) -> list[str]:
 
 
 def write_model_card(path: Path, config: DistillConfig, final: dict, params: int, run_name: str) -> Path:
-    c, loss, t = config, config.loss, config.train
+    c, loss, t, co = config, config.loss, config.train, config.co_distillation
+    # A co-distilled student's α followed its schedule, not loss.alpha.
+    alpha = (f"{co.alpha_start} → {co.alpha_end} over {co.alpha_warmup_steps} steps ({co.alpha_schedule})"
+             if c.strategy == "co_distillation" else loss.alpha)
     knobs = [("teacher", c.teacher.name_or_path), ("student initialised from",
              f"{c.teacher.name_or_path}, {c.student.init_from_teacher_layers} of its layers"
              if c.student.init_from_teacher_layers else c.student.name_or_path),
-             ("strategy", c.strategy), ("divergence", loss.divergence), ("alpha (CE weight)", loss.alpha),
+             ("strategy", c.strategy), ("divergence", loss.divergence), ("alpha (CE weight)", alpha),
              ("temperature T", loss.temperature)]
+    if c.strategy == "co_distillation":
+        knobs.append(("teacher trained too", f"learning rate {co.teacher_lr}"
+                                             + (f", mutual KD weight {co.mutual_weight}" if co.mutual else "")))
+    if c.strategy in ("hidden_state", "attention"):
+        layers = c.hidden if c.strategy == "hidden_state" else c.attention
+        knobs.append(("layer term", f"{layers.loss}, weight {layers.weight}, layers "
+                                    f"{', '.join(layers.layer_map) or 'evenly spaced'}"))
     if loss.divergence == "jsd":
         knobs.append(("beta", loss.beta))
     if loss.divergence.startswith("skew"):

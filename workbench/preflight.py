@@ -85,8 +85,9 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
             _check_layers(config, teacher, student, report)
     share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
     # Hard-label training holds no teacher: it writes its data before the student trains.
-    memory = estimate_memory(config, teacher if strategy_class(config.strategy).needs_teacher else None, student,
-                             use_bf16(config), share)
+    strategy = strategy_class(config.strategy)
+    memory = estimate_memory(config, teacher if strategy.needs_teacher else None, student, use_bf16(config), share,
+                             teacher_trains=strategy.trains_teacher)
     report.memory_gib = memory.as_gib()
     _check_memory(memory.total, processes, report)
     return report

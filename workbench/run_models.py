@@ -90,10 +90,12 @@ def is_adapter_only(folder: Path) -> bool:
 
 def reading_config(run: RunDir) -> DistillConfig:
     """A run's config as its readers (evaluation, inspector) need it: a co-distillation run trained its
-    teacher too, so once it is saved (RUN/teacher) the student is compared with that teacher."""
+    teacher too, so once it is saved (RUN/teacher) the student is compared with that teacher. Not for a
+    student pruned from the teacher: its step-0 point must be cut from the teacher it started from."""
     config = DistillConfig.load(run.file(CONFIG))
     trained = run.path / "teacher"
-    if config.strategy == "co_distillation" and (trained / "config.json").exists():
+    if (config.strategy == "co_distillation" and not config.student.init_from_teacher_layers
+            and (trained / "config.json").exists()):
         config = config.replace(teacher=dataclasses.replace(config.teacher, name_or_path=str(trained), revision=None,
                                                             gguf_file=None))
     return config

@@ -66,20 +66,22 @@ class MemoryEstimate:
 
 
 def estimate_memory(config: DistillConfig, teacher: ArchInfo | None, student: ArchInfo, bf16: bool,
-                    trainable_fraction: float = 1.0) -> MemoryEstimate:
+                    trainable_fraction: float = 1.0, teacher_trains: bool = False) -> MemoryEstimate:
     """Bytes for one process. Adam keeps two fp32 moments per trainable weight, plus an fp32 gradient.
     Activations follow Korthikanti et al. (34·s·b·h per layer in 16-bit, doubled in fp32) and ignore
     the attention-score term, which is small at the sequence lengths a workbench uses. Logits: student
     and teacher logits, the two fp32 softmaxes of the KD term and the gradient of the student's.
-    teacher None: training without one in memory (hard-label), logits and their gradient only."""
+    teacher None: training without one in memory (hard-label), logits and their gradient only.
+    teacher_trains (co-distillation): the teacher is fp32 with gradients, Adam moments and activations."""
     t_bytes = torch.finfo(resolve_dtype(config.teacher, bf16)).bits // 8
     tokens = config.train.batch_size * config.train.seq_len
     act_bytes_per = 34 if bf16 else 68
     trainable = student.params * trainable_fraction
+    trained = [student] + ([teacher] if teacher_trains else [])
     return MemoryEstimate(
-        teacher_weights=teacher.params * t_bytes if teacher is not None else 0.0,
+        teacher_weights=teacher.params * (4 if teacher_trains else t_bytes) if teacher is not None else 0.0,
         student_weights=student.params * 4,
-        optimizer_and_grads=trainable * 12,
-        activations=tokens * student.hidden * student.layers * act_bytes_per,
+        optimizer_and_grads=trainable * 12 + (teacher.params * 12 if teacher_trains else 0),
+        activations=sum(tokens * m.hidden * m.layers * act_bytes_per for m in trained),
         logits=tokens * max(teacher.vocab, student.vocab) * 4 * 5 if teacher is not None else tokens * student.vocab * 4 * 2,
     )

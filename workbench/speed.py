@@ -19,8 +19,11 @@ def weights_bytes(folder: Path | None) -> int | None:
     counting optimizer state a training checkpoint also holds. None when there is no folder."""
     if folder is None or not Path(folder).is_dir():
         return None
+    # Only the model's own weights: a strategy's extra module saved beside it (hidden_projection) is not
+    # part of the student that is deployed.
     files = [p for p in Path(folder).iterdir() if p.is_file() and (
-        p.suffix in WEIGHT_SUFFIXES or (p.name.startswith("pytorch_model") and p.suffix == ".bin"))]
+        (p.suffix in WEIGHT_SUFFIXES and (p.suffix != ".safetensors" or p.name.startswith("model")))
+        or (p.name.startswith("pytorch_model") and p.suffix == ".bin"))]
     return sum(p.stat().st_size for p in files) or None
 
 

@@ -81,6 +81,7 @@ class DistillTrainer(Trainer):
         self._tokens = 0.0
         self._last_log: tuple[float, int] | None = None  # (time, global_step) of the previous train log
         self._train_start = time.perf_counter()
+        self._clip_groups: list[list] | None = None  # parameters clipped together, when the strategy groups them
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.strategy.global_step = self.state.global_step  # schedules (co-distillation's α) follow the step
@@ -146,10 +147,25 @@ class DistillTrainer(Trainer):
         groups = self.strategy.parameter_groups(self.accelerator.unwrap_model(self.model))
         if groups is None or self.optimizer is not None:
             return super().create_optimizer(*args, **kwargs)
+        decay = set(self.get_decay_parameter_names(self.accelerator.unwrap_model(self.model)))
+        split = []
+        for group in groups:  # Trainer's rule in each part: no weight decay on biases and norms
+            settings = {k: v for k, v in group.items() if k != "params"}
+            trainable = [(n, p) for n, p in group["params"] if p.requires_grad]
+            split += [{**settings, "params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+                      {**settings, "params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0}]
+        self._clip_groups = [[p for n, p in g["params"] if p.requires_grad] for g in groups]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-        self.optimizer = optimizer_cls([{**g, "weight_decay": self.args.weight_decay} for g in groups],
-                                       **optimizer_kwargs)
+        self.optimizer = optimizer_cls(split, **optimizer_kwargs)
         return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        """Each part on its own (a teacher's large CE gradients must not shrink the student's step); the
+        student's norm is the one logged."""
+        if not self._clip_groups:
+            return super()._clip_grad_norm(model)
+        norms = [self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm) for params in self._clip_groups]
+        return norms[0]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         together = self.accelerator.unwrap_model(self.model)

@@ -164,6 +164,7 @@ def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="co_distillation").click()
     expect(page.locator("#setup-co_teacher_lr")).to_be_visible()
+    expect(page.locator("#setup-alpha")).to_be_hidden()  # α follows its schedule
     expect(page.locator("#setup-gen_backend")).to_be_hidden()
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="attention").click()

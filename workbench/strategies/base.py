@@ -57,5 +57,7 @@ class Strategy(ABC):
         return {}
 
     def parameter_groups(self, model: torch.nn.Module) -> list[dict] | None:
-        """Optimizer parameter groups with their own learning rates, or None for one group."""
+        """Parts trained at their own learning rates: [{"params": [(name, parameter), ...], "lr": ...}, ...]
+        (no "lr": train.lr), or None for Trainer's usual groups. The first group's gradient norm is the
+        one logged; each group is clipped on its own."""
         return None

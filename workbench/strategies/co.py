@@ -17,7 +17,7 @@ import torch
 
 from workbench.losses import ce_loss, combine, kd_loss
 from workbench.strategies.base import Strategy
-from workbench.strategies.together import TrainedTogether
+from workbench.strategies.together import STUDENT, TrainedTogether
 
 TEACHER = "teacher"
 
@@ -49,16 +49,16 @@ class CoDistillationStrategy(Strategy):
         return TrainedTogether(student, **{TEACHER: self.teacher})
 
     def parameter_groups(self, model: torch.nn.Module) -> list[dict]:
-        return [{"params": [p for p in model.student.parameters() if p.requires_grad]},
-                {"params": list(model.parts[TEACHER].parameters()), "lr": self.config.co_distillation.teacher_lr}]
+        # Names are relative to the TrainedTogether, as Trainer's weight-decay rules see them.
+        return [{"params": [(f"parts.{STUDENT}.{n}", p) for n, p in model.student.named_parameters()]},
+                {"params": [(f"parts.{TEACHER}.{n}", p) for n, p in model.parts[TEACHER].named_parameters()],
+                 "lr": self.config.co_distillation.teacher_lr}]
 
     def compute_loss(self, model, inputs, num_items_in_batch):
-        together = model.module if hasattr(model, "module") else model
         spec, vocab = self.config.loss, self.shared_vocab
         labels = inputs["labels"][:, 1:]
-        forward = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        student = model(**forward).logits[:, :-1]
-        teacher = together.parts[TEACHER](**forward).logits[:, :-1]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        student, teacher = outputs[STUDENT].logits[:, :-1], outputs[TEACHER].logits[:, :-1]
         n = num_items_in_batch
 
         def kd(learner, target):

@@ -22,7 +22,7 @@ from workbench.configbase import ConfigError
 from workbench.feature_losses import attention_loss, hidden_state_loss, layer_map
 from workbench.losses import distill_loss
 from workbench.strategies.soft import SoftLabelStrategy, _unwrap
-from workbench.strategies.together import TrainedTogether
+from workbench.strategies.together import STUDENT, TrainedTogether
 
 PROJECTION = "hidden_projection"
 
@@ -66,21 +66,24 @@ class _FeatureStrategy(SoftLabelStrategy):
         """What trains: the student, or the student with the modules the term needs."""
         raise NotImplementedError
 
-    def _term(self, model, student_out, teacher_out, labels, num_items) -> torch.Tensor:
-        """The layer term from both models' outputs; labels (B, L) unshifted."""
+    def _term(self, outputs, student_out, teacher_out, labels, num_items) -> torch.Tensor:
+        """The layer term from both models' outputs (`outputs`: what the trained module returned);
+        labels (B, L) unshifted."""
         raise NotImplementedError
     def compute_loss(self, model, inputs, num_items_in_batch):
         spec = getattr(self.config, self.section)
         forward = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                        **{f"output_{self.outputs}": True})
-        student = model(**forward)
+        outputs = model(**forward)
+        # A TrainedTogether (a projection trains too) answers {part: output}; a plain student its own output.
+        student = outputs[STUDENT] if isinstance(_unwrap(model), TrainedTogether) else outputs
         with torch.no_grad():
             teacher = self.teacher(**forward)
         labels = inputs["labels"]
         terms = distill_loss(student.logits[:, :-1], teacher.logits[:, :-1] if self.config.loss.alpha < 1 else None,
                              labels[:, 1:], self.config.loss, num_items_in_batch=num_items_in_batch,
                              kd_vocab=self.shared_vocab)
-        terms[self.section] = self._term(model, student, teacher, labels, num_items_in_batch)
+        terms[self.section] = self._term(outputs, student, teacher, labels, num_items_in_batch)
         terms["loss"] = terms["loss"] + spec.weight * terms[self.section]
         return terms
 
@@ -94,13 +97,19 @@ class HiddenStateStrategy(_FeatureStrategy):
         width, target = self._sizes(student, "hidden_size")
         if width == target:
             return student
-        return TrainedTogether(student, **{PROJECTION: torch.nn.Linear(width, target, bias=False)})
+        return TrainedTogether(student, extra=self._project, **{PROJECTION: torch.nn.Linear(width, target, bias=False)})
 
-    def _term(self, model, student_out, teacher_out, labels, num_items):
-        inner = _unwrap(model)
-        project = inner.parts[PROJECTION] if isinstance(inner, TrainedTogether) else (lambda h: h)
-        # hidden_states[0] is the embedding output: decoder layer i's output is hidden_states[i + 1].
-        s = [project(student_out.hidden_states[i + 1]) for i, _ in self.pairs]
+    def _student_states(self, student_out) -> list[torch.Tensor]:
+        # hidden_states[0] is the embedding output: decoder layer i's output is hidden_states[i + 1] (the
+        # last one after the final norm, as transformers returns it).
+        return [student_out.hidden_states[i + 1] for i, _ in self.pairs]
+
+    def _project(self, parts, outputs) -> dict:
+        """Inside the trained module's forward: the student's mapped states at the teacher's width."""
+        return {PROJECTION: [parts[PROJECTION](h) for h in self._student_states(outputs[STUDENT])]}
+
+    def _term(self, outputs, student_out, teacher_out, labels, num_items):
+        s = outputs[PROJECTION] if PROJECTION in outputs else self._student_states(student_out)
         t = [teacher_out.hidden_states[j + 1] for _, j in self.pairs]
         return hidden_state_loss(s, t, labels, self.config.hidden.loss, num_items)
 
@@ -119,7 +128,7 @@ class AttentionStrategy(_FeatureStrategy):
             model.set_attn_implementation("eager")  # SDPA and flash kernels never form the attention matrix
         return student
 
-    def _term(self, model, student_out, teacher_out, labels, num_items):
+    def _term(self, outputs, student_out, teacher_out, labels, num_items):
         s = [student_out.attentions[i] for i, _ in self.pairs]
         t = [teacher_out.attentions[j] for _, j in self.pairs]
         return attention_loss(s, t, labels, self.config.attention.loss, self.config.attention.heads == "map",

@@ -195,7 +195,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
         chosen.update({"loss": form.hidden_loss} if section == "hidden" else
                       {"loss": form.attention_loss, "heads": form.attention_heads})
         data[section] = {**data.get(section, {}), **chosen}
-    cache = (form.teacher_cache or "").strip() or None
+    # Only soft_label reads a cache; the panel is hidden for the others, so its value must not leak in.
+    cache = (form.teacher_cache or "").strip() or None if form.strategy == "soft_label" else None
     if cache and not _inside(Path(cache), roots):
         problems.append(("loss.teacher_cache", f"{cache} is outside the folders this app may read"))
     data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,

@@ -90,7 +90,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
                                    info="soft_label: match the teacher's distributions; hard_label: learn its text")
         with gr.Row(visible=not hard) as soft_row:
             divergence = gr.Dropdown(list(DIVERGENCES), value=start.divergence, label="Divergence")
-            alpha = gr.Number(start.alpha, label="α (CE weight)", info="0 = pure KD, 1 = plain fine-tuning", step=0.05)
+            alpha = gr.Number(start.alpha, label="α (CE weight)", info="0 = pure KD, 1 = plain fine-tuning", step=0.05,
+                              visible=start.strategy != "co_distillation")
             temperature = gr.Number(start.temperature, label="Temperature T", step=0.5)
             beta = gr.Number(start.beta, label="β (JSD)", step=0.1, visible=start.divergence == "jsd")
         with gr.Row():
@@ -153,8 +154,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     divergence.change(lambda d: gr.update(visible=d == "jsd"), divergence, beta)
     strategy.change(lambda chosen: [gr.update(visible=chosen != "hard_label"), gr.update(visible=chosen != "hard_label"),
                                     gr.update(visible=chosen == "soft_label"), gr.update(visible=chosen == "hard_label"),
-                                    gr.update(visible=chosen == "hard_label"), *show_layers(chosen)],
-                    strategy, [soft_row, data_row, cache_panel, generation, datasets, *layer_groups])
+                                    gr.update(visible=chosen == "hard_label"), *show_layers(chosen),
+                                    gr.update(visible=chosen != "co_distillation")],  # its α is scheduled
+                    strategy, [soft_row, data_row, cache_panel, generation, datasets, *layer_groups, alpha])
     data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
                      data_kind, [upload, hub_dataset])
     check_button.click(on_check, list(inputs.values()), [verdict, download])
