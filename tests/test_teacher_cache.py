@@ -133,3 +133,27 @@ def test_caches_are_listed_with_what_picking_one_needs(teacher, tokenizer, block
     assert row["mass kept"] == pytest.approx(float(values.exp().sum(-1).mean()), abs=1e-3)
     stored = sum(p.stat().st_size for p in (tmp_path / "k4").glob("*.npy")) / 2**20
     assert row["MB"] == pytest.approx(stored, abs=1e-3) and row["MB"] > 0
+
+
+def test_fidelity_is_measured_against_the_live_teacher_and_listed(teacher_dir, student_dir, corpus_files, tmp_path):
+    """With k = the vocabulary the cache holds the whole distribution (at fp16): the cached run must reach
+    the live run's held-out KL, and the cache manager lists the difference."""
+    import yaml
+
+    from workbench.cache_fidelity import read_fidelity
+    from workbench.cli import main
+    from workbench.teacher_cache import list_caches
+    config = {"teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
+              "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1]), "max_examples": 60,
+                       "max_eval_examples": 8},
+              "loss": {"alpha": 0.2}, "train": {"batch_size": 8, "seq_len": 32, "lr": 1e-2},
+              "output": {"runs_dir": str(tmp_path / "runs")}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    vocab = AutoModelForCausalLM.from_pretrained(teacher_dir).config.vocab_size
+    assert main(["cache", str(path), str(tmp_path / "caches" / "full"), "--k", str(vocab), "--fidelity", "4"]) == 0
+    found = read_fidelity(tmp_path / "caches" / "full")
+    assert found["steps"] == 4 and found["live_kl"] > 0 and abs(found["relative"]) < 0.01, found
+    [row] = list_caches(tmp_path / "caches")
+    assert row["KD vs live"] == f"{100 * found['relative']:+.2f}% KL (4 steps)"
+    assert not list((tmp_path / "runs").glob("*"))  # the two short runs leave nothing in the runs folder

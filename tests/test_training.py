@@ -132,3 +132,15 @@ def test_failure_is_recorded_in_status(teacher_dir, corpus_files, tmp_path):
         run_training(config)
     status = RunDir(tmp_path / "bad").read_status()
     assert status["state"] == "failed" and "missing-student" in status["error"]
+
+
+def test_torch_compile_is_an_option_and_keeps_the_fused_loss(finished_run, student_dir, tmp_path):
+    from workbench.strategies.soft import _fusable, _unwrap
+    from workbench.trainer import training_arguments
+    config, _, _, _ = finished_run
+    compiled = config.replace(train=config.train.__class__(**{**config.train.__dict__, "torch_compile": True}))
+    assert training_arguments(compiled, tmp_path, False).torch_compile
+    assert not training_arguments(config, tmp_path, False).torch_compile
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    wrapped = torch.compile(model)  # not run: only the wrapper Trainer puts around the model
+    assert _unwrap(wrapped) is model and _fusable(wrapped)  # the chunked loss still sees the LM head

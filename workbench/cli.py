@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
     cache.add_argument("out_dir", help="folder for the cache")
     cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32)")
+    cache.add_argument("--fidelity", type=int, default=0, metavar="STEPS",
+                       help="then train STEPS steps from the live teacher and from the cache and keep how much "
+                            "the held-out KL differs (shown in the app's cache manager)")
     cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cache.add_argument("--cache-dir", help="where the offline defaults live")
     generate = sub.add_parser("generate", help="hard-label stage 1 alone: the config's teacher (local or API) "
@@ -137,6 +140,10 @@ def _cache(args) -> int:
                                f"[{frac:4.0%} {time.perf_counter() - start:6.1f}s] {msg}", flush=True))
     print(f"{args.out_dir}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
           f"{manifest.bytes_per_token} bytes/token; train with --set loss.teacher_cache={args.out_dir}")
+    if args.fidelity:
+        from workbench.cache_fidelity import measure_fidelity
+        del teacher  # the two fidelity runs load their own
+        measure_fidelity(config, args.out_dir, args.fidelity, echo=lambda m: print(m, flush=True))
     return 0
 
 

@@ -107,6 +107,8 @@ class TrainSpec:
     bf16: str = knob("auto", "bf16 mixed precision: auto = on where the GPU supports it, off on CPU",
                      choices=("auto", "on", "off"))
     gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory")
+    torch_compile: bool = knob(False, "Compile the student with torch.compile: the first steps are slower while it "
+                                      "compiles; it can pay on long runs (benchmarks/compile_steps.py measures it)")
     logging_steps: int = knob(10, "Log metrics every N steps", low=1)
     eval_steps: int = knob(0, "Evaluate on held-out data every N steps (0 = only at the end)", low=0)
     save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1)

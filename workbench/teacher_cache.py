@@ -207,6 +207,13 @@ class TeacherCache:
                 torch.from_numpy(tail.astype(np.float32)))
 
 
+def _fidelity_text(folder: Path) -> str | None:
+    """'+1.80% KL (20 steps)': the held-out KL of a short run from this cache against the same run live."""
+    from workbench.cache_fidelity import read_fidelity
+    found = read_fidelity(folder)
+    return f"{100 * found['relative']:+.2f}% KL ({found['steps']} steps)" if found else None
+
+
 def list_caches(root: str | Path) -> list[dict]:
     """Every cache directly under `root` (newest first) with what picking one needs to know."""
     rows = []
@@ -222,5 +229,6 @@ def list_caches(root: str | Path) -> list[dict]:
                      "blocks": manifest.blocks, "MB": round(size / 2**20, 3),
                      "bytes/token": manifest.bytes_per_token,
                      "mass kept": None if manifest.mass_retained is None else round(manifest.mass_retained, 3),
-                     "complete": manifest.complete, "created": manifest.created})
+                     "complete": manifest.complete, "KD vs live": _fidelity_text(folder),
+                     "created": manifest.created})
     return sorted(rows, key=lambda r: -r["created"])

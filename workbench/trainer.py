@@ -45,6 +45,7 @@ def training_arguments(config: DistillConfig, checkpoints_dir: Path, has_eval: b
         # Trainer refuses bf16 without a GPU unless told the CPU is meant (CPU autocast then does bf16).
         use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=t.gradient_checkpointing,
+        torch_compile=t.torch_compile,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps or None,

@@ -19,9 +19,10 @@ from workbench.strategies.base import Strategy
 
 
 def _unwrap(model):
-    """The model inside DDP / compile wrappers (forward still goes through the wrapper)."""
-    while hasattr(model, "module"):
-        model = model.module
+    """The model inside DDP (.module) and torch.compile (._orig_mod) wrappers; forward still goes
+    through the wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
     return model
 
 

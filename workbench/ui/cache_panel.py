@@ -9,7 +9,7 @@ from workbench.services import Services
 from workbench.teacher_cache import list_caches
 
 NONE = ("none: run the teacher live", "")
-COLUMNS = ["name", "teacher", "k", "blocks", "MB", "bytes/token", "mass kept", "complete"]
+COLUMNS = ["name", "teacher", "k", "blocks", "MB", "bytes/token", "mass kept", "KD vs live", "complete"]
 
 
 def cache_choices(services: Services) -> list[tuple[str, str]]:
@@ -26,7 +26,8 @@ def create_cache_panel(services: Services, value: str, visible: bool = True) -> 
     with gr.Accordion("Teacher cache: train from the teacher's stored top-k, without running it", open=False,
                       visible=visible) as panel:
         gr.Markdown(f"Build one for a config with `python -m workbench cache CONFIG.yaml {services.caches_dir}/NAME "
-                    "--k 32` (resumable). It must match this run's tokenizer and training data (source, "
+                    "--k 32 --fidelity 20` (resumable; `--fidelity N` also trains N steps live and from the cache and "
+                    "keeps the held-out KL difference, shown as *KD vs live*). It must match this run's tokenizer and training data (source, "
                     "sequence length, seed, max examples): launching refuses one that does not.")
         choice = gr.Dropdown(cache_choices(services), value=value or "", label="Teacher cache",
                              allow_custom_value=True)

@@ -1,0 +1,57 @@
+"""How much KD quality a teacher cache gives up: the same short run (same student, data, steps, seed)
+from the live teacher and from the cache, compared by the held-out KL(teacher || student) that each
+run's evaluation measures against the real teacher. The result is kept beside the cache
+(CACHE/fidelity.json) for the cache manager to show.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from workbench.config import DistillConfig
+from workbench.rundir import RunDir, write_json_atomic
+
+FIDELITY = "fidelity.json"
+
+
+def measure_fidelity(config: DistillConfig, cache: Path, steps: int = 20,
+                     echo: Callable[[str], None] | None = None) -> dict:
+    """Two runs of `steps` steps of `config` (its data must be the cache's: the cached run refuses
+    otherwise); returns and writes {"steps", "live_kl", "cached_kl", "relative", "live_s", "cached_s", ...}."""
+    from workbench.runner import run_training
+    say = echo or (lambda _message: None)
+    work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
+    try:
+        results = {}
+        for name, teacher_cache in (("live", None), ("cached", str(cache))):
+            run_config = config.replace(
+                loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache),
+                train=dataclasses.replace(config.train, max_steps=steps, save_steps=steps, eval_steps=0),
+                evaluation=dataclasses.replace(config.evaluation, at_end=True, speed=False, max_new_tokens=0),
+                output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))
+            start = time.perf_counter()
+            say(f"fidelity: {steps} steps from the {name} teacher")
+            run_training(run_config)
+            metrics = RunDir(work / name).read_evaluations()[-1]["metrics"]
+            results[name] = (metrics["forward_kl"], time.perf_counter() - start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (live_kl, live_s), (cached_kl, cached_s) = results["live"], results["cached"]
+    report = {"steps": steps, "live_kl": live_kl, "cached_kl": cached_kl, "relative": cached_kl / live_kl - 1,
+              "live_s": round(live_s, 1), "cached_s": round(cached_s, 1), "measured": time.time()}
+    write_json_atomic(Path(cache) / FIDELITY, report)
+    say(f"fidelity: held-out KL {cached_kl:.4f} from the cache vs {live_kl:.4f} live "
+        f"({100 * report['relative']:+.2f}%), {cached_s:.0f} s vs {live_s:.0f} s")
+    return report
+
+
+def read_fidelity(cache: Path) -> dict | None:
+    try:
+        return json.loads((Path(cache) / FIDELITY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
