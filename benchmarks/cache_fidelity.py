@@ -20,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from workbench.cache_fidelity import short_run  # noqa: E402
 from workbench.config import DistillConfig  # noqa: E402
 from workbench.data import tokenize_datasets  # noqa: E402
 from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.rundir import RunDir  # noqa: E402
 from workbench.run_models import load_teacher_fp32, student_tokenizer  # noqa: E402
-from workbench.runner import run_training  # noqa: E402
 from workbench.teacher_cache import build_cache  # noqa: E402
 
 
@@ -38,9 +37,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
-    overrides = [f"train.max_steps={args.steps}", f"data.max_examples={args.examples}", "data.max_eval_examples=8",
-                 "evaluation.speed=false", "evaluation.max_new_tokens=0", f"output.runs_dir={work}",
-                 f"train.save_steps={args.steps}"]
+    overrides = [f"data.max_examples={args.examples}", "data.max_eval_examples=8"]
     config = resolve_defaults(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml", overrides),
                               args.cache_dir)
     tokenizer = student_tokenizer(config)
@@ -56,14 +53,9 @@ def main() -> None:
     del teacher
     rows = []
     for name, cache in settings.items():
-        run_config = DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml",
-                                        overrides + [f"output.run_name={name}"]
-                                        + ([f"loss.teacher_cache={cache}"] if cache else []))
-        start = time.perf_counter()
-        run_training(resolve_defaults(run_config, args.cache_dir))
-        metrics = RunDir(work / name).read_evaluations()[-1]["metrics"]
+        metrics, seconds = short_run(config, work, name, cache, args.steps)
         rows.append({"teacher": name, "heldout_kl": metrics["forward_kl"], "student_ce": metrics["student_ce"],
-                     "seconds": round(time.perf_counter() - start, 1)})
+                     "seconds": round(seconds, 1)})
         live = rows[0]
         print(f"{name:>5}: held-out KL(teacher || student) {rows[-1]['heldout_kl']:.4f} "
               f"({100 * (rows[-1]['heldout_kl'] / live['heldout_kl'] - 1):+.2f}% vs live), student CE "

@@ -275,6 +275,7 @@ def test_api_key_problems_are_clear(tmp_path, other_student, prompts_file, monke
 def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_dir, other_student, prompts_file):
     import dataclasses
 
+    from workbench.generated_data import list_generated
     from workbench.services import Services
     from workbench.ui import generation_panel, runs_tab, setup_tab
     from workbench.ui.app import DEFAULT_CONFIG
@@ -288,7 +289,8 @@ def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_d
         assert "Launched `written`" in text and "writes 24 completions" in text, text
         assert services.jobs.wait("written", timeout=300)["state"] == "succeeded"
         assert runs_tab.jobs_table(services).loc[0, "progress"] == "100%"
-        choices = dict((path, label) for label, path in generation_panel.dataset_choices(services))
+        choices = dict((path, label) for label, path in generation_panel.dataset_choices(
+            list_generated(services.runs_dir)))
         path = str(services.runs_dir / "written" / "generated" / COMPLETIONS)
         assert path in choices and "24 rows" in choices[path]
         shown, stats, figure = generation_panel.dataset_view(services, path)

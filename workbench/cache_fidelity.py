@@ -19,26 +19,32 @@ from workbench.rundir import RunDir, write_json_atomic
 FIDELITY = "fidelity.json"
 
 
+def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str | None, steps: int) -> tuple[dict, float]:
+    """(evaluation metrics, seconds) of `steps` steps of `config` in WORK/NAME, from the live teacher
+    (teacher_cache None) or from a cache; the evaluation measures against the real teacher either way."""
+    from workbench.runner import run_training
+    run_config = config.replace(
+        loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache),
+        train=dataclasses.replace(config.train, max_steps=steps, save_steps=steps, eval_steps=0),
+        evaluation=dataclasses.replace(config.evaluation, at_end=True, speed=False, max_new_tokens=0),
+        output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))
+    start = time.perf_counter()
+    run_training(run_config)
+    return RunDir(Path(work) / name).read_evaluations()[-1]["metrics"], time.perf_counter() - start
+
+
 def measure_fidelity(config: DistillConfig, cache: Path, steps: int = 20,
                      echo: Callable[[str], None] | None = None) -> dict:
     """Two runs of `steps` steps of `config` (its data must be the cache's: the cached run refuses
     otherwise); returns and writes {"steps", "live_kl", "cached_kl", "relative", "live_s", "cached_s", ...}."""
-    from workbench.runner import run_training
     say = echo or (lambda _message: None)
     work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
     try:
         results = {}
         for name, teacher_cache in (("live", None), ("cached", str(cache))):
-            run_config = config.replace(
-                loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache),
-                train=dataclasses.replace(config.train, max_steps=steps, save_steps=steps, eval_steps=0),
-                evaluation=dataclasses.replace(config.evaluation, at_end=True, speed=False, max_new_tokens=0),
-                output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))
-            start = time.perf_counter()
             say(f"fidelity: {steps} steps from the {name} teacher")
-            run_training(run_config)
-            metrics = RunDir(work / name).read_evaluations()[-1]["metrics"]
-            results[name] = (metrics["forward_kl"], time.perf_counter() - start)
+            metrics, seconds = short_run(config, work, name, teacher_cache, steps)
+            results[name] = (metrics["forward_kl"], seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (live_kl, live_s), (cached_kl, cached_s) = results["live"], results["cached"]

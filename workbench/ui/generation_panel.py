@@ -10,7 +10,8 @@ import gradio as gr
 import pandas as pd
 
 from workbench.config import BACKENDS
-from workbench.generated_data import VIEW_COLUMNS, list_generated, length_stats, read_rows
+from workbench.generated_data import VIEW_COLUMNS, dataset_folders, length_stats, list_generated, read_rows
+from workbench.generation import COMPLETIONS, read_manifest
 from workbench.plots import completion_lengths
 from workbench.services import Services
 from workbench.ui.form import SetupForm
@@ -20,18 +21,24 @@ LIST_COLUMNS = ["name", "teacher", "backend", "rows", "of", "temperature", "comp
 VIEW_ROWS = 200
 
 
-def dataset_choices(services: Services) -> list[tuple[str, str]]:
-    return [GENERATE] + [(f"{d['name']} ({d['rows']} rows, {d['teacher']})", d["path"])
-                         for d in list_generated(services.runs_dir) if d["complete"]]
+def dataset_choices(found: list[dict]) -> list[tuple[str, str]]:
+    """Finished datasets of a listing (generated_data.list_generated) to train on, after "generate"."""
+    return [GENERATE] + [(f"{d['name']} ({d['rows']} rows, {d['teacher']})", d["path"]) for d in found if d["complete"]]
 
 
-def _every(services: Services) -> list[tuple[str, str]]:
-    return [(f"{d['name']} ({d['rows']}/{d['of']} rows)", d["path"]) for d in list_generated(services.runs_dir)]
+def _every(found: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{d['name']} ({d['rows']}/{d['of']} rows)", d["path"]) for d in found]
+
+
+def _table(found: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(found, columns=LIST_COLUMNS)
 
 
 def dataset_view(services: Services, path: str | None) -> tuple[pd.DataFrame, str, object]:
     """(first rows, statistics markdown, length histogram) of one dataset; only files the listing offers."""
-    known = {d["path"] for d in list_generated(services.runs_dir)}
+    # Which files the listing may offer; no need to count their rows as the listing does.
+    known = {str(folder / COMPLETIONS) for folder in dataset_folders(services.runs_dir)
+             if read_manifest(folder) is not None and (folder / COMPLETIONS).is_file()}
     if not path or path not in known:
         return pd.DataFrame(columns=VIEW_COLUMNS), "Pick a dataset to look at.", None
     frame, truncated = read_rows(path)
@@ -88,11 +95,11 @@ def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple
     """The teacher-written datasets: a viewer, and the choice of one as generation.dataset."""
     with gr.Accordion("Teacher-written datasets: look at one, or train on it instead of generating",
                       open=False, visible=visible) as panel:
-        choice = gr.Dropdown(dataset_choices(services), value=value or "", label="Train on", allow_custom_value=True)
-        table = gr.Dataframe(pd.DataFrame(list_generated(services.runs_dir), columns=LIST_COLUMNS),
-                             label=f"Datasets in {services.runs_dir}", interactive=False)
+        found = list_generated(services.runs_dir)  # one scan (it counts every file's rows) serves all three
+        choice = gr.Dropdown(dataset_choices(found), value=value or "", label="Train on", allow_custom_value=True)
+        table = gr.Dataframe(_table(found), label=f"Datasets in {services.runs_dir}", interactive=False)
         with gr.Row():
-            look = gr.Dropdown(_every(services), value=None, label="Look at", info="finished or still being written")
+            look = gr.Dropdown(_every(found), value=None, label="Look at", info="finished or still being written")
             refresh = gr.Button("Refresh", size="sm")
         stats = gr.Markdown()
         lengths = gr.Plot(label="Lengths")
@@ -100,9 +107,9 @@ def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple
                             wrap=True)
 
     def on_refresh(chosen):
-        choices = dataset_choices(services)
-        return (gr.Dropdown(choices=choices, value=chosen), gr.Dropdown(choices=_every(services)),
-                pd.DataFrame(list_generated(services.runs_dir), columns=LIST_COLUMNS))
+        found = list_generated(services.runs_dir)
+        return (gr.Dropdown(choices=dataset_choices(found), value=chosen), gr.Dropdown(choices=_every(found)),
+                _table(found))
 
     refresh.click(on_refresh, choice, [choice, look, table])
     look.change(lambda path: dataset_view(services, path), look, [rows, stats, lengths])
