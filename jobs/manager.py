@@ -31,13 +31,18 @@ class _Live:
     process: WorkerProcess
 
 
+def _number(value) -> float | None:
+    """A number read from a status file, or None for anything else (a damaged file may hold any JSON)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with open(run.file(LOG), "rb") as fh:
             fh.seek(0, 2)
             fh.seek(max(0, fh.tell() - 64 * 1024))
             text = fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:  # no log yet, or something that is not a file in its place
         return ""
     return "\n".join(text.splitlines()[-lines:])
 
@@ -135,7 +140,8 @@ class JobManager:
                 rows.append({**status, "run_id": run.path.name, "state": state, "live": live is not None,
                              "queue_position": self._queue.index(run.path.name) + 1
                              if run.path.name in self._queue else None})
-            return sorted(rows, key=lambda r: r.get("queued_at") or r.get("started") or 0, reverse=True)
+            return sorted(rows, key=lambda r: _number(r.get("queued_at")) or _number(r.get("started")) or 0,
+                          reverse=True)
 
     def log(self, run_id: str, lines: int = LOG_TAIL_LINES) -> str:
         """The end of a job's worker.log."""
@@ -228,15 +234,17 @@ class JobManager:
         for run in self._run_dirs():
             status = run.read_status()
             state = status.get("state")
+            if state == "unknown":
+                continue  # a damaged status: listed with its reason, never signalled or restarted
             process = WorkerProcess.read(run)
-            if process is None and state in ("starting", "running") and "pid" in status:
+            if process is None and state in ("starting", "running") and _number(status.get("pid")):
                 # Started outside a job manager (the CLI): known by the pid its runner recorded.
-                process = WorkerProcess(int(status["pid"]), float(status.get("pid_started", 0)))
+                process = WorkerProcess(int(status["pid"]), _number(status.get("pid_started")) or 0.0)
             if process is not None and (process.alive() or state not in FINAL_STATES):
                 self._live[run.path.name] = _Live(run, process)
             elif process is not None:
                 run.file(WORKER).unlink(missing_ok=True)
             elif state == "queued":
-                queued.append((status.get("queued_at", 0), run.path.name))
+                queued.append((_number(status.get("queued_at")) or 0, run.path.name))
         self._queue = [run_id for _, run_id in sorted(queued)]
         self.poll()

@@ -5,7 +5,6 @@ may belong to an unrelated process, which must be neither shown as our job nor s
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from workbench.rundir import WORKER, RunDir, write_json_atomic
+from workbench.rundir import WORKER, RunDir, read_json, write_json_atomic
 
 # psutil's create_time is rounded to clock ticks; two readings of the same process agree to this.
 _START_TOLERANCE_S = 0.05
@@ -38,11 +37,13 @@ class WorkerProcess:
 
     @classmethod
     def read(cls, run: RunDir) -> "WorkerProcess | None":
+        data, _ = read_json(run.file(WORKER))
         try:
-            data = json.loads(run.file(WORKER).read_text(encoding="utf-8"))
-            return cls(int(data["pid"]), float(data["started"]), data.get("argv", []), data.get("cancel_requested"))
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
+            cancel = data.get("cancel_requested")
+            return cls(int(data["pid"]), float(data["started"]), list(data.get("argv") or []),
+                       None if cancel is None else float(cancel))
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            return None  # no record, or a damaged one: no process is known
 
     def write(self, run: RunDir) -> None:
         write_json_atomic(run.file(WORKER), {"pid": self.pid, "started": self.started, "argv": self.argv,
@@ -54,7 +55,7 @@ class WorkerProcess:
             if abs(proc.create_time() - self.started) > _START_TOLERANCE_S:
                 return None  # the pid was reused
             return proc
-        except psutil.NoSuchProcess:
+        except (psutil.Error, ValueError, OverflowError):  # gone, or a pid no process can have (damaged file)
             return None
 
     def alive(self) -> bool:

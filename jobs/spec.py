@@ -2,14 +2,13 @@
 The run directory layout itself is the contract in workbench/rundir.py."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
-from workbench.rundir import SPEC, RunDir, write_json_atomic
+from workbench.rundir import SPEC, RunDir, read_json, write_json_atomic
 
 MAX_PROCESSES = 64
 
@@ -47,7 +46,15 @@ class JobSpec:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "JobSpec":
-        data = json.loads(RunDir(run_dir).file(SPEC).read_text(encoding="utf-8"))
+        """The spec a job was submitted with; ConfigError (field spec.json) if it is missing or damaged."""
+        data, problem = read_json(RunDir(run_dir).file(SPEC))
+        if data is None:
+            raise ConfigError([("spec.json", problem or f"no job spec in {run_dir}")])
+        if not isinstance(data.get("config"), dict):
+            raise ConfigError([("spec.json", "holds no config")])
         data["config"] = DistillConfig.from_dict(data["config"])
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        try:
+            return cls(**known).validate()
+        except TypeError as err:
+            raise ConfigError([("spec.json", f"is damaged: {err}")]) from None

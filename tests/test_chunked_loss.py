@@ -115,3 +115,43 @@ def test_chunked_with_cached_teacher_rows_equals_the_plain_sparse_loss(divergenc
         assert fused[key].item() == pytest.approx(plain[key].item(), abs=1e-5), key
     for a, b in zip(grads(plain, hs, ws), grads(fused, hs, ws)):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("teacher", ["live", "cached"])
+def test_alpha_edges_train_through_the_fused_loss(alpha, teacher):
+    """Pure KD (alpha 0) and pure CE (alpha 1) with a teacher present: the loss carries gradients, equal
+    to the plain loss's, and is exactly the one term."""
+    from workbench.losses import ce_loss, sparse_kd_loss
+    from workbench.teacher_cache import top_k_logprobs
+    spec = LossSpec(alpha=alpha, temperature=2.0)
+    hs, ws, _, ht, wt, labels = case(seed=5)
+    if teacher == "live":
+        plain = distill_loss(hs @ ws.T, ht @ wt.T, labels, spec)
+        fused = fused_distill_loss(hs, ws, labels, spec, ht, wt, chunk=8)
+    else:
+        rows = top_k_logprobs(ht @ wt.T, 6)
+        logits = hs @ ws.T
+        term = ce_loss(logits, labels) if alpha == 1 else sparse_kd_loss(logits, *rows, labels, "forward_kl", 2.0)
+        plain = {"loss": term}
+        fused = fused_distill_loss(hs, ws, labels, spec, teacher_rows=rows, chunk=8)
+    assert fused["loss"].requires_grad
+    assert fused["loss"].item() == pytest.approx(fused["ce" if alpha == 1 else "kd"].item())
+    assert fused["loss"].item() == pytest.approx(plain["loss"].item(), abs=1e-5)
+    for a, b in zip(grads(plain, hs, ws), grads(fused, hs, ws)):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_non_finite_teacher_at_ignored_positions_leaves_gradients_finite(divergence):
+    spec = LossSpec(divergence=divergence, alpha=0.3, temperature=2.0)
+    hs, ws, _, ht, wt, labels = case(seed=6)
+    masked = labels == -100
+    bad = ht.clone()
+    bad[masked.nonzero()[0, 0]] = float("nan")  # NaN teacher hidden state: a whole NaN logit row
+    clean = fused_distill_loss(hs, ws, labels, spec, ht, wt, chunk=5)
+    poisoned = fused_distill_loss(hs, ws, labels, spec, bad, wt, chunk=5)
+    assert poisoned["loss"].item() == clean["loss"].item()
+    (g_clean,), (g_bad,) = torch.autograd.grad(clean["loss"], [hs]), torch.autograd.grad(poisoned["loss"], [hs])
+    assert torch.isfinite(g_bad).all() and (g_bad[masked] == 0).all()
+    assert torch.equal(g_bad, g_clean)

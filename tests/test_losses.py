@@ -298,3 +298,56 @@ def test_kd_vocab_slices_padding_rows_for_kd_but_not_ce():
     assert torch.allclose(out["ce"], ce_loss(student, labels))
     with pytest.raises(ValueError):
         distill_loss(student, teacher_padded, labels, spec)
+
+
+# ---------------------------------------------------------------- non-finite inputs
+
+@pytest.mark.parametrize("name", list(losses.DIVERGENCES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_teacher_logits_at_ignored_positions_add_exactly_zero(st, name, bad):
+    """A teacher logit that is NaN or inf where labels are -100 (a padded row, a prompt token) changes
+    neither the loss nor any gradient, and the ignored positions' gradient is exactly 0."""
+    s, t = st
+    labels = torch.tensor([[1, 2, -100], [0, -100, 4]])
+    masked = labels == -100
+    poisoned = t.clone()
+    poisoned[0, 2, 1] = bad
+    poisoned[1, 1] = bad
+    spec = LossSpec(divergence=name, alpha=0.3, temperature=2.0)
+    clean_leaf, leaf = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    clean, out = distill_loss(clean_leaf, t, labels, spec), distill_loss(leaf, poisoned, labels, spec)
+    out["loss"].backward()
+    clean["loss"].backward()
+    for key in out:
+        assert out[key].item() == clean[key].item(), key
+    assert torch.isfinite(leaf.grad).all()
+    assert (leaf.grad[masked] == 0).all()
+    assert torch.equal(leaf.grad, clean_leaf.grad)
+
+
+@pytest.mark.parametrize("name", list(losses.DIVERGENCES))
+def test_tokens_without_mass_add_zero_and_no_nan(name):
+    """A logit of -inf is a token with no mass (an empty bucket): where both models give it none the
+    divergence is that of the other tokens, with finite gradients; identical inputs still give 0."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    s_empty, t_empty = torch.cat([s, torch.full((4, 1), float("-inf"))], -1), torch.cat(
+        [t, torch.full((4, 1), float("-inf"))], -1)
+    leaf = s_empty.clone().requires_grad_(True)
+    value = losses.DIVERGENCES[name](leaf, t_empty, 2.0)
+    close(value, losses.DIVERGENCES[name](s, t, 2.0))
+    value.sum().backward()
+    assert torch.isfinite(leaf.grad).all()
+    same = losses.DIVERGENCES[name](s_empty, t_empty.clone().copy_(s_empty), 2.0)
+    close(same, torch.zeros(4))
+
+
+@pytest.mark.parametrize("name", list(losses.DIVERGENCES))
+def test_a_nan_teacher_at_a_target_position_gives_nan_not_zero(st, name):
+    """Zero mass (-inf) adds nothing, but NaN is not zero mass: it must reach the loss, where the trainer
+    stops the run (or skips the step) instead of training on a silently zero KD term."""
+    s, t = st
+    labels = torch.tensor([[1, 2, 3], [0, 3, 4]])
+    bad = t.clone()
+    bad[0, 1] = float("nan")
+    assert torch.isnan(kd_loss(s, bad, labels, name, 2.0))

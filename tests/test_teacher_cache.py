@@ -65,8 +65,10 @@ def test_a_stopped_build_resumes_and_mismatches_are_refused(teacher, tokenizer, 
 
 
 @pytest.mark.parametrize("divergence", DIVERGENCES)
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 2.5, 10.0, 100.0])
 def test_sparse_kd_with_k_equal_to_the_vocabulary_is_dense_kd(divergence, temperature):
+    """Exact at every temperature the config allows: the empty tail holds no mass on either side
+    (a floored log-mass re-softened by T would get some: 4e-2 relative error at T = 100)."""
     g = torch.Generator().manual_seed(0)
     student = (torch.randn(3, 5, 40, generator=g) * 2).requires_grad_(True)
     teacher = torch.randn(3, 5, 40, generator=g) * 2
@@ -74,11 +76,15 @@ def test_sparse_kd_with_k_equal_to_the_vocabulary_is_dense_kd(divergence, temper
     labels[0, :2] = -100
     top_logp, top_ids, tail = top_k_logprobs(teacher, 40)
     dense = kd_loss(student, teacher, labels, divergence, temperature, 0.3, 0.2)
+    assert torch.isneginf(tail).all()
     sparse = sparse_kd_loss(student, top_logp, top_ids, tail, labels, divergence, temperature, 0.3, 0.2)
-    assert sparse.item() == pytest.approx(dense.item(), abs=1e-5)
+    # At T = 100 float32 rounding of x / T leaves both paths ~3e-5 from the float64 value.
+    rel = 1e-4 if temperature >= 100 else 2e-5
+    assert sparse.item() == pytest.approx(dense.item(), rel=rel, abs=1e-7)
     (g_dense,) = torch.autograd.grad(dense, student)
     (g_sparse,) = torch.autograd.grad(sparse, student)
-    assert torch.allclose(g_sparse, g_dense, atol=1e-5)
+    assert torch.isfinite(g_sparse).all()
+    torch.testing.assert_close(g_sparse, g_dense, rtol=10 * rel, atol=1e-6)
 
 
 def test_sparse_kd_with_a_small_k_keeps_the_tail_as_one_bucket():

@@ -47,7 +47,7 @@ def test_every_form_field_is_bound_to_its_own_component(services):
     show that field's start value."""
     data = DistillConfig.load(DEFAULT_CONFIG).to_dict()
     data["loss"].update(alpha=0.3, beta=0.6, temperature=2.0)
-    data["train"].update(max_steps=123, batch_size=5, seq_len=77, lr=0.002)
+    data["train"].update(max_steps=123, batch_size=5, seq_len=77, lr=0.002, on_nonfinite="skip")
     data["generation"].update(temperature=0.8, top_p=0.9, max_new_tokens=99, samples_per_prompt=3, concurrency=4,
                               seed=7, max_prompts=11, prompt_column="instruction", api_key_env="MY_KEY",
                               api_base_url="http://127.0.0.1:9/v1", api_model="m")

@@ -17,14 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses import DIVERGENCES, IGNORE_INDEX, KL_TYPE, combine, sparse_kd_loss
+from workbench.losses import IGNORE_INDEX, KL_TYPE, combine, divergence_per_position, sparse_kd_loss
 
 DEFAULT_CHUNK = 128
-
-
-def _knobs(spec) -> dict:
-    return {"jsd": {"beta": spec.beta}, "skew_kl": {"skew_lambda": spec.skew_lambda},
-            "skew_reverse_kl": {"skew_lambda": spec.skew_lambda}}.get(spec.divergence, {})
 
 
 class _LiveTeacher:
@@ -35,8 +30,8 @@ class _LiveTeacher:
 
     def kd_sum(self, s_logits: Tensor, rows: slice, labels: Tensor, spec) -> Tensor:
         t_logits = F.linear(self.hidden[rows], self.weight, self.bias).float()
-        per_position = DIVERGENCES[spec.divergence](s_logits[:, :self.kd_vocab], t_logits[:, :self.kd_vocab],
-                                                    spec.temperature, **_knobs(spec))
+        per_position = divergence_per_position(s_logits[:, :self.kd_vocab], t_logits[:, :self.kd_vocab], labels,
+                                               spec.divergence, spec.temperature, spec.beta, spec.skew_lambda)
         kd = torch.where(labels != IGNORE_INDEX, per_position, torch.zeros((), device=per_position.device)).sum()
         return kd * spec.temperature ** 2 if spec.divergence in KL_TYPE else kd
 
@@ -96,9 +91,10 @@ class _FusedDistill(torch.autograd.Function):
         ce_mean = ce_total / count
         kd_mean = ce_mean.new_zeros(()) if kd_total is None else kd_total / count
         ctx.mark_non_differentiable(ce_mean, kd_mean)
-        if kd_total is None:
-            return ce_mean.clone(), ce_mean, kd_mean
-        return combine(ce_mean, kd_mean, alpha), ce_mean, kd_mean
+        # The loss must be a tensor of its own: at alpha 0 or 1 (and without a teacher) combine returns one
+        # of the two terms, which mark_non_differentiable has just cut from the graph.
+        loss = ce_mean if kd_total is None else combine(ce_mean, kd_mean, alpha)
+        return loss.clone(), ce_mean, kd_mean
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kd):

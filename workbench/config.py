@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from workbench.configbase import (ConfigError, apply_overrides, check_fields, dump, from_dict, knob,
-                                  load_mapping, to_dict)
+                                  load_mapping, show, to_dict)
+from workbench.paths import path_problem
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
@@ -24,6 +25,11 @@ BACKENDS = ("local", "openai")
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+NONFINITE = ("stop", "skip")
+# Fields that may name a file or folder: each must be a path the system can look up (paths.path_problem).
+PATH_FIELDS = ("teacher.name_or_path", "student.name_or_path", "teacher.gguf_file", "student.gguf_file", "data.source",
+               "data.validation_source", "generation.prompts", "generation.dataset", "loss.teacher_cache",
+               "output.runs_dir", "output.run_name")
 
 
 @dataclass
@@ -39,7 +45,7 @@ class ModelSpec:
 class LoraSpec:
     enabled: bool = knob(False, "Train low-rank adapters instead of all student weights (peft)")
     r: int = knob(16, "Adapter rank", low=1, high=1024)
-    alpha: float = knob(32.0, "Adapter scaling numerator (lora_alpha)", low=0, low_open=True)
+    alpha: float = knob(32.0, "Adapter scaling numerator (lora_alpha)", low=0, high=1e6, low_open=True)
     dropout: float = knob(0.05, "Dropout on the adapter input", low=0, high=1, high_open=True)
     target_modules: list[str] = knob(help="Module names to adapt, or all-linear",
                                      default_factory=lambda: ["all-linear"])
@@ -67,9 +73,11 @@ class DataSpec:
     messages_column: str = knob("messages", "Column holding chat messages [{role, content}], for format chat")
     packing: bool = knob(True, "Concatenate documents into full seq_len blocks (general distillation); "
                                "off = one padded example per row with label masks (task data)")
-    max_examples: int | None = knob(None, "Use at most this many training rows", low=1)
-    max_eval_examples: int | None = knob(256, "Evaluate on at most this many held-out blocks/rows", low=1)
-    max_file_mb: float = knob(1024.0, "Refuse local files larger than this many MiB", low=0, low_open=True)
+    max_examples: int | None = knob(None, "Use at most this many training rows", low=1, high=2**31 - 1)
+    max_eval_examples: int | None = knob(256, "Evaluate on at most this many held-out blocks/rows", low=1,
+                                         high=2**31 - 1)
+    max_file_mb: float = knob(1024.0, "Refuse local files larger than this many MiB", low=0, high=10_000_000,
+                              low_open=True)
 
 
 @dataclass
@@ -98,10 +106,10 @@ class TrainSpec:
     batch_size: int = knob(8, "Sequences per device per micro-batch", low=1, high=65536)
     grad_accum: int = knob(1, "Micro-batches accumulated per optimizer step", low=1, high=4096)
     lr: float = knob(5e-5, "Peak learning rate", low=0, high=1, low_open=True)
-    warmup_steps: int = knob(0, "Linear warm-up steps", low=0)
+    warmup_steps: int = knob(0, "Linear warm-up steps", low=0, high=10_000_000)
     lr_scheduler: str = knob("cosine", "Learning-rate schedule after warm-up", choices=SCHEDULERS)
     weight_decay: float = knob(0.0, "AdamW weight decay", low=0, high=1)
-    max_grad_norm: float = knob(1.0, "Gradient clipping norm (0 = off)", low=0)
+    max_grad_norm: float = knob(1.0, "Gradient clipping norm (0 = off)", low=0, high=1e6)
     seq_len: int = knob(256, "Tokens per sequence", low=8, high=131072)
     seed: int = knob(42, "Seed for data order, initialisation and sampling", low=0, high=2**32 - 1)
     bf16: str = knob("auto", "bf16 mixed precision: auto = on where the GPU supports it, off on CPU",
@@ -109,10 +117,18 @@ class TrainSpec:
     gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory")
     torch_compile: bool = knob(False, "Compile the student with torch.compile: the first steps are slower while it "
                                       "compiles; it can pay on long runs (benchmarks/compile_steps.py measures it)")
-    logging_steps: int = knob(10, "Log metrics every N steps", low=1)
-    eval_steps: int = knob(0, "Evaluate on held-out data every N steps (0 = only at the end)", low=0)
-    save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1)
-    save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1)
+    logging_steps: int = knob(10, "Log metrics every N steps", low=1, high=10_000_000)
+    eval_steps: int = knob(0, "Evaluate on held-out data every N steps (0 = only at the end)", low=0,
+                           high=10_000_000)
+    save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1, high=10_000_000)
+    save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1, high=10_000)
+    on_nonfinite: str = knob("stop", "A step whose loss, a loss term or the gradient is NaN or inf: stop = the run "
+                                     "fails naming the step and the term, before the update (checkpoints stay "
+                                     "finite and resume continues from the last); skip = the step makes no "
+                                     "update and is counted (nonfinite_skipped in the metrics)",
+                             choices=NONFINITE)
+    max_skipped_steps: int = knob(10, "With on_nonfinite skip: the run fails once more steps than this were skipped",
+                                  low=0, high=10_000_000)
 
 
 @dataclass
@@ -124,7 +140,7 @@ class GenerationSpec:
                                                 "project:instructions (the project's own 120 instructions)")
     prompt_column: str = knob("prompt", "Column holding the prompt text (a messages column is used when present)")
     split: str = knob("train", "Split of a hub prompt dataset")
-    max_prompts: int | None = knob(None, "Answer at most this many prompts", low=1)
+    max_prompts: int | None = knob(None, "Answer at most this many prompts", low=1, high=10_000_000)
     backend: str = knob("local", "local = the teacher checkpoint generates here; openai = any OpenAI-compatible "
                                  "chat-completions endpoint (a black-box teacher)", choices=BACKENDS)
     api_base_url: str = knob("", "Endpoint base URL for the openai backend, e.g. http://127.0.0.1:8000/v1")
@@ -149,7 +165,8 @@ class GenerationSpec:
 def parse_pair(text: str) -> tuple[int, int] | None:
     """'1:3' -> (1, 3): student layer 1 matched with teacher layer 3; None if malformed."""
     parts = str(text).split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    # ASCII digits only: '²'.isdigit() is true, and int('²') raises.
+    if len(parts) != 2 or not all(re.fullmatch(r"[0-9]{1,6}", p.strip()) for p in parts):
         return None
     return int(parts[0]), int(parts[1])
 
@@ -163,7 +180,8 @@ class CoDistillSpec:
                              low_open=True)
     alpha_start: float = knob(1.0, "The student's CE weight at step 0", low=0, high=1)
     alpha_end: float = knob(0.5, "The student's CE weight once the warm-up is over", low=0, high=1)
-    alpha_warmup_steps: int = knob(100, "Steps over which α moves from alpha_start to alpha_end", low=0)
+    alpha_warmup_steps: int = knob(100, "Steps over which α moves from alpha_start to alpha_end", low=0,
+                                   high=10_000_000)
     alpha_schedule: str = knob("linear", "Shape of α's move", choices=SCHEDULES)
     mutual: bool = knob(False, "Deep mutual learning: the teacher also learns from the student's soft labels")
     mutual_weight: float = knob(0.5, "Weight of the teacher's KD term from the student, in mutual mode", low=0,
@@ -248,7 +266,7 @@ class DistillConfig:
         if self.output.run_name is not None and (not self.output.run_name.strip()
                                                  or any(c in self.output.run_name for c in "/\\")
                                                  or self.output.run_name in (".", "..")):
-            problems.append(("output.run_name", f"{self.output.run_name!r} must be a plain folder name"))
+            problems.append(("output.run_name", f"{show(self.output.run_name)} must be a plain folder name"))
         if self.strategy in ("co_distillation", "hidden_state") and self.student.lora.enabled:
             problems.append(("student.lora.enabled", f"{self.strategy} trains other weights beside the student, "
                                                      "which LoRA runs do not support yet; turn LoRA off"))
@@ -258,8 +276,14 @@ class DistillConfig:
         for section in ("hidden", "attention"):
             for i, pair in enumerate(getattr(self, section).layer_map):
                 if parse_pair(pair) is None:
-                    problems.append((f"{section}.layer_map[{i}]", f"{pair!r} must be STUDENT:TEACHER layer "
+                    problems.append((f"{section}.layer_map[{i}]", f"{show(pair)} must be STUDENT:TEACHER layer "
                                                                   "numbers, e.g. 1:3"))
+        named = {name for name, _ in problems}
+        for name in PATH_FIELDS:
+            section, key = name.split(".")
+            value = getattr(getattr(self, section), key)
+            if name not in named and isinstance(value, str) and (problem := path_problem(value)):
+                problems.append((name, problem))
         if problems:
             raise ConfigError(problems)
         return self
@@ -280,9 +304,15 @@ class DistillConfig:
             problems.append(("generation.dataset", "is empty; name a completions file or leave it unset"))
         if g.dataset or g.backend == "local":
             return problems
-        url = urlsplit(g.api_base_url.strip())
+        try:
+            url = urlsplit(g.api_base_url.strip())
+            url.port  # noqa: B018 - a port that is not a number raises here, not later in the client
+        except ValueError:
+            problems.append(("generation.api_base_url", f"{show(g.api_base_url)} is not a URL, e.g. "
+                                                        "http://127.0.0.1:8000/v1"))
+            return problems
         if url.scheme not in ("http", "https") or not url.hostname:
-            problems.append(("generation.api_base_url", f"{g.api_base_url!r} must be an http(s) URL, e.g. "
+            problems.append(("generation.api_base_url", f"{show(g.api_base_url)} must be an http(s) URL, e.g. "
                                                         "http://127.0.0.1:8000/v1"))
         elif url.username or url.password or url.query:
             # The URL is written into every row's provenance: a credential in it would be stored.

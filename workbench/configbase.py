@@ -7,14 +7,21 @@ The concrete sections live in workbench/config.py; nothing here knows about dist
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+MAX_TEXT = 4096       # characters in one text field (a path, an id, a prompt): PATH_MAX on Linux
+MAX_ITEMS = 1024      # items in one list field
+MAX_FILE_BYTES = 8 * 2**20  # a config file bigger than this is not a config
+_INT64 = 2**63
 
 
 class ConfigError(ValueError):
@@ -25,6 +32,15 @@ class ConfigError(ValueError):
         self.field = problems[0][0]
         lines = [f"{name}: {msg}" for name, msg in problems]
         super().__init__("invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid config: " + lines[0])
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """repr of a value for an error message, cut to `limit` characters: a 10 MB string pasted into a field
+    must not come back in the message."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def knob(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
@@ -59,6 +75,19 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _text_problem(value: str) -> str | None:
+    """Why a text cannot be a config value, or None: too long, a NUL byte, not encodable as UTF-8."""
+    if len(value) > MAX_TEXT:
+        return f"is {len(value):,} characters long; at most {MAX_TEXT:,} are allowed"
+    if "\x00" in value:
+        return "contains a NUL byte"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Convert a YAML/JSON scalar to the declared type, or raise ConfigError naming the field."""
     base, optional = _strip_optional(tp)
@@ -70,38 +99,48 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, base):
             return value
         if not isinstance(value, dict):
-            raise ConfigError([(path, f"expected a mapping of {base.__name__} fields, got {value!r}")])
+            raise ConfigError([(path, f"expected a mapping of {base.__name__} fields, got {show(value)}")])
         return from_dict(base, value, prefix=path + ".")
     if typing.get_origin(base) is list:
         item_tp = typing.get_args(base)[0]
         if isinstance(value, str):
+            if _text_problem(value):
+                raise ConfigError([(path, _text_problem(value))])
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError([(path, f"expected a list, got {value!r}")])
+            raise ConfigError([(path, f"expected a list, got {show(value)}")])
+        if len(value) > MAX_ITEMS:
+            raise ConfigError([(path, f"has {len(value):,} items; at most {MAX_ITEMS:,} are allowed")])
         return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError([(path, f"expected true or false, got {value!r}")])
+        raise ConfigError([(path, f"expected true or false, got {show(value)}")])
     if base is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError([(path, f"expected an integer, got {value!r}")])
+            raise ConfigError([(path, f"expected an integer, got {show(value)}")])
         try:
             return int(value)
-        except ValueError:
-            raise ConfigError([(path, f"expected an integer, got {value!r}")]) from None
+        except ValueError:  # also a string of more digits than Python converts
+            raise ConfigError([(path, f"expected an integer, got {show(value)}")]) from None
     if base is float:
         # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number the user meant.
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError([(path, f"expected a number, got {value!r}")])
+            raise ConfigError([(path, f"expected a number, got {show(value)}")])
         try:
             return float(value)
         except ValueError:
-            raise ConfigError([(path, f"expected a number, got {value!r}")]) from None
+            raise ConfigError([(path, f"expected a number, got {show(value)}")]) from None
+        except OverflowError:  # an integer beyond the float range, e.g. 10**400
+            raise ConfigError([(path, f"{show(value)} is too large for a number")]) from None
     if base is str:
-        if isinstance(value, (dict, list, bool)):
-            raise ConfigError([(path, f"expected text, got {value!r}")])
-        return str(value)
+        # Numbers and dates are what YAML makes of a bare 123 or 2024-01-01; anything else is no text.
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
+            raise ConfigError([(path, f"expected text, got {show(value)}")])
+        text = value if isinstance(value, str) else str(value)
+        if _text_problem(text):
+            raise ConfigError([(path, _text_problem(text))])
+        return text
     return value
 
 
@@ -115,9 +154,10 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            name = str(key)[:80]
+            close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
-            problems.append((f"{prefix}{key}", "unknown key" + hint))
+            problems.append((f"{prefix}{name}", "unknown key" + hint))
             continue
         choices = fields[key].metadata.get("choices") or ()
         if isinstance(value, bool) and {"on", "off"} <= set(choices):
@@ -141,17 +181,30 @@ def check_fields(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
             problems.extend(check_fields(value, path + "."))
             continue
         meta = f.metadata
+        texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+            if isinstance(value, list) else []
+        problem = next((p for p in map(_text_problem, texts) if p), None)
+        if problem:
+            problems.append((path, problem))
+            continue
         if value is None or not meta:
             continue
         if meta.get("choices") and value not in meta["choices"]:
-            problems.append((path, f"{value!r} is not allowed; allowed: {describe_range(meta)}"))
+            problems.append((path, f"{show(value)} is not allowed; allowed: {describe_range(meta)}"))
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append((path, f"{value!r} is not a number this field can take; give a finite number"
+                                   + (f" {describe_range(meta)}" if describe_range(meta) else "")))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            problems.append((path, f"{show(value)} is too large; allowed: {describe_range(meta) or 'a 64-bit integer'}"))
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high = meta.get("low"), meta.get("high")
             too_low = low is not None and (value <= low if meta["low_open"] else value < low)
             too_high = high is not None and (value >= high if meta["high_open"] else value > high)
             if too_low or too_high:
-                problems.append((path, f"{value!r} is out of range; allowed: {describe_range(meta)}"))
+                problems.append((path, f"{show(value)} is out of range; allowed: {describe_range(meta)}"))
     return problems
 
 
@@ -173,13 +226,24 @@ def dump(obj: Any, path: str | Path) -> Path:
 def load_mapping(path: str | Path) -> dict:
     """Read a YAML or JSON file into a dict, with an error that names the file on bad syntax."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([("config", f"file not found: {path}")])
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError([("config", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}")]) from None
+        if not path.is_file():
+            raise ConfigError([("config", f"file not found: {path}")])
+        raw = path.read_bytes()[:MAX_FILE_BYTES + 1]
+    except OSError as err:
+        raise ConfigError([("config", f"cannot read {path}: {err.strerror or err}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([("config", f"{path} is over {MAX_FILE_BYTES // 2**20} MiB: not a config file")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError([("config", f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                                      f"{err.start}); save it as UTF-8")]) from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        data = parse_text(text, kind)
+    except ValueError as err:
+        raise ConfigError([("config", f"{path} is not valid {kind}: {err}")]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -187,15 +251,34 @@ def load_mapping(path: str | Path) -> dict:
     return data
 
 
+def parse_text(text: str, kind: str = "YAML") -> Any:
+    """JSON or YAML (safe: plain data only) -> Python data; ValueError with the parser's reason for
+    anything that is not. Every parser failure is one type here: PyYAML raises several (scanner,
+    constructor, reader errors, ValueError for `!!float nope`), and nesting too deep for the parser
+    raises RecursionError."""
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, AttributeError) as err:
+        raise ValueError(str(err)[:300]) from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, as the CLI's --set does."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError([(item, "an override must look like section.key=value")])
+            raise ConfigError([(show(item, 60), "an override must look like section.key=value")])
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError([(show(key, 60), "an override must look like section.key=value")])
+        try:
+            value = parse_text(raw) if raw.strip() else ""
+        except ValueError as err:
+            raise ConfigError([(key.strip(), f"{show(raw, 60)} is not a value YAML can read ({err}); quote text "
+                                             "that has special characters")]) from None
+        node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -24,18 +24,24 @@ def list_generated(runs_dir: Path) -> list[dict]:
     """Every folder holding completions and a manifest, newest first, with what choosing one needs."""
     out = []
     for folder in dataset_folders(runs_dir):
-        manifest = read_manifest(folder)
-        path = folder / COMPLETIONS
-        if manifest is None or not path.is_file():
+        try:
+            out.append(_dataset_row(folder))
+        except Exception:  # noqa: BLE001 - a damaged dataset is left out; the others are listed
             continue
-        settings = manifest.get("settings", {})
-        name = folder.parent.name if folder.name == GENERATED else folder.name
-        out.append({"name": name, "path": str(path), "teacher": settings.get("teacher"),
-                    "backend": settings.get("backend"), "rows": _count_rows(path),
-                    "of": manifest.get("rows_total"), "temperature": settings.get("temperature"),
-                    "complete": bool(manifest.get("complete")), "MB": round(path.stat().st_size / 2**20, 3),
-                    "started": manifest.get("started", 0)})
-    return sorted(out, key=lambda r: -r["started"])
+    return sorted((r for r in out if r is not None), key=lambda r: -r["started"])
+
+
+def _dataset_row(folder: Path) -> dict | None:
+    manifest = read_manifest(folder)
+    path = folder / COMPLETIONS
+    if not isinstance(manifest, dict) or not path.is_file():
+        return None
+    settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
+    name = folder.parent.name if folder.name == GENERATED else folder.name
+    return {"name": name, "path": str(path), "teacher": settings.get("teacher"), "backend": settings.get("backend"),
+            "rows": _count_rows(path), "of": manifest.get("rows_total"), "temperature": settings.get("temperature"),
+            "complete": bool(manifest.get("complete")), "MB": round(path.stat().st_size / 2**20, 3),
+            "started": float(manifest.get("started", 0))}
 
 
 def _count_rows(path: Path) -> int:

@@ -15,7 +15,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, TRAINER_STATE, RunDir, is_run_dir
+from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, TRAINER_STATE, RunDir, dumps, is_run_dir, read_json
 from workbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -26,50 +26,80 @@ _TIMING = ("runtime", "per_second", "preparation_time")
 
 
 def _timestamp(value) -> datetime | None:
-    return datetime.fromtimestamp(value) if isinstance(value, (int, float)) else None
+    number = _double(value)
+    try:
+        return datetime.fromtimestamp(number) if number is not None else None
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _double(value) -> float | None:
+    """A number for a DOUBLE column; anything else a damaged file may hold (text, 10**400) is None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _integer(value) -> int | None:
+    """A whole number for an INTEGER column (32-bit), else None."""
+    number = _double(value)
+    return int(number) if number is not None and number.is_integer() and abs(number) < 2**31 else None
+
+
+def _flag(value) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)[:10_000]
+
+
+def _section(data: dict, name: str) -> dict:
+    found = data.get(name)
+    return found if isinstance(found, dict) else {}
 
 
 def _config(run: RunDir) -> dict:
     for name, key in ((CONFIG, None), (SPEC, "config")):
-        try:
-            data = json.loads(run.file(name).read_text(encoding="utf-8"))
-            return data[key] if key else data
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            continue
+        data, _ = read_json(run.file(name))
+        if data is not None and key is not None:
+            data = data.get(key)
+        if isinstance(data, dict):
+            return data
     return {}
 
 
 def run_row(run: RunDir) -> dict:
     config, status = _config(run), run.read_status()
-    part = lambda name: config.get(name) or {}  # noqa: E731 - five lookups below read better this way
-    teacher, student, loss, train = part("teacher"), part("student"), part("loss"), part("train")
-    try:
-        spec = json.loads(run.file(SPEC).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        spec = {}
+    teacher, student, loss, train = (_section(config, name) for name in ("teacher", "student", "loss", "train"))
+    spec = read_json(run.file(SPEC))[0] or {}
     created = spec.get("created") or status.get("queued_at") or status.get("started")
+    layers = _integer(student.get("init_from_teacher_layers"))
     return {
-        "run_id": run.path.name, "path": str(run.path), "teacher": teacher.get("name_or_path"),
-        "student": (f"{teacher.get('name_or_path')} ({student['init_from_teacher_layers']} layers)"
-                    if student.get("init_from_teacher_layers") else student.get("name_or_path")),
-        "strategy": config.get("strategy"),
-        "divergence": loss.get("divergence"), "alpha": loss.get("alpha"), "temperature": loss.get("temperature"),
-        "beta": loss.get("beta"), "skew_lambda": loss.get("skew_lambda"), "lr": train.get("lr"),
-        "steps": train.get("max_steps"), "batch_size": train.get("batch_size"), "grad_accum": train.get("grad_accum"),
-        "seq_len": train.get("seq_len"), "seed": train.get("seed"),
-        "lora": (student.get("lora") or {}).get("enabled"), "data": part("data").get("source"),
-        "baseline_of": spec.get("baseline_of"),
-        "status": status.get("state"), "step": status.get("step"), "error": status.get("error"),
+        "run_id": run.path.name, "path": str(run.path), "teacher": _text(teacher.get("name_or_path")),
+        "student": (f"{teacher.get('name_or_path')} ({layers} layers)" if layers
+                    else _text(student.get("name_or_path"))),
+        "strategy": _text(config.get("strategy")),
+        "divergence": _text(loss.get("divergence")), "alpha": _double(loss.get("alpha")),
+        "temperature": _double(loss.get("temperature")), "beta": _double(loss.get("beta")),
+        "skew_lambda": _double(loss.get("skew_lambda")), "lr": _double(train.get("lr")),
+        "steps": _integer(train.get("max_steps")), "batch_size": _integer(train.get("batch_size")),
+        "grad_accum": _integer(train.get("grad_accum")), "seq_len": _integer(train.get("seq_len")),
+        "seed": _integer(train.get("seed")), "lora": _flag(_section(student, "lora").get("enabled")),
+        "data": _text(_section(config, "data").get("source")), "baseline_of": _text(spec.get("baseline_of")),
+        "status": _text(status.get("state")), "step": _integer(status.get("step")), "error": _text(status.get("error")),
         "created": _timestamp(created), "started": _timestamp(status.get("started")),
-        "updated": _timestamp(status.get("updated")), "config": json.dumps(config) if config else None,
+        "updated": _timestamp(status.get("updated")), "config": dumps(config) if config else None,
     }
 
 
 def parse_record(run_id: str, seq: int, record: dict) -> tuple[dict | None, list[dict]]:
     """One metrics.jsonl line -> (a metrics row for a training log point, eval rows in long format)."""
-    step = record.get("step")
-    numbers = {k: v for k, v in record.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _BOOKKEEPING}
+    step = _integer(record.get("step"))
+    numbers = {k: v for k, v in ((k, _double(v)) for k, v in record.items()) if v is not None and k not in _BOOKKEEPING}
     evals = [{"run_id": run_id, "seq": seq, "step": step, "split": "validation", "metric": k[5:], "value": v}
              for k, v in numbers.items() if k.startswith("eval_") and not any(t in k for t in _TIMING)]
     if "loss" not in record:
@@ -77,8 +107,9 @@ def parse_record(run_id: str, seq: int, record: dict) -> tuple[dict | None, list
         evals += [{"run_id": run_id, "seq": seq, "step": step, "split": "train", "metric": k[6:], "value": v}
                   for k, v in numbers.items() if k.startswith("train_")]
         return None, evals
-    row = {"run_id": run_id, "seq": seq, "step": step, "epoch": record.get("epoch"), "time": record.get("time"),
-           **{term: numbers.get(term) for term in METRIC_TERMS}, "terms": json.dumps(numbers)}
+    row = {"run_id": run_id, "seq": seq, "step": step, "epoch": _double(record.get("epoch")),
+           "time": _double(record.get("time")), **{term: numbers.get(term) for term in METRIC_TERMS},
+           "terms": dumps(numbers)}
     return row, evals
 
 
@@ -87,9 +118,10 @@ def evaluation_rows(run: RunDir) -> list[dict]:
     rows = []
     for report in run.read_evaluations():
         step = report.get("step")
+        metrics = report.get("metrics")
         rows += [{"run_id": run.path.name, "seq": step, "step": step, "split": "evaluation", "metric": k, "value": v}
-                 for k, v in (report.get("metrics") or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                 for k, v in ((k, _double(v)) for k, v in (metrics if isinstance(metrics, dict) else {}).items())
+                 if v is not None]
     return rows
 
 
@@ -105,17 +137,19 @@ def artifacts(run: RunDir) -> list[dict]:
     return [{"run_id": run.path.name, "kind": kind, "path": str(path)} for kind, path in found if path.exists()]
 
 
+def _stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:  # gone since it was listed
+        return "-"
+
+
 def _signature(run: RunDir) -> str:
-    parts = []
-    for name in (CONFIG, SPEC, STATUS, METRICS):
-        try:
-            st = run.file(name).stat()
-            parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
-        except FileNotFoundError:
-            parts.append("-")
+    parts = [_stamp(run.file(name)) for name in (CONFIG, SPEC, STATUS, METRICS)]
     # with whether each is complete yet: Trainer writes trainer_state.json into it last
     parts += [f"{p.name}:{(p / TRAINER_STATE).exists()}" for p in sorted(run.checkpoints.glob("checkpoint-*"))]
-    parts += [f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(run.evaluations.glob("step-*.json"))]
+    parts += [f"{p.name}:{_stamp(p)}" for p in sorted(run.evaluations.glob("step-*.json"))]
     parts.append(str((run.student / "config.json").exists()))
     return "|".join(parts)
 
@@ -135,10 +169,18 @@ class Ingestor:
             signature = _signature(run)
             if state.get("signature") == signature:
                 return 0
-            metric_rows, eval_rows, new_state, reset = self._read_metrics(run, state)
-            new_state["signature"] = signature
-            self.store.write(run_id, run_row(run), metric_rows, eval_rows, artifacts(run), new_state, reset,
-                             evaluation_rows(run))
+            try:
+                metric_rows, eval_rows, new_state, reset = self._read_metrics(run, state)
+                new_state["signature"] = signature
+                self.store.write(run_id, run_row(run), metric_rows, eval_rows, artifacts(run), new_state, reset,
+                                 evaluation_rows(run))
+            except Exception as err:  # noqa: BLE001 - one damaged run must not stop the others being ingested
+                log.warning("%s: cannot ingest: %s", run.path, err)
+                reason = f"cannot ingest this run: {type(err).__name__}: {str(err)[:300]}"
+                self.store.write(run_id, {"run_id": run_id, "path": str(run.path), "status": "unknown",
+                                          "error": reason}, [], [], [],
+                                 {"run_id": run_id, "signature": signature}, True)
+                return 0
             return len(metric_rows) + len(eval_rows)
 
     def _read_metrics(self, run: RunDir, state: dict) -> tuple[list, list, dict, bool]:
@@ -161,7 +203,7 @@ class Ingestor:
             for line in complete.split(b"\n")[:-1]:
                 try:
                     metric, evals = parse_record(run_id, seq, json.loads(line))
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                except (ValueError, RecursionError, AttributeError):  # not UTF-8, not JSON, not an object
                     log.warning("%s: skipping unreadable metrics line %d", run.path, seq)
                     metric, evals = None, []
                 seq += 1
@@ -207,6 +249,9 @@ class IngestLoop:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.ingestor.store.reopen_if_replaced():
+                    log.warning("%s was deleted while the app ran: rebuilding it from the run directories",
+                                self.ingestor.store.path)
                 self.ingestor.ingest_all()
                 self.last_error = None
             except Exception as err:  # noqa: BLE001 - keep ingesting; the UI shows the last error
@@ -231,8 +276,12 @@ def rebuild(runs_dir: str | Path, db_path: str | Path | None = None) -> tuple[Pa
     store = Store(tmp)
     try:
         rows = Ingestor(store, runs_dir).ingest_all()
-    finally:
+    except BaseException:
         store.close()
+        for stale in (tmp, Path(f"{tmp}.wal")):  # a failed rebuild leaves the old database as the only one
+            stale.unlink(missing_ok=True)
+        raise
+    store.close()
     Path(f"{db_path}.wal").unlink(missing_ok=True)  # a WAL of the old file must not replay onto the new one
     os.replace(tmp, db_path)
     return db_path, rows

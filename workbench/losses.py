@@ -2,8 +2,11 @@
 
 Shapes: student_logits, teacher_logits are (..., V), usually (B, L, V); labels are (...), already
 aligned with the logits (labels[b, i] is the target of logits[b, i]; the caller did the causal shift).
-Positions where labels == -100 are ignored by every term. p = teacher, q = student, both softened by
-the temperature T; softmaxes run in float32 whatever the input dtype, so every result is float32.
+Positions where labels == -100 are ignored by every term: they add exactly zero to values and gradients,
+even where a model's logits there are not finite. p = teacher, q = student, both softened by the
+temperature T; softmaxes run in float32 whatever the input dtype, so every result is float32. A logit of
+-inf is a token with no mass (the empty tail bucket of a cached teacher at k = V): it contributes 0, as
+0 * log 0 = 0, and no NaN reaches a value or a gradient.
 """
 from __future__ import annotations
 
@@ -28,18 +31,27 @@ def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 
 
 def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """KL(a || b) = sum_v a (log a - log b), over the last dim: (..., V) -> (...)."""
-    return F.kl_div(log_b, log_a, reduction="none", log_target=True).sum(-1)
+    """KL(a || b) = sum_v a (log a - log b), over the last dim: (..., V) -> (...). Entries where a has
+    no mass (log a = -inf) add 0; they are replaced before the arithmetic, not after, because
+    0 * (-inf) would be NaN in the gradient even where a where() drops it from the value."""
+    present = ~torch.isneginf(log_a)  # not `> -inf`: a NaN must stay NaN, never read as "no mass"
+    safe_a = torch.where(present, log_a, 0.0)
+    safe_b = torch.where(present, log_b, 0.0)
+    return torch.where(present, safe_a.exp() * (safe_a - safe_b), 0.0).sum(-1)
 
 
 def _log_mix(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     """log(weight * a + (1 - weight) * b) via logsumexp; the edges return an input as is, since log(0)
-    would put -inf into the sum."""
+    would put -inf into the sum. Where both have no mass the mixture has none either (-inf), with a
+    zero gradient rather than logaddexp's NaN at (-inf, -inf)."""
     if weight == 0:
         return log_b
     if weight == 1:
         return log_a
-    return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
+    empty = (log_a == float("-inf")) & (log_b == float("-inf"))
+    mixed = torch.logaddexp(torch.where(empty, 0.0, log_a) + math.log(weight),
+                            torch.where(empty, 0.0, log_b) + math.log1p(-weight))
+    return torch.where(empty, float("-inf"), mixed)
 
 
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -138,16 +150,22 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, dive
     divergences (Hinton et al.: keeps gradient magnitudes independent of T). Returns a 0-dim tensor."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; allowed: {', '.join(DIVERGENCES)}")
-    knobs = {"jsd": {"beta": beta}, "skew_kl": {"skew_lambda": skew_lambda},
-             "skew_reverse_kl": {"skew_lambda": skew_lambda}}.get(divergence, {})
-    per_position = DIVERGENCES[divergence](student_logits, teacher_logits, temperature, **knobs)
+    per_position = divergence_per_position(student_logits, teacher_logits, labels, divergence, temperature,
+                                           beta, skew_lambda)
     loss = masked_reduce(per_position, labels, num_items_in_batch)
     return loss * temperature ** 2 if divergence in KL_TYPE else loss
 
 
-# A bucket with no mass (the tail when k = V) is floored here: log 0 would turn 0 * (-inf - -inf) into NaN
-# inside the KL, while e^-60 changes no result at float32 precision.
-LOG_FLOOR = -60.0
+def divergence_per_position(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, divergence: str,
+                            temperature: float, beta: float = 0.5, skew_lambda: float = 0.1) -> Tensor:
+    """The divergence at each position (...,), computed with both models' logits zeroed where labels are
+    -100: a non-finite logit at an ignored position (a padded row, a prompt token) would otherwise send
+    NaN into the student's gradient through 0 * NaN, although masked_reduce drops its value."""
+    knobs = {"jsd": {"beta": beta}, "skew_kl": {"skew_lambda": skew_lambda},
+             "skew_reverse_kl": {"skew_lambda": skew_lambda}}.get(divergence, {})
+    ignored = (labels == IGNORE_INDEX)[..., None]
+    return DIVERGENCES[divergence](student_logits.masked_fill(ignored, 0.0), teacher_logits.masked_fill(ignored, 0.0),
+                                   temperature, **knobs)
 
 
 def sparse_kd_loss(student_logits: Tensor, top_logp: Tensor, top_ids: Tensor, tail_logp: Tensor, labels: Tensor,
@@ -155,14 +173,21 @@ def sparse_kd_loss(student_logits: Tensor, top_logp: Tensor, top_ids: Tensor, ta
                    skew_lambda: float = 0.1, num_items_in_batch: int | Tensor | None = None) -> Tensor:
     """kd_loss against a stored top-k teacher (workbench/teacher_cache.py): both distributions are
     compared over k + 1 buckets, the teacher's top k tokens and everything else as one. student_logits
-    (..., V); top_logp, top_ids (..., k) at T = 1; tail_logp (...) the log of the teacher's remaining mass.
-    With k = V this is kd_loss on full logits; at T != 1 it is exact within the top k."""
+    (..., V); top_logp, top_ids (..., k) at T = 1; tail_logp (...) the log of the teacher's remaining mass
+    (-inf when nothing remains). With k = V this is kd_loss on full logits at every T (the empty tail
+    buckets hold no mass on either side); at k < V and T != 1 it is exact within the top k, the tail
+    bucket re-softened as one token."""
     log_q = F.log_softmax(student_logits.float(), dim=-1)
     student_top = log_q.gather(-1, top_ids)
-    student_rest = log_q.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+    if top_ids.shape[-1] >= log_q.shape[-1]:
+        # Nothing outside the top k: the empty bucket is -inf without a gradient (logsumexp over an
+        # all -inf row has a NaN one).
+        student_rest = torch.full_like(student_top[..., 0], float("-inf"))
+    else:
+        student_rest = log_q.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
     # Normalised log-probabilities as "logits": kd_loss's softmax(x / T) re-softens them at T.
-    student_buckets = torch.cat([student_top, student_rest.clamp_min(LOG_FLOOR)[..., None]], -1)
-    teacher_buckets = torch.cat([top_logp.float(), tail_logp.float().clamp_min(LOG_FLOOR)[..., None]], -1)
+    student_buckets = torch.cat([student_top, student_rest[..., None]], -1)
+    teacher_buckets = torch.cat([top_logp.float(), tail_logp.float()[..., None]], -1)
     return kd_loss(student_buckets, teacher_buckets, labels, divergence, temperature, beta, skew_lambda,
                    num_items_in_batch)
 

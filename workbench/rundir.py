@@ -14,6 +14,9 @@
 Only one process writes a run directory (rank 0 of a job), and readers never lock it: status.json is
 replaced by rename so a reader sees the old or the new file, never half of one; metrics.jsonl only
 grows, except that a resumed run drops the lines past its checkpoint so no step appears twice.
+Every file is strict JSON: a NaN or inf is written as null. Reading never raises on a damaged file
+(bytes that are not UTF-8, not JSON, not the expected shape): the run reads as state "unknown" with the
+reason, and every other run is unaffected.
 evaluations/ is the exception: whoever evaluates a student (the job at its end, the app on demand)
 writes its own step-STEP.json there, atomically, and no other file.
 """
@@ -56,13 +59,35 @@ def run_in(runs_dir: Path, run_id: str) -> "RunDir":
     return RunDir(path)
 
 
+def json_safe(value):
+    """A value as strict JSON can hold it: NaN and inf become null (a diverged loss must not break every
+    reader that follows the standard), numpy and torch scalars become numbers, containers recurse."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if not isinstance(value, (str, bytes, int, float, bool, type(None))) and hasattr(value, "item"):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):  # an array of several values
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(data) -> str:
+    """One strict JSON text (no NaN or Infinity tokens)."""
+    return json.dumps(json_safe(data), default=str, allow_nan=False)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
+            json.dump(json_safe(data), fh, indent=2, default=str, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -71,25 +96,25 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def _json_default(value):
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
+def read_json(path: Path) -> tuple[dict | None, str | None]:
+    """(the mapping in a JSON file, None) or (None, why it cannot be read); (None, None) if there is no
+    file. Never raises: bytes that are not UTF-8, text that is not JSON, JSON that is not an object,
+    a folder in the file's place are all reasons."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except UnicodeDecodeError as err:
+        return None, f"{Path(path).name} is not UTF-8 text (byte {err.start})"
+    except (OSError, ValueError, RecursionError) as err:
+        return None, f"{Path(path).name} is unreadable: {type(err).__name__}: {str(err)[:200]}"
+    if not isinstance(data, dict):
+        return None, f"{Path(path).name} holds {type(data).__name__}, not a JSON object"
+    return data, None
 
 
 def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-        return True
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def _finite(value):
-    """JSON has no NaN/inf; a diverged loss is logged as null rather than breaking every reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return read_json(path)[0] is not None
 
 
 class RunDir:
@@ -115,13 +140,10 @@ class RunDir:
         return self.evaluations / f"step-{step}.json"
 
     def read_evaluations(self) -> list[dict]:
-        """Every readable evaluation, by step (one being written is replaced atomically, never half-read)."""
-        found = []
-        for path in self.evaluations.glob("step-*.json"):
-            try:
-                found.append(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
+        """Every readable evaluation, by step (one being written is replaced atomically, never half-read);
+        a damaged report is left out."""
+        found = [report for path in self.evaluations.glob("step-*.json")
+                 if (report := read_json(path)[0]) is not None and isinstance(report.get("step", 0), int)]
         return sorted(found, key=lambda e: e.get("step", 0))
 
     def create(self) -> "RunDir":
@@ -129,40 +151,58 @@ class RunDir:
         return self
 
     def read_status(self) -> dict:
-        try:
-            return json.loads(self.file(STATUS).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        """The status; {} before there is one. A damaged file reads as {"state": "unknown", "error": why}."""
+        status, problem = read_json(self.file(STATUS))
+        if problem:
+            return {"state": "unknown", "error": f"cannot read this run's status: {problem}"}
+        if status is not None and status.get("state") not in STATES:
+            return {**status, "state": "unknown",
+                    "error": f"cannot read this run's status: state {str(status.get('state'))[:40]!r} is none of "
+                             f"{', '.join(STATES)}"}
+        return status or {}
 
     def write_status(self, state: str, **fields) -> dict:
         if state not in STATES:
             raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
-        status = {**self.read_status(), **fields, "state": state, "updated": time.time()}
+        # A damaged status is replaced, not merged: the fields written now are all it can hold.
+        status = {**(read_json(self.file(STATUS))[0] or {}), **fields, "state": state, "updated": time.time()}
         write_json_atomic(self.file(STATUS), status)
         return status
 
     def append_metrics(self, record: dict) -> None:
-        line = json.dumps({k: _finite(v) for k, v in record.items()}, default=_json_default)
         with open(self.file(METRICS), "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+            fh.write(dumps(record) + "\n")
             fh.flush()
 
     def read_metrics(self) -> list[dict]:
-        """All complete lines; a line being written right now (no newline yet) is skipped."""
+        """All complete lines that hold a JSON object; a line being written right now (no newline yet) and
+        a damaged one are skipped."""
         try:
-            text = self.file(METRICS).read_text(encoding="utf-8")
-        except FileNotFoundError:
+            data = self.file(METRICS).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
             return []
-        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+        records = []
+        for line in data.split(b"\n")[:-1]:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def truncate_metrics_after(self, step: int) -> None:
         """On resume: drop records logged after the checkpoint, which the resumed run logs again."""
         records = self.read_metrics()
-        kept = [r for r in records if r.get("step", 0) <= step]
-        if len(kept) == len(records) and self.file(METRICS).exists():
+        kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
+        try:
+            lines = self.file(METRICS).read_bytes().count(b"\n")
+        except FileNotFoundError:
+            lines = None
+        if len(kept) == lines:
             return  # nothing to drop: keep the file (and its inode, which incremental readers track)
         tmp = self.file(METRICS + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, self.file(METRICS))
 
     @staticmethod

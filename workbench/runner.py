@@ -30,7 +30,7 @@ from workbench.run_models import initial_student
 from workbench.stopping import Cancelled, StopCallback, StopRequest
 from workbench.strategies import strategy_class
 from workbench.strategies.together import TrainedTogether
-from workbench.trainer import DistillTrainer, training_arguments, use_bf16
+from workbench.trainer import DistillTrainer, check_weights, training_arguments, use_bf16
 
 
 def is_main_process() -> bool:
@@ -222,6 +222,10 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     final = _final_eval(trainer) if eval_ds is not None else {}
     _save_student(trainer, strategy, tokenizer, run, config, final)
     say(f"saved the student to {run.student}")
+    if trainer.skipped_steps:
+        say(f"{trainer.skipped_steps} steps were skipped: their loss or gradient was not finite")
+        if is_main_process():
+            run.write_status("running", nonfinite_skipped=trainer.skipped_steps)
     return final
 
 
@@ -252,6 +256,7 @@ def _save_student(trainer: DistillTrainer, strategy, tokenizer, run: RunDir, con
                   final: dict) -> None:
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(trained, TrainedTogether):
+        check_weights(trained, trainer.state.global_step, "student")  # on every rank: it may reduce over them
         if trainer.is_world_process_zero():
             _save_together(trained, tokenizer, run, config, final)
         return

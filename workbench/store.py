@@ -58,13 +58,17 @@ class StoreError(ValueError):
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._write_lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = duckdb.connect(str(self.path))
         except duckdb.IOException as err:
             raise StoreError(f"cannot open {self.path}: {err}. Only one process may write it: stop the "
                              "other one (the app), or use another file.") from err
-        self._write_lock = threading.Lock()
+        self._opened = _file_id(self.path)
         self._migrate()
         # Queries typed by users run here: no file reads or writes through SQL (read_csv, COPY, ATTACH).
         self._con.execute("SET enable_external_access = false")
@@ -74,6 +78,19 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self._con.cursor()
+
+    def reopen_if_replaced(self) -> bool:
+        """If the file was deleted (or another put in its place) while this process held it, open the one at
+        the path anew, empty: the ingest thread then rebuilds it from the run directories. Otherwise the app
+        would go on writing to a deleted file that no later start can see. True when it reopened."""
+        if _file_id(self.path) == self._opened:
+            return False
+        with self._write_lock:
+            # Closing writes the old connection's WAL into the deleted file and removes it, so the new file
+            # does not replay it. Queries running at this moment fail once; the next ones use the new file.
+            self._con.close()
+            self._open()
+        return True
 
     def _migrate(self) -> None:
         cur = self.cursor()
@@ -198,6 +215,14 @@ class Store:
         """Write a query's result to .csv or .parquet. The main connection may not touch files, so the
         result goes through a private in-memory DuckDB that may."""
         return export_frame(self.query(sql), path)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def export_frame(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -98,7 +98,7 @@ def _read_manifest(folder: Path) -> Manifest | None:
         return Manifest(**json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, TypeError) as err:
+    except (OSError, ValueError, TypeError, RecursionError) as err:  # not UTF-8, not JSON, not a manifest
         raise CacheError(f"{folder / MANIFEST} is not a teacher-cache manifest: {err}") from err
 
 
@@ -219,16 +219,18 @@ def list_caches(root: str | Path) -> list[dict]:
     rows = []
     for folder in sorted(Path(root).glob("*/")) if Path(root).is_dir() else []:
         try:
-            manifest = _read_manifest(folder)
-        except CacheError:
+            rows.append(_cache_row(folder))
+        except Exception:  # noqa: BLE001 - a damaged cache is left out; the others are listed
             continue
-        if manifest is None:
-            continue
-        size = sum(p.stat().st_size for p in folder.glob("*.npy"))
-        rows.append({"name": folder.name, "path": str(folder), "teacher": manifest.teacher, "k": manifest.k,
-                     "blocks": manifest.blocks, "MB": round(size / 2**20, 3),
-                     "bytes/token": manifest.bytes_per_token,
-                     "mass kept": None if manifest.mass_retained is None else round(manifest.mass_retained, 3),
-                     "complete": manifest.complete, "KD vs live": _fidelity_text(folder),
-                     "created": manifest.created})
-    return sorted(rows, key=lambda r: -r["created"])
+    return sorted((r for r in rows if r is not None), key=lambda r: -r["created"])
+
+
+def _cache_row(folder: Path) -> dict | None:
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        return None
+    size = sum(p.stat().st_size for p in folder.glob("*.npy"))
+    return {"name": folder.name, "path": str(folder), "teacher": str(manifest.teacher), "k": int(manifest.k),
+            "blocks": int(manifest.blocks), "MB": round(size / 2**20, 3), "bytes/token": manifest.bytes_per_token,
+            "mass kept": None if manifest.mass_retained is None else round(float(manifest.mass_retained), 3),
+            "complete": manifest.complete, "KD vs live": _fidelity_text(folder), "created": float(manifest.created)}

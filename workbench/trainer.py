@@ -2,10 +2,13 @@
 
 Checkpointing, resume, gradient accumulation, mixed precision and multi-process (accelerate) all
 come from Trainer. This subclass only (1) asks the strategy for the loss, (2) keeps per-term sums
-on the device between log steps and adds them to Trainer's logs, (3) reports tokens per second.
+on the device between log steps and adds them to Trainer's logs, (3) reports tokens per second,
+(4) checks every step before the optimizer takes it: a NaN or inf loss, term or gradient stops the run
+or skips the step (train.on_nonfinite), and weights that are not finite are never saved.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,8 +17,11 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from workbench.config import DistillConfig
+from workbench.nonfinite import NonFiniteError, bad_values, describe, weights_finite
 from workbench.strategies.base import Strategy
 from workbench.strategies.together import TrainedTogether
+
+log = logging.getLogger(__name__)
 
 
 def use_bf16(config: DistillConfig) -> bool:
@@ -78,6 +84,10 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self._term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._step_sums: dict[str, torch.Tensor] = defaultdict(float)  # the step being accumulated
+        self._skipped: int | None = None  # steps skipped as non-finite (train.on_nonfinite: skip), run-wide
+        self._skipped_since_log = 0
+        self._other_norms: list = []  # gradient norms of the parts clipped apart from the student
         self._eval_items = 0.0
         self._tokens = 0.0
         self._last_log: tuple[float, int] | None = None  # (time, global_step) of the previous train log
@@ -93,7 +103,8 @@ class DistillTrainer(Trainer):
             # scale back so each process contributes its share of the global per-token mean.
             loss = loss * self.accelerator.num_processes
         if model.training:
-            self._accumulate("train", terms, 1.0)
+            for name, value in terms.items():  # joins the log period's sums once the step is known finite
+                self._step_sums[name] = self._step_sums[name] + value.detach()
             self._tokens = self._tokens + inputs["attention_mask"].sum()
         else:
             # Held-out terms are token-weighted over the whole eval set (so exp(eval_ce) is the exact
@@ -134,8 +145,14 @@ class DistillTrainer(Trainer):
             # Before the first log of a train() call: count from its start, and from the resumed step
             # (Trainer sets _initial_global_step after loading a checkpoint's state).
             last_time, last_step = self._last_log or (self._train_start, self._initial_global_step)
-            # Trainer already logged the (process-averaged) loss; keep its value for that key.
-            logs.update({k: v for k, v in self._drain("train", step - last_step).items() if k != "loss"})
+            # Every term, the total too, is the mean over the period's steps that were taken: Trainer's own
+            # loss would count a skipped step's NaN as the period's average.
+            taken = step - last_step - self._skipped_since_log
+            drained = self._drain("train", taken)
+            logs.update({"loss": None, **drained})
+            if self._skipped:
+                logs["nonfinite_skipped"] = self._skipped
+            self._skipped_since_log = 0
             tokens = float(self._tokens) * self.accelerator.num_processes
             logs["tokens_per_s"] = round(tokens / max(now - last_time, 1e-9), 1)
             logs.update(self.strategy.step_values(step))
@@ -162,11 +179,47 @@ class DistillTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         """Each part on its own (a teacher's large CE gradients must not shrink the student's step); the
-        student's norm is the one logged."""
+        student's norm is the one logged, the others are checked for NaN and inf with it."""
         if not self._clip_groups:
             return super()._clip_grad_norm(model)
         norms = [self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm) for params in self._clip_groups]
+        self._other_norms = norms[1:]
         return norms[0]
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The last call before the optimizer step: the step is checked here. Gradients are already
+        reduced over processes, so every rank sees the same norm and takes the same decision."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        others, self._other_norms = self._other_norms, []
+        step_sums, self._step_sums = self._step_sums, defaultdict(float)
+        gradient = torch.stack([torch.as_tensor(n, dtype=torch.float32).reshape(()).to(self.args.device)
+                                for n in (grad_norm, *others)]).sum() if grad_norm is not None else None
+        if self._skipped is None:  # a resumed run goes on counting from its checkpoint's logs
+            self._skipped = max((h.get("nonfinite_skipped", 0) for h in self.state.log_history), default=0)
+        bad = bad_values({**step_sums, "gradient": gradient})
+        if not bad:
+            for name, value in step_sums.items():
+                self._term_sums["train"][name] = self._term_sums["train"][name] + value
+            return grad_norm
+        what = describe(bad, self.state.global_step + 1)
+        if self.strategy.config.train.on_nonfinite == "stop":
+            raise NonFiniteError(f"{what}; the run stopped before the update, so the weights and every checkpoint "
+                                 "are finite: resume continues from the last checkpoint, and "
+                                 "train.on_nonfinite: skip would skip such steps instead")
+        self._skipped += 1
+        self._skipped_since_log += 1
+        limit = self.strategy.config.train.max_skipped_steps
+        if self._skipped > limit:
+            raise NonFiniteError(f"{what}: {self._skipped} steps skipped, more than train.max_skipped_steps="
+                                 f"{limit}; the weights and every checkpoint are finite")
+        log.warning("skipped the step: %s (%d skipped so far)", what, self._skipped)
+        for parameter in model.parameters():
+            parameter.grad = None  # the optimizer leaves parameters without a gradient as they are
+        return None
+
+    def _save_checkpoint(self, model, trial) -> None:
+        check_weights(self.model, self.state.global_step, "checkpoint")
+        return super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         together = self.accelerator.unwrap_model(self.model)
@@ -184,7 +237,25 @@ class DistillTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         together.load(Path(resume_from_checkpoint))
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped as non-finite so far (train.on_nonfinite: skip), counting earlier attempts."""
+        return self._skipped or 0
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not _internal_call:  # a checkpoint's weights were checked by _save_checkpoint
+            check_weights(self.model, self.state.global_step, "student")
+        return super().save_model(output_dir, _internal_call)
+
     def train(self, *args, **kwargs):
         # Throughput counts from here, not from construction (model loading is not training time).
         self._last_log, self._train_start = None, time.perf_counter()
         return super().train(*args, **kwargs)
+
+
+def check_weights(model: torch.nn.Module, step: int, what: str) -> None:
+    """Refuse to write a checkpoint or a student whose weights are not finite (an update that overflowed);
+    the last finite checkpoint then stays the newest one, so rotation never removes it."""
+    if not weights_finite(model):
+        raise NonFiniteError(f"the weights became non-finite at step {step}; the {what} was not written, and the "
+                             "last finite checkpoint is kept")

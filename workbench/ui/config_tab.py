@@ -1,23 +1,29 @@
 """Config tab: edit a run configuration as YAML and check it before anything is launched."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import yaml
 
 from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
+from workbench.configbase import MAX_FILE_BYTES, ConfigError, parse_text
 
 
 def check_config(text: str) -> tuple[str, str]:
-    """(verdict markdown, resolved YAML) for a YAML text; errors name the field and the allowed range."""
+    """(verdict markdown, resolved YAML) for a YAML text; errors name the field and the allowed range. Any
+    text a caller sends, however long, nested or malformed, gets a message, never a traceback; what the
+    message quotes is escaped (a value may hold HTML)."""
+    if not isinstance(text, str) or len(text) > MAX_FILE_BYTES:
+        return f"**Not a config:** send YAML text of at most {MAX_FILE_BYTES // 2**20} MiB.", ""
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_text(text) or {}
         config = DistillConfig.from_dict(data)
-    except yaml.YAMLError as err:
-        return f"**Not valid YAML:** {err}", ""
     except ConfigError as err:
-        items = "\n".join(f"- `{field}`: {msg}" for field, msg in err.problems)
+        items = "\n".join(f"- `{field}`: {html.escape(msg)}" for field, msg in err.problems)
         return f"**Invalid config:**\n{items}", ""
+    except ValueError as err:
+        return f"**Not valid YAML:** {html.escape(str(err))}", ""
     return "**Valid.** Run it with `python -m workbench train CONFIG.yaml`.", yaml.safe_dump(
         config.to_dict(), sort_keys=False)
 

@@ -6,16 +6,20 @@ under the size limit, and a Hugging Face Space caps steps (DESIGN: validate at t
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.spec import MAX_PROCESSES
 from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
+from workbench.configbase import MAX_TEXT, ConfigError, show
 from workbench.defaults import PREFIX
-from workbench.paths import looks_like_local_path
+from workbench.paths import looks_like_local_path, path_problem
 
 DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
 # Teacher -> student pairs that share a tokenizer, for users who have the hub.
@@ -61,6 +65,7 @@ class SetupForm:
     accelerate_config: str = ""  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
     run_name: str = ""
     evaluate: bool = True  # evaluate the student when the job ends (evaluation.at_end)
+    on_nonfinite: str = "stop"  # a NaN/inf step stops the run, or is skipped (train.on_nonfinite)
     teacher_cache: str = ""  # a teacher-cache folder (loss.teacher_cache); empty = run the teacher live
     # Hard-label: how the teacher writes the data (the generation section).
     gen_backend: str = "local"
@@ -105,6 +110,7 @@ class SetupForm:
                    beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
                    seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
                    run_name=c.output.run_name or "", evaluate=c.evaluation.at_end,
+                   on_nonfinite=c.train.on_nonfinite,
                    teacher_cache=c.loss.teacher_cache or "", gen_backend=c.generation.backend,
                    gen_prompts=c.generation.prompts, gen_api_base_url=c.generation.api_base_url,
                    gen_api_model=c.generation.api_model, gen_api_key_env=c.generation.api_key_env,
@@ -120,7 +126,12 @@ class SetupForm:
                    attention_loss=c.attention.loss, attention_heads=c.attention.heads, base=c.to_dict())
 
 
+_HINTS = typing.get_type_hints(SetupForm)
+
+
 def _inside(path: Path, roots: list[Path]) -> bool:
+    if path_problem(str(path)):
+        return False
     resolved = path.expanduser().resolve()
     return any(resolved == root or root in resolved.parents for root in roots)
 
@@ -128,21 +139,68 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 def _check_local(value: str, name: str, roots: list[Path], problems: list) -> None:
     if not value or value.startswith(PREFIX) or not looks_like_local_path(value, UPLOAD_SUFFIXES):
         return
-    if not _inside(Path(value), roots):
+    if path_problem(value):
+        problems.append((name, path_problem(value)))
+    elif not _inside(Path(value), roots):
         problems.append((name, f"{value} is outside the folders this app may read "
                                f"({', '.join(str(r) for r in roots)}); start the app with --allow-dir to add one"))
 
 
 def _as_int(value, name: str, problems: list) -> int | None:
+    """A whole number from what a Number or Slider sends (a float), refused naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        problems.append((name, f"must be a whole number, got {show(value)}"))
+        return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        problems.append((name, f"must be a whole number, got {value!r}"))
+        whole = int(number)
+    except (ValueError, OverflowError):  # text, NaN, inf, 10**400
+        problems.append((name, f"must be a whole number, got {show(value)}"))
         return None
-    if number != int(number):
-        problems.append((name, f"must be a whole number, got {value!r}"))
+    if number != whole:
+        problems.append((name, f"must be a whole number, got {show(value)}"))
         return None
-    return int(number)
+    return whole
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _typed(form: SetupForm) -> SetupForm:
+    """The form with each value of the type its field declares, or ConfigError naming the field. Every
+    handler is an HTTP endpoint too: a visitor may send any JSON value for any field, not only what the
+    components offer. Text is capped (MAX_TEXT) before anything looks at it as a path."""
+    problems, values = [], {}
+    for f in dataclasses.fields(SetupForm):
+        value, kind = getattr(form, f.name), _HINTS[f.name]
+        if f.name == "base":
+            values[f.name] = value
+        elif kind in (str, str | None):
+            if value is None:
+                values[f.name] = None if kind != str else ""
+            elif not isinstance(value, str):
+                problems.append((f.name, f"expected text, got {show(value)}"))
+            elif len(value) > MAX_TEXT or "\x00" in value:
+                problems.append((f.name, f"must be at most {MAX_TEXT:,} characters of text without NUL bytes"))
+            else:
+                values[f.name] = value
+        elif kind is bool:
+            if not isinstance(value, (bool, type(None))):
+                problems.append((f.name, f"expected true or false, got {show(value)}"))
+            values[f.name] = bool(value)
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                problems.append((f.name, f"expected a finite number, got {show(value)}"))
+            values[f.name] = value
+        else:  # whole numbers: checked by _as_int where they are read
+            values[f.name] = value
+    if problems:
+        raise ConfigError(problems)
+    return SetupForm(**values)
 
 
 @dataclass
@@ -155,6 +213,7 @@ class Launch:
 def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Launch:
     """The config and how to launch it. Raises ConfigError naming every bad field; copies an upload into
     uploads_dir so the job still finds it after the browser's temporary file is gone."""
+    form = _typed(form)
     problems: list[tuple[str, str]] = []
     roots = [Path(r).expanduser().resolve() for r in roots]
     ints = {name: _as_int(getattr(form, name), key, problems) for name, key in
@@ -164,6 +223,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
              ("gen_concurrency", "generation.concurrency"), ("gen_seed", "generation.seed"),
              ("co_warmup", "co_distillation.alpha_warmup_steps"))}
     max_prompts = _as_int(form.gen_max_prompts, "generation.max_prompts", problems) if form.gen_max_prompts else None
+    if ints["processes"] is not None and not 1 <= ints["processes"] <= MAX_PROCESSES:
+        problems.append(("num_processes", f"must be from 1 to {MAX_PROCESSES}, got {ints['processes']}"))
     data = dict(form.base)
     pruned = form.student_kind == STUDENT_PRUNED
     teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
@@ -205,7 +266,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     # A curve needs points: log at least ~20 times per run, whatever the base config's interval.
     logging = min(train.get("logging_steps", 10), max(1, (ints["max_steps"] or 0) // 20))
     data["train"] = {**train, "max_steps": ints["max_steps"], "lr": form.lr, "batch_size": ints["batch_size"],
-                     "seq_len": ints["seq_len"], "bf16": form.bf16, "logging_steps": logging}
+                     "seq_len": ints["seq_len"], "bf16": form.bf16, "logging_steps": logging,
+                     "on_nonfinite": form.on_nonfinite}
     data["output"] = {**data.get("output", {}), "run_name": form.run_name.strip() or None}
     data["evaluation"] = {**data.get("evaluation", {}), "at_end": bool(form.evaluate)}
     if on_space() and (ints["max_steps"] or 0) > SPACE_MAX_STEPS:
@@ -216,6 +278,13 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     if pruned and not teacher:
         raise ConfigError([("teacher.name_or_path", "is required to prune a student from it")])
     return Launch(config, ints["processes"], accelerate_config)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path_problem(str(path)) is None and path.is_file()
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 def _keep_upload(upload: Path, uploads_dir: Path) -> str:
@@ -233,6 +302,8 @@ def _generation_section(form: SetupForm, section: dict, ints: dict, roots: list[
         upload = Path(form.gen_upload)
         if upload.suffix.lower() not in UPLOAD_SUFFIXES:
             problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
+        elif not _is_file(upload):
+            problems.append(("generation.prompts", f"the upload {upload.name} is not a file"))
         else:
             prompts = _keep_upload(upload, uploads_dir)
     else:
@@ -264,6 +335,8 @@ def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: l
     limit_mb = section.get("max_file_mb", 512)
     if upload.suffix.lower() not in UPLOAD_SUFFIXES:
         problems.append(("data.source", f"{upload.name}: use a .txt, .jsonl, .json, .csv or .parquet file"))
+    elif not _is_file(upload):
+        problems.append(("data.source", f"the upload {upload.name} is not a file"))
     elif upload.stat().st_size > limit_mb * 2**20:
         problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "
                                         f"{limit_mb} MiB limit (data.max_file_mb)"))

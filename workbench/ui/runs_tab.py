@@ -2,6 +2,8 @@
 live loss curves from the store."""
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 import pandas as pd
 
@@ -16,23 +18,32 @@ POLL_S = 2.0
 def jobs_table(services: Services) -> pd.DataFrame:
     rows = []
     for job in services.jobs.jobs():
-        step, total = job.get("step") or 0, job.get("total_steps") or 0
+        # A status file may hold anything (a damaged one reads as state unknown): numbers are checked.
+        step, total = int(_number(job.get("step"))), int(_number(job.get("total_steps")))
         position = job.get("queue_position")
         state = f"queued (#{position})" if position else job["state"]
         progress = f"{100 * step / total:.0f}%" if total else ""
         if job.get("live") and job.get("phase") == "evaluating":
             state = "evaluating the student"
         if job.get("live") and job.get("phase") == "generating":
-            done, rows_total = job.get("phase_done") or 0, job.get("phase_total") or 0
+            done, rows_total = int(_number(job.get("phase_done"))), int(_number(job.get("phase_total")))
             state = f"teacher writing data ({done}/{rows_total})"
             progress = f"{100 * done / rows_total:.0f}% of the data" if rows_total else ""
         running = job["state"] in ("running", "starting")
+        eta = _number(job.get("eta_s"), None)
+        skipped = int(_number(job.get("nonfinite_skipped")))
+        note = f"{skipped} non-finite steps skipped" if skipped else ""
+        error = job.get("error") or (f"evaluation: {job['evaluation_error']}" if job.get("evaluation_error") else "")
         rows.append({"run": job["run_id"], "state": state, "progress": progress,
-                     "step": f"{step}/{total}", "ETA": format_eta(job.get("eta_s")) if running else "",
-                     "processes": job.get("processes", 1),
-                     "error": job.get("error") or (f"evaluation: {job['evaluation_error']}"
-                                                   if job.get("evaluation_error") else "")})
+                     "step": f"{step}/{total}", "ETA": format_eta(eta) if running else "",
+                     "processes": int(_number(job.get("processes"), 1)),
+                     "error": "; ".join(str(part) for part in (error, note) if part)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _number(value, default: float | None = 0.0) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e12
+    return float(value) if ok else default
 
 
 def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tuple[object, str, tuple]:

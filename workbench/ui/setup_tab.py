@@ -8,7 +8,7 @@ import time
 import gradio as gr
 import yaml
 
-from workbench.config import DIVERGENCES, STRATEGIES, DistillConfig, ModelSpec
+from workbench.config import DIVERGENCES, NONFINITE, STRATEGIES, DistillConfig, ModelSpec
 from workbench.configbase import ConfigError
 from workbench.defaults import resolve_default
 from workbench.plots import temperature_preview as preview_figure
@@ -116,6 +116,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             run_name = gr.Textbox(start.run_name, label="Run name (optional)")
             evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
                                    info="perplexity, agreement, calibration, speed, generations: the run card")
+            on_nonfinite = gr.Dropdown(list(NONFINITE), value=start.on_nonfinite, label="If a step's loss is NaN/inf",
+                                       info="stop: the run fails, its checkpoints stay finite; skip: no update, "
+                                            "counted in the metrics")
         cache_panel, teacher_cache = create_cache_panel(services, start.teacher_cache, start.strategy == "soft_label")
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
@@ -131,7 +134,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     # strict: a field added to SetupForm without its component (or the reverse) fails when the app builds.
     inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
                                beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
-                               processes, accelerate_config, run_name, evaluate, teacher_cache, *generation_fields,
+                               processes, accelerate_config, run_name, evaluate, on_nonfinite, teacher_cache,
+                               *generation_fields,
                                gen_dataset, *layer_fields], strict=True))
     for name, component in inputs.items():
         component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
