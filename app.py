@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pathlib import Path  # noqa: E402
 
+from workbench.config import ENV_NAME  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Distill Workbench")
@@ -25,13 +27,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-jobs", type=int, default=1, help="jobs that may train at the same time (default 1)")
     parser.add_argument("--db", help="the DuckDB results store (default: RUNS_DIR/workbench.duckdb)")
     parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
-                        help="a folder whose models and data files the UI may use (repeatable; the runs folder "
-                             "and the defaults cache are always allowed)")
+                        help="a folder whose models and data files the UI may use (repeatable; the defaults cache "
+                             "is always allowed, and the runs folder unless the app is public)")
+    parser.add_argument("--api-key-env", action="append", default=None, metavar="NAME",
+                        help="an environment variable a run may read an API key from (repeatable; default "
+                             "OPENAI_API_KEY only): no other variable of this app's reaches a run or an endpoint")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let runs execute code shipped with a checkpoint (off: such configs are refused)")
     args = parser.parse_args(argv)
     if args.auth and ":" not in args.auth:
         parser.error("--auth must look like USER:PASS")
     if args.max_jobs < 1:
         parser.error(f"--max-jobs must be at least 1, got {args.max_jobs}")
+    args.api_key_env = args.api_key_env or ["OPENAI_API_KEY"]
+    bad = [name for name in args.api_key_env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        parser.error(f"--api-key-env takes variable names (capital letters, digits and _), got {bad[0]!r}")
     return args
 
 
@@ -43,15 +54,23 @@ def main(argv=None) -> None:
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     # First start fetches and converts the offline default in the background; the page shows progress.
     preparation = Preparation(Path(args.cache_dir) if args.cache_dir else None, echo=lambda m: print(m, flush=True))
-    from workbench.ui.form import on_space
-    max_jobs = 1 if on_space() else args.max_jobs  # a Space is one small shared machine
+    from workbench.gate import is_public
+    public = is_public(args.host, args.share)
+    max_jobs = 1 if os.environ.get("SPACE_ID") else args.max_jobs  # a Space is one small shared machine
     services = Services.start(args.runs_dir, max_jobs=max_jobs, db_path=args.db, cache_dir=args.cache_dir,
-                              preparation=preparation.start(), allowed_roots=args.allow_dir)
+                              preparation=preparation.start(), allowed_roots=args.allow_dir, public=public,
+                              allow_remote_code=args.trust_remote_code, key_envs=args.api_key_env)
+    if public:
+        print("public mode: others can reach this app; local models and data are limited to the offline default, "
+              "uploads and --allow-dir folders", flush=True)
     live = [job["run_id"] for job in services.jobs.jobs() if job["live"]]
     if live:
         print(f"re-attached to running jobs: {', '.join(live)}", flush=True)
     try:
-        build_app(services).launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth)
+        # Public mode: Gradio refuses bigger uploads before they are written (the form checks again).
+        limit = f"{int(services.gate.max_upload_mb)}mb" if public else None
+        build_app(services).launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                                   max_file_size=limit)
     finally:
         services.close()
 

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 from jobs.spec import JobSpec
+from workbench.defaults import PREFIX
+from workbench.gate import DATA_SUFFIXES, MODEL_SUFFIXES, PROJECT_PROMPTS
+from workbench.paths import looks_like_local_path
 from workbench.rundir import LOG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +55,42 @@ def worker_argv(spec: JobSpec) -> list[str]:
     return argv + worker
 
 
+# What a worker inherits from the app's environment: the system's basics, caches and offline switches,
+# the accelerator's and the distributed launcher's settings. Nothing else: no tokens, no cloud credentials.
+_KEEP = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM", "SHELL",
+         "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_CACHE_HOME", "SSL_CERT_FILE",
+         "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+         "http_proxy", "https_proxy", "no_proxy", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+         "GRADIO_ANALYTICS_ENABLED", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE",
+         "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "HF_HUB_DISABLE_TELEMETRY",
+         "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_ETAG_TIMEOUT",
+         "HF_HUB_DOWNLOAD_TIMEOUT", "SPACE_ID"}
+_KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "ACCELERATE_", "OMPI_", "GLOO_")
+HUB_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def uses_hub(config) -> bool:
+    """Whether a run names anything on the Hugging Face hub (a model, a dataset, a prompt set): only then
+    does its worker get the app's hub token. Hub ids are told from paths by the loaders' own rule."""
+    values = [config.teacher.name_or_path, config.data.source, config.data.validation_source,
+              config.generation.prompts]
+    if not config.student.init_from_teacher_layers:
+        values.append(config.student.name_or_path)
+    local = DATA_SUFFIXES + MODEL_SUFFIXES
+    return any(v and not v.startswith((PREFIX, PROJECT_PROMPTS)) and not looks_like_local_path(v, local)
+               for v in values)
+
+
 def worker_env(spec: JobSpec, grace_s: float, base: dict | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+    """The worker's environment: only what it needs (_KEEP), plus the one variable its config reads an API
+    key from, and the hub token only when the run uses the hub."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if k in _KEEP or k.startswith(_KEEP_PREFIXES)}
+    g = spec.config.generation
+    if spec.config.strategy == "hard_label" and g.backend == "openai" and g.api_key_env in source:
+        env[g.api_key_env] = source[g.api_key_env]
+    if uses_hub(spec.config):
+        env.update({k: source[k] for k in HUB_TOKENS if k in source})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -8,6 +8,7 @@ ends without saying how), the worker while it runs. Never both at once.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import signal
 import threading
@@ -19,6 +20,8 @@ from jobs.launcher import start_worker
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
 from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.gate import Gate
 from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, is_run_dir, run_in
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
@@ -32,8 +35,15 @@ class _Live:
 
 
 def _number(value) -> float | None:
-    """A number read from a status file, or None for anything else (a damaged file may hold any JSON)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number read from a status file, or None for anything else (a damaged file may hold any
+    JSON: text, NaN, Infinity, an integer of 400 digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
@@ -49,7 +59,7 @@ def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
 
 class JobManager:
     def __init__(self, runs_dir: str | Path, max_concurrent: int = 1, grace_s: float = 60.0,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, gate: Gate | None = None):
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self.runs_dir = Path(runs_dir).expanduser().resolve()
@@ -57,6 +67,9 @@ class JobManager:
         self.max_concurrent = max_concurrent
         self.grace_s = grace_s
         self.cache_dir = str(cache_dir) if cache_dir else None
+        # The app's gate (workbench/gate.py): every job passes it when submitted and again when its worker
+        # starts, so a resumed job, or one found queued in the runs folder at start, is checked as well.
+        self.gate = gate
         self._live: dict[str, _Live] = {}
         self._queue: list[str] = []
         self._lock = threading.RLock()
@@ -74,6 +87,10 @@ class JobManager:
             run_dir = self.runs_dir / run_id
             config = config.replace(output=dataclasses.replace(config.output, runs_dir=str(self.runs_dir),
                                                                run_name=run_id))
+            if self.gate is not None:
+                self.gate.check(config)
+                if accelerate_config and self.gate.path_problem(accelerate_config):
+                    raise ConfigError([("accelerate_config", self.gate.path_problem(accelerate_config))])
             spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
                            accelerate_config=accelerate_config, cache_dir=self.cache_dir,
                            baseline_of=baseline_of).validate()
@@ -109,6 +126,8 @@ class JobManager:
                 raise ValueError(f"{run_id} is {state or 'unknown'}: only {', '.join(RESUMABLE)} jobs can resume")
             spec = JobSpec.read(run.path) if run.file(SPEC).exists() else JobSpec(
                 config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
+            if self.gate is not None:
+                self.gate.check(spec.config)
             dataclasses.replace(spec, resume=True).write()
             self._enqueue(run_id, spec.config.train.max_steps)
             self.poll()
@@ -198,7 +217,14 @@ class JobManager:
         run = RunDir(self.runs_dir / run_id)
         try:
             spec = JobSpec.read(run.path)
+            if self.gate is not None:
+                self.gate.check(spec.config)
+                if spec.accelerate_config and self.gate.path_problem(spec.accelerate_config):
+                    raise ConfigError([("accelerate_config", self.gate.path_problem(spec.accelerate_config))])
             popen = start_worker(spec, self.grace_s)
+        except ConfigError as err:  # refused by the gate, or a damaged spec: the job fails alone, not started
+            run.write_status("failed", error=f"not started: {err}")
+            return
         except Exception as err:  # noqa: BLE001 - a job that cannot start fails alone, the queue goes on
             run.write_status("failed", error=f"could not start the worker: {type(err).__name__}: {err}")
             return
@@ -237,9 +263,10 @@ class JobManager:
             if state == "unknown":
                 continue  # a damaged status: listed with its reason, never signalled or restarted
             process = WorkerProcess.read(run)
-            if process is None and state in ("starting", "running") and _number(status.get("pid")):
+            pid = _number(status.get("pid"))
+            if process is None and state in ("starting", "running") and pid and 0 < pid < 2**31:
                 # Started outside a job manager (the CLI): known by the pid its runner recorded.
-                process = WorkerProcess(int(status["pid"]), _number(status.get("pid_started")) or 0.0)
+                process = WorkerProcess(int(pid), _number(status.get("pid_started")) or 0.0)
             if process is not None and (process.alive() or state not in FINAL_STATES):
                 self._live[run.path.name] = _Live(run, process)
             elif process is not None:

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
+from workbench.configbase import ConfigError, show
+from workbench.paths import path_problem
 from workbench.rundir import SPEC, RunDir, read_json, write_json_atomic
 
 MAX_PROCESSES = 64
@@ -27,10 +28,19 @@ class JobSpec:
 
     def validate(self) -> "JobSpec":
         problems = []
-        if not isinstance(self.num_processes, int) or not 1 <= self.num_processes <= MAX_PROCESSES:
+        # A spec is also read back from a run folder, where it may hold any JSON: every field is checked.
+        if isinstance(self.num_processes, bool) or not isinstance(self.num_processes, int) \
+                or not 1 <= self.num_processes <= MAX_PROCESSES:
             problems.append(("num_processes", f"must be an integer from 1 to {MAX_PROCESSES}, "
-                                              f"got {self.num_processes!r}"))
-        if self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
+                                              f"got {show(self.num_processes)}"))
+        for name, kind in (("resume", bool), ("run_dir", str), ("created", (int, float))):
+            if not isinstance(getattr(self, name), kind):
+                problems.append((name, f"is {show(getattr(self, name))}, not a {getattr(kind, '__name__', 'number')}"))
+        for name in ("accelerate_config", "cache_dir", "baseline_of"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or path_problem(value)):
+                problems.append((name, path_problem(value) if isinstance(value, str) else f"is {show(value)}"))
+        if not problems and self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
             problems.append(("accelerate_config", f"no such file: {self.accelerate_config}"))
         if problems:
             raise ConfigError(problems)

@@ -55,7 +55,7 @@ def test_check_config_names_bad_fields_and_resolves_good_ones():
     verdict, resolved = check_config(yaml.safe_dump(good))
     assert verdict.startswith("**Valid.**") and yaml.safe_load(resolved)["loss"]["alpha"] == 0.5
     verdict, resolved = check_config(yaml.safe_dump({**good, "loss": {"alpha": 2, "temperature": -1}}))
-    assert "`loss.alpha`" in verdict and "`loss.temperature`" in verdict and resolved == ""
+    assert "**loss.alpha**" in verdict and "**loss.temperature**" in verdict and resolved == ""
     verdict, _ = check_config("teacher: [")
     assert "Not valid YAML" in verdict
 

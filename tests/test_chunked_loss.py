@@ -155,3 +155,26 @@ def test_non_finite_teacher_at_ignored_positions_leaves_gradients_finite(diverge
     (g_clean,), (g_bad,) = torch.autograd.grad(clean["loss"], [hs]), torch.autograd.grad(poisoned["loss"], [hs])
     assert torch.isfinite(g_bad).all() and (g_bad[masked] == 0).all()
     assert torch.equal(g_bad, g_clean)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_a_cache_teacher_with_fewer_logits_than_the_student_is_compared_on_the_shared_ones(divergence):
+    """A student with padding logit rows (V + 6) and a cache of the teacher's whole vocabulary (k = V): KD
+    equals the dense loss on the shared V logits, finite for reverse KL too (the padded rows' mass must
+    not land in a bucket the teacher has none in), plain and fused alike."""
+    from workbench.losses import kd_loss, sparse_kd_loss
+    from workbench.teacher_cache import top_k_logprobs
+    spec = LossSpec(divergence=divergence, alpha=0.0, temperature=2.0)
+    g = torch.Generator().manual_seed(7)
+    hs = torch.randn(N, H_S, generator=g).requires_grad_(True)
+    ws = (torch.randn(V + 6, H_S, generator=g) * 0.5).requires_grad_(True)
+    ht, wt = torch.randn(N, H_T, generator=g), torch.randn(V, H_T, generator=g) * 0.5
+    labels = torch.randint(0, V, (N,), generator=g)
+    rows = top_k_logprobs(ht @ wt.T, V)
+    dense = kd_loss((hs @ ws.T)[:, :V], ht @ wt.T, labels, divergence, 2.0)
+    plain = sparse_kd_loss((hs @ ws.T)[:, :V], *rows, labels, divergence, 2.0)
+    fused = fused_distill_loss(hs, ws, labels, spec, teacher_rows=rows, kd_vocab=V, chunk=8)
+    assert torch.isfinite(fused["kd"]) and fused["kd"].item() == pytest.approx(dense.item(), rel=1e-4)
+    assert plain.item() == pytest.approx(dense.item(), rel=1e-4)
+    for a, b in zip(grads({"loss": dense}, hs, ws), grads(fused, hs, ws)):
+        assert torch.allclose(a, b, atol=1e-5)

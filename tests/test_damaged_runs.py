@@ -20,7 +20,10 @@ from workbench.ui.app import build_app
 
 SHAPES = {  # valid JSON that is not what the file should hold
     "status.json": ['[1, 2]', '"running"', '{"state": 5, "step": "x", "total_steps": [], "eta_s": "soon", '
-                                           '"queued_at": "yesterday", "pid": -4}'],
+                                           '"queued_at": "yesterday", "pid": -4}',
+                    '{"state": "running", "pid": NaN, "step": Infinity, "eta_s": -Infinity}',
+                    '{"state": "queued", "queued_at": 1' + "0" * 400 + ', "step": 1' + "0" * 400 + '}',
+                    '{"state": "running", "pid": 1e400, "started": 1' + "0" * 400 + '}'],
     "config.json": ['{"teacher": "x", "student": {"lora": 3}, "train": {"lr": "fast", "max_steps": 1e300}}'],
     "metrics.jsonl": ['{"step": "abc", "loss": 1e999}\n[1]\n{"step": 99999999999, "loss": "x", "eval_ce": 10e400}\n'],
     "spec.json": ['{"config": 7}', '{"config": {"teacher": 1}, "num_processes": "many"}'],

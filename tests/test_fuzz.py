@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from workbench.cli import EXIT_CONFIG, main
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError, apply_overrides
-from workbench.ui.form import SetupForm, form_to_config
+from workbench.gate import Gate
+from workbench.ui.form import DATA_KINDS, STUDENT_CHECKPOINT, STUDENT_PRUNED, SetupForm, form_to_config
 
 EXAMPLES = 1500
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -40,7 +41,9 @@ PATHS = field_paths(DistillConfig)
 WEIRD_TEXT = st.sampled_from(["", " ", "²:1", "1:²", "0:1", "http://[::1", "http://x:99999999/v1", "~nosuchuser/x",
                               "~", "a\x00b", "x" * 300, "/" + "y" * 5000, "\ud800", "defaults:teacher", ".nan",
                               "inf", "10" * 300, "1e-4", "on", "off", "<img src=x onerror=alert(1)>", "../../etc"])
-TEXT = st.one_of(st.text(max_size=40), WEIRD_TEXT)
+# Lone surrogates too (JSON can carry "\ud800"; st.text() never makes one), also where a path starts.
+SURROGATE = st.sampled_from(["\ud800", "/tmp/\udcff", "~/\ud83d.txt"])
+TEXT = st.one_of(st.text(max_size=40), WEIRD_TEXT, SURROGATE)
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400),
                     st.floats(allow_nan=True, allow_infinity=True), TEXT)
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -117,18 +120,32 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("form")
     (root / "uploads").mkdir()
     (root / "a-folder.txt").mkdir()  # an "upload" that is a folder
+    (root / "data.txt").write_text("a line\n")
+    (root / LONG_NAME).write_text("a line\n")  # fits, but not with the time stamp the kept copy adds
     return root
+
+
+LONG_NAME = "é" * 124 + ".txt"  # 252 bytes
+
+
+UPLOADS = st.sampled_from(["folder", "file", "long", "/no/such/file.txt", None])
 
 
 @FUZZ
 @given(st.dictionaries(st.sampled_from(FORM_FIELDS), GRADIO, min_size=1, max_size=8),
-       st.sampled_from(["soft_label", "hard_label", "hidden_state", "co_distillation"]))
-def test_form_handler(folders, values, strategy):
-    if values.get("upload") == "folder" or values.get("gen_upload") == "folder":
-        values = {k: (str(folders / "a-folder.txt") if v == "folder" else v) for k, v in values.items()}
-    form = SetupForm(**{"strategy": strategy, **values})
+       st.sampled_from(["soft_label", "hard_label", "hidden_state", "co_distillation"]),
+       st.one_of(st.sampled_from(DATA_KINDS), TEXT), st.one_of(st.sampled_from([STUDENT_CHECKPOINT, STUDENT_PRUNED]),
+                                                               TEXT), UPLOADS, UPLOADS)
+def test_form_handler(folders, values, strategy, data_kind, student_kind, upload, gen_upload):
+    """Data kind and student kind drawn mostly from the real choices, so the upload and pruned paths run;
+    uploads that are a folder, a file, a file with a 250-byte name, or nothing at all."""
+    def file_for(kind):
+        return {"folder": str(folders / "a-folder.txt"), "file": str(folders / "data.txt"),
+                "long": str(folders / LONG_NAME)}.get(kind, kind)
+    form = SetupForm(**{"strategy": strategy, "data_kind": data_kind, "student_kind": student_kind,
+                        "upload": file_for(upload), "gen_upload": file_for(gen_upload), **values})
     try:
-        form_to_config(form, [folders], folders / "uploads")
+        form_to_config(form, Gate((folders,)), folders / "uploads")
     except ConfigError:
         pass
 
@@ -163,7 +180,7 @@ def test_the_reproduced_cases_are_refused_naming_the_field(folders, tmp_path):
                             else "a checkpoint", "data_kind": "upload a file" if name == "upload" else
                             "offline default corpus"})
         with pytest.raises(ConfigError) as err:
-            form_to_config(form, [folders], folders / "uploads")
+            form_to_config(form, Gate((folders,)), folders / "uploads")
         assert err.value.field == field, (name, err.value)
     for content in (b"\xff\xfe\x00garbage", "teacher: x".encode("utf-16"), b"[" * 100_000):
         path = tmp_path / "bad.yaml"

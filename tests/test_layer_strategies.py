@@ -74,6 +74,33 @@ def test_attention_loss_matches_references_and_groups_heads():
         reduce_heads(torch.softmax(torch.randn(1, 3, 6, 6), -1), 2)
 
 
+@pytest.mark.parametrize("kind", ["mse", "cosine", "kl", "attention_mse"])
+def test_non_finite_teacher_states_at_ignored_positions_add_exactly_zero(kind):
+    """A NaN in the teacher's hidden states or attention rows where no target is learned changes neither
+    the term nor any gradient (both models' values there are zeroed before the arithmetic)."""
+    torch.manual_seed(1)
+    labels = torch.tensor([[1, 1, 1, -100, -100, -100]])
+    ignored = torch.tensor([False, False, True, True, True])  # query positions 0..4; 2.. predict nothing
+    if kind in ("mse", "cosine"):
+        s, t = torch.randn(1, 6, 8).requires_grad_(True), torch.randn(1, 6, 8)
+        bad = t.clone()
+        bad[0, 3] = float("nan")
+        term = lambda teacher: hidden_state_loss([s], [teacher], labels, kind)  # noqa: E731
+    else:
+        causal = torch.full((6, 6), float("-inf")).triu(1)
+        logits = (torch.randn(1, 2, 6, 6) + causal).requires_grad_(True)
+        s, t = logits, torch.softmax(torch.randn(1, 2, 6, 6) + causal, -1)
+        bad = t.clone()
+        bad[0, :, 4] = float("nan")
+        loss = "kl" if kind == "kl" else "mse"
+        term = lambda teacher: attention_loss([torch.softmax(s, -1)], [teacher], labels, loss)  # noqa: E731
+    (clean,), (poisoned,) = (torch.autograd.grad(term(x), [s]) for x in (t, bad))
+    assert term(bad).item() == term(t).item()
+    assert torch.isfinite(poisoned).all() and torch.equal(poisoned, clean)
+    rows = poisoned[0, :5] if kind in ("mse", "cosine") else poisoned[0].transpose(0, 1)[:5]  # (position, ...)
+    assert (rows[ignored] == 0).all()
+
+
 def test_scheduled_alpha_moves_from_start_to_end():
     assert [scheduled_alpha(s, 1.0, 0.5, 10) for s in (0, 5, 10, 50)] == [1.0, 0.75, 0.5, 0.5]
     assert scheduled_alpha(5, 1.0, 0.5, 10, "cosine") == pytest.approx(0.75)
@@ -254,7 +281,8 @@ def test_the_form_maps_each_strategy_to_its_section(tmp_path, teacher_dir, stude
     form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), data_kind=DATA_UPLOAD,
                      upload=str(corpus_files[0]), strategy="hidden_state", layer_map="0:1; 1:3", layer_weight=2.0,
                      hidden_loss="cosine", co_warmup=7, co_mutual=True, base=DistillConfig.load(DEFAULT_CONFIG).to_dict())
-    roots = [teacher_dir.parent, corpus_files[0].parent]
+    from workbench.gate import Gate
+    roots = Gate((teacher_dir.parent, corpus_files[0].parent, tmp_path))  # tmp_path: where uploads are kept
     config = form_to_config(form, roots, tmp_path).config
     assert (config.hidden.layer_map, config.hidden.weight, config.hidden.loss) == (["0:1", "1:3"], 2.0, "cosine")
     assert config.co_distillation.alpha_warmup_steps == 7 and config.co_distillation.mutual

@@ -68,6 +68,7 @@ def test_bad_values_are_named_and_described():
     assert found == {"kd": "NaN", "loss": "inf"}
     assert describe(found, 103) == "kd became NaN at step 103"
     assert describe({"gradient": "inf"}, 7) == "the gradient norm became inf at step 7"
+    assert describe({"gradient": "NaN", "loss": "inf"}, 8) == "loss became inf at step 8"
 
 
 def test_a_diverging_run_stops_before_the_update_and_resumes_from_its_last_finite_checkpoint(
@@ -76,8 +77,10 @@ def test_a_diverging_run_stops_before_the_update_and_resumes_from_its_last_finit
     fails naming step 13 and kd, keeps checkpoints 5 and 10 (finite; rotation never reached them), writes
     no student, and resumes once the teacher is sound again."""
     original = SoftLabelStrategy.compute_loss
+    trained = []
 
     def poisoned(self, model, inputs, num_items_in_batch):
+        trained[:] = [model]
         if model.training and self.global_step == 12:
             with torch.no_grad():
                 self.teacher.get_input_embeddings().weight.fill_(float("nan"))
@@ -88,6 +91,8 @@ def test_a_diverging_run_stops_before_the_update_and_resumes_from_its_last_finit
     run = RunDir(tmp_path / "diverged")
     with pytest.raises(NonFiniteError, match="kd became NaN at step 13"):
         run_training(config, run)
+    # Stopped before the update: the NaN gradients of step 13 never reached the weights in memory.
+    assert all(torch.isfinite(p).all() for p in trained[0].parameters())
     status = strict_json(run.file(STATUS).read_text())
     assert status["state"] == "failed" and "kd became NaN at step 13" in status["error"]
     for line in run.file(METRICS).read_text().splitlines():
@@ -154,3 +159,23 @@ def test_weights_that_became_non_finite_are_never_saved(tmp_path, teacher_dir, s
         run_training(config)
     run = RunDir(tmp_path / "overflow")
     assert [p.name for p in run.checkpoints.iterdir()] == ["checkpoint-5"] and all_finite(run.checkpoints / "checkpoint-5")
+
+
+def test_the_skipped_count_survives_a_resume(tmp_path, nan_teacher, student_dir, poisoned_text, crash_at_step):
+    """Steps skipped after the last log but before the checkpoint still count once the run resumes from
+    it (logging every 7 steps, saving every 5): the total equals an uninterrupted run's."""
+    whole = make_config(nan_teacher, student_dir, poisoned_text, tmp_path, "whole", on_nonfinite="skip",
+                        max_skipped_steps=30, logging_steps=7)
+    run_training(whole)
+    expected = RunDir(tmp_path / "whole").read_status()["nonfinite_skipped"]
+    config = make_config(nan_teacher, student_dir, poisoned_text, tmp_path, "resumed", on_nonfinite="skip",
+                         max_skipped_steps=30, logging_steps=7)
+    arm, disarm = crash_at_step
+    arm(23)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config)
+    disarm()
+    run = RunDir(tmp_path / "resumed")
+    assert run.last_checkpoint().name == "checkpoint-20"
+    run_training(config, run, resume=True)
+    assert run.read_status()["nonfinite_skipped"] == expected > 0

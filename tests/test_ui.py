@@ -15,7 +15,8 @@ from workbench.preview import temperature_preview
 from workbench.services import Services
 from workbench.ui import compare_tab, evaluate_tab, inspect_tab, runs_tab, setup_tab
 from workbench.ui.app import DEFAULT_CONFIG, build_app
-from workbench.ui.form import DATA_UPLOAD, SPACE_MAX_STEPS, STUDENT_PRUNED, SetupForm, form_to_config
+from workbench.gate import PUBLIC_MAX_STEPS, Gate, is_public
+from workbench.ui.form import DATA_UPLOAD, STUDENT_PRUNED, SetupForm, form_to_config
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_every_form_field_is_bound_to_its_own_component(services):
 
 
 def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
-    plan = form_to_config(tiny_form, services.allowed_roots, services.uploads_dir)
+    plan = form_to_config(tiny_form, services.gate, services.uploads_dir)
     config = plan.config
     assert plan.processes == 1 and plan.accelerate_config is None and config.train.max_steps == 6 and config.train.bf16 == "off"
     assert config.train.logging_steps == 1  # a 6-step run still draws a curve
@@ -78,14 +79,14 @@ def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, cor
     assert config.data.validation_source is None and config.loss.alpha == 0.5
     assert config.evaluation.at_end and config.loss.teacher_cache is None
     cache = services.caches_dir / "k32"
-    cached = form_to_config(dataclasses.replace(tiny_form, teacher_cache=str(cache)), services.allowed_roots,
+    cached = form_to_config(dataclasses.replace(tiny_form, teacher_cache=str(cache)), services.gate,
                             services.uploads_dir)
     assert cached.config.loss.teacher_cache == str(cache)
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, teacher_cache="/etc/cache"), services.allowed_roots,
+        form_to_config(dataclasses.replace(tiny_form, teacher_cache="/etc/cache"), services.gate,
                        services.uploads_dir)
     assert err.value.field == "loss.teacher_cache"
-    quiet = form_to_config(dataclasses.replace(tiny_form, evaluate=False), services.allowed_roots, services.uploads_dir)
+    quiet = form_to_config(dataclasses.replace(tiny_form, evaluate=False), services.gate, services.uploads_dir)
     assert not quiet.config.evaluation.at_end
 
 
@@ -95,23 +96,24 @@ def test_bad_form_input_names_every_field(services, tiny_form, tmp_path):
     bad = dataclasses.replace(tiny_form, teacher=str(outside), max_steps=2.5, alpha=1.5,
                               accelerate_config="/etc/fsdp.yaml")
     with pytest.raises(ConfigError) as err:
-        form_to_config(bad, services.allowed_roots, services.uploads_dir)
+        form_to_config(bad, services.gate, services.uploads_dir)
     fields = {name for name, _ in err.value.problems}
     assert fields == {"teacher.name_or_path", "train.max_steps", "accelerate_config"}  # checked at the edge, before the config
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, alpha=1.5), services.allowed_roots, services.uploads_dir)
+        form_to_config(dataclasses.replace(tiny_form, alpha=1.5), services.gate, services.uploads_dir)
     assert err.value.field == "loss.alpha" and "1.5" in str(err.value)
     wrong = tmp_path / "notes.docx"
     wrong.write_text("x")
     with pytest.raises(ConfigError, match="use a .txt"):
-        form_to_config(dataclasses.replace(tiny_form, upload=str(wrong)), services.allowed_roots, services.uploads_dir)
+        form_to_config(dataclasses.replace(tiny_form, upload=str(wrong)), services.gate, services.uploads_dir)
 
 
-def test_a_space_caps_the_steps(services, tiny_form, monkeypatch):
+def test_a_public_app_caps_the_steps(services, tiny_form, teacher_dir, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/distill")
+    assert is_public("127.0.0.1", share=False) and is_public("0.0.0.0", share=False) is True
+    public = Gate.for_app(services.runs_dir, teacher_dir.parent, [teacher_dir.parent], public=True)
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, max_steps=SPACE_MAX_STEPS + 1), services.allowed_roots,
-                       services.uploads_dir)
+        form_to_config(dataclasses.replace(tiny_form, max_steps=PUBLIC_MAX_STEPS + 1), public, services.uploads_dir)
     assert err.value.field == "train.max_steps"
 
 
@@ -120,7 +122,7 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
     assert "Not launched" in text and "loss.alpha" in text and services.jobs.jobs() == []
 
     text, yaml_path = setup_tab.launch(services, dataclasses.replace(tiny_form, run_name="good"))
-    assert "Launched `good`" in text and "5.0x smaller" in text
+    assert "Launched good" in text and "5.0x smaller" in text
     assert DistillConfig.from_dict(yaml.safe_load(open(yaml_path))).train.max_steps == 6  # the CLI runs it
     assert services.jobs.wait("good", timeout=300)["state"] == "succeeded"
     table = runs_tab.jobs_table(services)
@@ -144,7 +146,7 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
     assert list(compared.run_id) == ["good", "good-ce-baseline"] and len(curves.data) == 2
     assert compared.loc[1, "alpha"] == 1.0 and compared.loc[1, "baseline_of"] == "good"
     assert compared.loc[0, "heldout_perplexity"] > 1 and 0 <= compared.loc[0, "top1_agreement"] <= 1  # evaluated at its end
-    assert "Did distillation beat plain fine-tuning?" in verdict and "`good-ce-baseline`" in verdict
+    assert "Did distillation beat plain fine-tuning?" in verdict and "(good-ce-baseline, α = 1)" in verdict
 
 
 def test_pre_flight_flags_a_tokenizer_mismatch_on_the_student_field(tmp_path, teacher_dir, corpus_files):
@@ -175,7 +177,7 @@ def test_pre_flight_sizes_a_student_pruned_from_the_teacher(teacher_dir, corpus_
 def test_pruned_student_form_trains_end_to_end(services, tiny_form):
     form = dataclasses.replace(tiny_form, student_kind=STUDENT_PRUNED, keep_layers=2, student="", run_name="pruned")
     text, _ = setup_tab.launch(services, form)
-    assert "Launched `pruned`" in text, text
+    assert "Launched pruned" in text, text
     assert services.jobs.wait("pruned", timeout=300)["state"] == "succeeded"
     saved = DistillConfig.load(services.runs_dir / "pruned" / "config.json")
     assert saved.student.init_from_teacher_layers == 2
@@ -203,9 +205,13 @@ def test_the_sql_box_refuses_writes_and_exports_what_it_shows(services):
     assert compare_tab.export(services, None, "csv")[0] is None
 
 
-def test_inspect_and_evaluate_views_of_a_finished_run(distilled_run):
+def test_inspect_and_evaluate_views_of_a_finished_run(distilled_run, teacher_dir):
     run, _, _ = distilled_run
-    services = Services.start(run.path.parent)
+    # The run's models and data lie outside its runs folder: the app reads them once it is told it may.
+    with Services.start(run.path.parent) as refused:
+        with pytest.raises(ConfigError, match="--allow-dir"):
+            inspect_tab.inspect_view(refused, "distilled", 12, "the cat", 2.0, 5, "forward_kl", None)
+    services = Services.start(run.path.parent, allowed_roots=[teacher_dir.parent])
     try:
         view = inspect_tab.inspect_view(services, "distilled", 12, "the cat sees the red ball.", 2.0, 5,
                                         "forward_kl", None)

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from workbench.config import DistillConfig
+from workbench.escaping import plain
 
 
 def ce_baseline_config(config: DistillConfig) -> DistillConfig:
@@ -37,13 +38,14 @@ def baseline_verdict(table: pd.DataFrame) -> str:
         kd = by_id.loc[base.baseline_of]
         ppl_kd, ppl_ce = kd.heldout_perplexity, base.heldout_perplexity
         if not (isinstance(ppl_kd, float) and isinstance(ppl_ce, float)) or math.isnan(ppl_kd) or math.isnan(ppl_ce):
-            lines.append(f"- `{base.baseline_of}` vs its CE-only baseline `{base.run_id}`: waiting for both "
-                         f"to report held-out perplexity (now {kd.status} / {base.status}).")
+            lines.append(f"- {plain(base.baseline_of)} vs its CE-only baseline {plain(base.run_id)}: waiting for "
+                         f"both to report held-out perplexity (now {kd.status} / {base.status}).")
             continue
         change = 100 * (ppl_ce - ppl_kd) / ppl_ce
         answer = "**Yes.**" if ppl_kd < ppl_ce else "**No.**"
-        lines.append(f"- {answer} `{base.baseline_of}` (α = {kd.alpha:g}, T = {kd.temperature:g}) reaches held-out "
-                     f"perplexity {ppl_kd:.2f}; plain fine-tuning (`{base.run_id}`, α = 1) reaches {ppl_ce:.2f}: "
+        lines.append(f"- {answer} {plain(base.baseline_of)} (α = {kd.alpha:g}, T = {kd.temperature:g}) reaches "
+                     f"held-out perplexity {ppl_kd:.2f}; plain fine-tuning ({plain(base.run_id)}, α = 1) reaches "
+                     f"{ppl_ce:.2f}: "
                      f"distillation is {abs(change):.1f}% {'lower' if change > 0 else 'higher'} "
                      f"(same student, data, steps and seed).")
     return "### Did distillation beat plain fine-tuning?\n" + "\n".join(lines) if lines else ""

@@ -60,6 +60,8 @@ class RunFilesCallback(TrainerCallback):
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3),
                   **{k: v for k, v in logs.items() if k not in _SKIP}}
         self.run_dir.append_metrics(record)
+        if logs.get("nonfinite_skipped"):  # shown in the Runs tab while the run goes on
+            self.run_dir.write_status("running", nonfinite_skipped=logs["nonfinite_skipped"])
         if self.echo and "loss" in logs:
             self.echo(self._progress_line(state, logs))
 

@@ -39,13 +39,14 @@ class _LiveTeacher:
 class _CachedTeacher:
     """The teacher signal as teacher-cache rows: top-k log-probs and ids (N, k), tail log-mass (N,)."""
 
-    def __init__(self, top_logp: Tensor, top_ids: Tensor, tail: Tensor):
-        self.top_logp, self.top_ids, self.tail = top_logp, top_ids, tail
+    def __init__(self, top_logp: Tensor, top_ids: Tensor, tail: Tensor, kd_vocab: int | None):
+        self.top_logp, self.top_ids, self.tail, self.kd_vocab = top_logp, top_ids, tail, kd_vocab
 
     def kd_sum(self, s_logits: Tensor, rows: slice, labels: Tensor, spec) -> Tensor:
         # num_items_in_batch=1: the sum over the chunk (with T^2), which forward divides by the count
-        return sparse_kd_loss(s_logits, self.top_logp[rows], self.top_ids[rows], self.tail[rows], labels,
-                              spec.divergence, spec.temperature, spec.beta, spec.skew_lambda, num_items_in_batch=1)
+        return sparse_kd_loss(s_logits[:, :self.kd_vocab], self.top_logp[rows], self.top_ids[rows], self.tail[rows],
+                              labels, spec.divergence, spec.temperature, spec.beta, spec.skew_lambda,
+                              num_items_in_batch=1)
 
 
 def _chunk_terms(s_logits: Tensor, teacher, rows: slice, labels: Tensor, spec) -> tuple[Tensor, Tensor | None]:
@@ -130,7 +131,7 @@ def fused_distill_loss(student_hidden: Tensor, student_weight: Tensor, labels: T
     elif teacher_rows is not None:
         top_logp, top_ids, tail = teacher_rows
         k = top_logp.shape[-1]
-        teacher = _CachedTeacher(top_logp.reshape(-1, k), top_ids.reshape(-1, k), tail.reshape(-1))
+        teacher = _CachedTeacher(top_logp.reshape(-1, k), top_ids.reshape(-1, k), tail.reshape(-1), kd_vocab)
     count = (labels != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
     count = torch.as_tensor(count, device=student_hidden.device, dtype=torch.float32).clamp(min=1)
     loss, ce, kd = _FusedDistill.apply(student_hidden, student_weight, student_bias, teacher, labels, spec, count,

@@ -75,7 +75,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _text_problem(value: str) -> str | None:
+def text_problem(value: str) -> str | None:
     """Why a text cannot be a config value, or None: too long, a NUL byte, not encodable as UTF-8."""
     if len(value) > MAX_TEXT:
         return f"is {len(value):,} characters long; at most {MAX_TEXT:,} are allowed"
@@ -104,8 +104,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if typing.get_origin(base) is list:
         item_tp = typing.get_args(base)[0]
         if isinstance(value, str):
-            if _text_problem(value):
-                raise ConfigError([(path, _text_problem(value))])
+            if text_problem(value):
+                raise ConfigError([(path, text_problem(value))])
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError([(path, f"expected a list, got {show(value)}")])
@@ -138,8 +138,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
             raise ConfigError([(path, f"expected text, got {show(value)}")])
         text = value if isinstance(value, str) else str(value)
-        if _text_problem(text):
-            raise ConfigError([(path, _text_problem(text))])
+        if text_problem(text):
+            raise ConfigError([(path, text_problem(text))])
         return text
     return value
 
@@ -154,7 +154,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            name = str(key)[:80]
+            # Cut, and printable whatever the terminal's encoding (a key may hold a lone surrogate).
+            name = str(key)[:80].encode("utf-8", "backslashreplace").decode("utf-8")
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
             problems.append((f"{prefix}{name}", "unknown key" + hint))
@@ -183,7 +184,7 @@ def check_fields(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
         meta = f.metadata
         texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
             if isinstance(value, list) else []
-        problem = next((p for p in map(_text_problem, texts) if p), None)
+        problem = next((p for p in map(text_problem, texts) if p), None)
         if problem:
             problems.append((path, problem))
             continue

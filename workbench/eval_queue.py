@@ -9,15 +9,20 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.escaping import plain
+from workbench.gate import Gate
 from workbench.run_eval import evaluate_run
-from workbench.rundir import run_in
+from workbench.rundir import CONFIG, run_in
 
 log = logging.getLogger(__name__)
 
 
 class EvaluationQueue:
-    def __init__(self, runs_dir: Path, on_done: Callable[[], None] = lambda: None):
+    def __init__(self, runs_dir: Path, on_done: Callable[[], None] = lambda: None, gate: Gate | None = None):
         self.runs_dir = Path(runs_dir)
+        self.gate = gate  # the runs' configs pass it before any model of theirs loads
         self.on_done = on_done              # the app wakes its ingest thread, so the store sees the result
         self._lock = threading.Lock()
         self._pending: deque[tuple[str, str, str | None]] = deque()
@@ -27,19 +32,24 @@ class EvaluationQueue:
         self._working = False  # set and cleared under the lock, so a request never misses a stopping worker
 
     def request(self, run_id: str, student: str, baseline_id: str | None = None) -> str:
-        """Queue an evaluation; KeyError for a run id that is not a run folder in runs_dir."""
-        run_in(self.runs_dir, run_id)
-        if baseline_id:
-            run_in(self.runs_dir, baseline_id)
+        """Queue an evaluation; KeyError for a run id that is not a run folder in runs_dir. A run whose config
+        the gate refuses (a planted run directory asking for remote code or outside files) is not queued."""
+        for name in (run_id, baseline_id) if baseline_id else (run_id,):
+            run = run_in(self.runs_dir, name)
+            if self.gate is not None:
+                try:
+                    self.gate.check(DistillConfig.load(run.file(CONFIG)))
+                except ConfigError as err:
+                    return f"**{plain(name)}** is not evaluated here: {plain(err)}"
         with self._lock:
             job = (run_id, student, baseline_id)
             if self._current == (run_id, student) or any(p[:2] == (run_id, student) for p in self._pending):
-                return f"`{run_id}` {student}: already being evaluated"
+                return f"**{plain(run_id)}** {plain(student)}: already being evaluated"
             self._pending.append(job)
             if not self._working:
                 self._working = True
                 threading.Thread(target=self._work, name="evaluations", daemon=True).start()
-            return f"`{run_id}` {student}: evaluation queued ({len(self._pending)} waiting)"
+            return f"**{plain(run_id)}** {plain(student)}: evaluation queued ({len(self._pending)} waiting)"
 
     def state(self, run_id: str, student: str) -> str:
         """One line for the UI: running (with progress), queued, finished or failed."""

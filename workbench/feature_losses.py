@@ -60,9 +60,12 @@ def hidden_state_loss(student: list[Tensor], teacher: list[Tensor], labels: Tens
     projected to the teacher's width. mse: mean over features of the squared difference; cosine:
     1 - cosine similarity. Summed over pairs and target positions, / num_items."""
     mask = _targets(labels)
+    keep = mask[..., None]
     total = student[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student, teacher):
-        s, t = s[:, :-1].float(), t[:, :-1].float()
+        # Zeroed before the arithmetic, not only dropped after: a NaN in an ignored position would
+        # otherwise reach the student's gradient through 0 * NaN.
+        s, t = torch.where(keep, s[:, :-1].float(), 0.0), torch.where(keep, t[:, :-1].float(), 0.0)
         per_position = ((s - t) ** 2).mean(-1) if kind == "mse" else 1 - F.cosine_similarity(s, t, dim=-1)
         total = total + per_position[mask].sum()
     return total / _normaliser(mask, num_items)
@@ -91,6 +94,8 @@ def attention_loss(student: list[Tensor], teacher: list[Tensor], labels: Tensor,
         s = reduce_heads(s.float(), None) if not mapped_heads else s.float()
         t = reduce_heads(t.float(), s.shape[1] if mapped_heads else None)
         s, t = s[:, :, :-1], t[:, :, :-1]  # query rows that predict a next token
+        rows_kept = mask[:, None, :, None]  # (B, 1, L-1, 1): ignored query rows zeroed before the arithmetic
+        s, t = torch.where(rows_kept, s, 0.0), torch.where(rows_kept, t, 0.0)
         if kind == "kl":
             # Masked keys have probability 0 for both: xlogy gives 0 there, and clamping keeps log finite.
             rows = (torch.xlogy(t, t) - t * s.clamp_min(1e-12).log()).sum(-1)

@@ -15,6 +15,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from workbench.paths import safe_exists
 from workbench.rundir import CONFIG, LOG, METRICS, SPEC, STATUS, TRAINER_STATE, RunDir, dumps, is_run_dir, read_json
 from workbench.store import DB_NAME, Store
 
@@ -148,7 +149,7 @@ def _stamp(path: Path) -> str:
 def _signature(run: RunDir) -> str:
     parts = [_stamp(run.file(name)) for name in (CONFIG, SPEC, STATUS, METRICS)]
     # with whether each is complete yet: Trainer writes trainer_state.json into it last
-    parts += [f"{p.name}:{(p / TRAINER_STATE).exists()}" for p in sorted(run.checkpoints.glob("checkpoint-*"))]
+    parts += [f"{p.name}:{safe_exists(p / TRAINER_STATE)}" for p in sorted(run.checkpoints.glob("checkpoint-*"))]
     parts += [f"{p.name}:{_stamp(p)}" for p in sorted(run.evaluations.glob("step-*.json"))]
     parts.append(str((run.student / "config.json").exists()))
     return "|".join(parts)
@@ -166,7 +167,10 @@ class Ingestor:
         run_id = run.path.name
         with self._lock:
             state = self.store.ingest_state(run_id) or {}
-            signature = _signature(run)
+            try:
+                signature = _signature(run)
+            except OSError as err:  # a folder this process may not read
+                signature = f"unreadable: {err}"
             if state.get("signature") == signature:
                 return 0
             try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workbench.config import DistillConfig
 from workbench.data import heldout_documents
+from workbench.gate import Gate
 from workbench.inspect import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
 from workbench.models import shared_logit_size
 from workbench.rundir import CONFIG, RunDir, is_run_dir, run_in
@@ -44,8 +45,9 @@ def _analysis_bytes(found: TokenAnalysis) -> int:
 
 
 class Inspector:
-    def __init__(self, runs_dir: str | Path, max_students: int = 4, max_bytes: int = 2**30):
+    def __init__(self, runs_dir: str | Path, max_students: int = 4, max_bytes: int = 2**30, gate: Gate | None = None):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.gate = gate  # a run directory's config passes it before any of its models or data is read
         # _lock guards the caches and is never held while a model loads or runs, so a slider move served
         # from the cache never waits for another session's work; _work runs that work one at a time (it
         # competes for the same cores anyway) and lets a second request find what the first one made.
@@ -67,6 +69,8 @@ class Inspector:
             run = None
         if run is None or not is_run_dir(run.path) or not run.file(CONFIG).exists():
             raise ValueError(f"run {run_id!r}: no started run of that name in {self.runs_dir}")
+        if self.gate is not None:
+            self.gate.check(DistillConfig.load(run.file(CONFIG)))
         return run, reading_config(run)
 
     def points(self, run_id: str) -> list[StudentPoint]:

@@ -48,7 +48,7 @@ def bad_values(values: dict[str, torch.Tensor | float | None]) -> dict[str, str]
 
 def describe(bad: dict[str, str], step: int) -> str:
     """'kd became NaN at step 103': the first term named, before the total and the gradient."""
-    order = sorted(bad, key=lambda name: (name in ("loss", "gradient"), name))
+    order = sorted(bad, key=lambda name: (name in ("loss", "gradient"), name == "gradient", name))
     first = order[0]
     subject = "the gradient norm" if first == "gradient" else first
     others = [name for name in order[1:] if name not in ("loss", "gradient")]

@@ -18,7 +18,10 @@ def path_problem(value: str) -> str | None:
     expanded = os.path.expanduser(value)
     if value.startswith("~") and expanded == value:  # pathlib raises RuntimeError for it
         return f"{value.split('/')[0][:40]!r} names no user on this machine"
-    encoded = expanded.encode("utf-8", "surrogatepass")
+    try:
+        encoded = expanded.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file system call accepts it
+        return "is not valid Unicode text (a lone surrogate)"
     if len(encoded) > PATH_MAX:
         return f"is {len(encoded):,} bytes long; a path can have at most {PATH_MAX:,}"
     if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
@@ -30,6 +33,14 @@ def safe_exists(path: Path) -> bool:
     """Path.exists that answers False instead of raising for names the system refuses (too long, NUL)."""
     try:
         return path.exists()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def safe_is_dir(path: Path) -> bool:
+    """Path.is_dir that answers False for a folder this process may not read (PermissionError)."""
+    try:
+        return path.is_dir()
     except (OSError, ValueError, RuntimeError):
         return False
 

@@ -15,6 +15,7 @@ import torch
 
 from workbench.config import DistillConfig
 from workbench.data import DataError, load_raw, resolve_format
+from workbench.escaping import plain
 from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
 from workbench.configbase import ConfigError
@@ -44,7 +45,10 @@ class Preflight:
         return not self.problems
 
     def markdown(self) -> str:
-        lines = [f"- **`{name}`**: {msg}" for name, msg in self.problems] + [f"- {note}" for note in self.notes]
+        # Messages quote what the user typed (a teacher id, a file name, a data row's column): escaped, so
+        # a value holding HTML shows as text. The notes' own Markdown (**bold**) survives escaping.
+        lines = [f"- **{plain(name)}**: {plain(msg)}" for name, msg in self.problems] + \
+                [f"- {plain(note)}" for note in self.notes]
         head = "**Ready to launch.**" if self.ok else "**Not launched — fix these first:**"
         return "\n".join([head, *lines])
 

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from workbench.paths import safe_exists, safe_is_dir
+
 CONFIG = "config.json"
 SPEC = "spec.json"
 STATUS = "status.json"
@@ -46,7 +48,7 @@ FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
 def is_run_dir(path: Path) -> bool:
     """A folder holding a run (or a job not yet started): what the manager, the store and the UI list."""
-    return path.is_dir() and any((path / name).exists() for name in (CONFIG, SPEC, STATUS))
+    return safe_is_dir(path) and any(safe_exists(path / name) for name in (CONFIG, SPEC, STATUS))
 
 
 def run_in(runs_dir: Path, run_id: str) -> "RunDir":

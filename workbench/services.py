@@ -13,6 +13,8 @@ from workbench.eval_queue import EvaluationQueue
 from workbench.ingest import Ingestor, IngestLoop
 from workbench.inspector import Inspector
 from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.gate import Gate, upload_folders
 from workbench.rundir import CONFIG, SPEC, run_in
 from workbench.store import DB_NAME, Store
 
@@ -25,10 +27,16 @@ class Services:
     ingest: IngestLoop
     preparation: Preparation | None = None
     cache_dir: Path | None = None
-    # Local model folders and data files the UI accepts must lie inside one of these.
-    allowed_roots: list[Path] = field(default_factory=list)
+    # What this app instance allows: every path and model reference of a config it accepts passes it.
+    gate: Gate | None = None
     inspector: Inspector | None = None
     evaluations: EvaluationQueue | None = None
+    # Public mode: the runs each browser session launched, so a visitor's queue can be capped.
+    sessions: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        return list(self.gate.roots)
 
     @property
     def uploads_dir(self) -> Path:
@@ -46,18 +54,37 @@ class Services:
     @classmethod
     def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
               cache_dir: str | Path | None = None, preparation: Preparation | None = None,
-              grace_s: float = 60.0, allowed_roots: list[str | Path] = ()) -> "Services":
+              grace_s: float = 60.0, allowed_roots: list[str | Path] = (), public: bool = False,
+              allow_remote_code: bool = False, key_envs: list[str] = ("OPENAI_API_KEY",)) -> "Services":
         """Re-attach to jobs still running from a previous app, start polling them, and start ingesting
-        every run directory into the store (the app is the store's only writer)."""
+        every run directory into the store (the app is the store's only writer). The gate is fixed here,
+        for the app's life: allowed folders, public mode, remote code, the variables keys may come from."""
         runs_dir = Path(runs_dir).expanduser().resolve()
         runs_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(db_path or runs_dir / DB_NAME)
-        jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir).start()
-        ingest = IngestLoop(Ingestor(store, runs_dir)).start()
         cache = Path(cache_dir).expanduser().resolve() if cache_dir else None
-        roots = [runs_dir, cache or default_cache_dir(), *(Path(r).expanduser().resolve() for r in allowed_roots)]
-        return cls(runs_dir, jobs, store, ingest, preparation, cache, roots, Inspector(runs_dir),
-                   EvaluationQueue(runs_dir, on_done=ingest.wake))
+        gate = Gate.for_app(runs_dir, cache or default_cache_dir(), list(allowed_roots), public=public,
+                            allow_remote_code=allow_remote_code, key_envs=list(key_envs),
+                            upload_dirs=upload_folders())
+        store = Store(db_path or runs_dir / DB_NAME)
+        jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir, gate=gate).start()
+        ingest = IngestLoop(Ingestor(store, runs_dir)).start()
+        return cls(runs_dir, jobs, store, ingest, preparation, cache, gate, Inspector(runs_dir, gate=gate),
+                   EvaluationQueue(runs_dir, on_done=ingest.wake, gate=gate))
+
+    def submit(self, config: DistillConfig, session: str | None = None, **launch) -> str:
+        """Queue a job; in public mode a browser session may have at most gate.max_jobs_per_session runs
+        queued or running at once (enforced here, whatever the form shows)."""
+        limit = self.gate.max_jobs_per_session
+        if limit is not None and session is not None:
+            states = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
+            active = [r for r in self.sessions.get(session, []) if states.get(r) in ("queued", "starting", "running")]
+            if len(active) >= limit:
+                raise ConfigError([("session", f"this app is shared: at most {limit} runs of yours may be queued "
+                                               f"or running at once; wait for {', '.join(active)}")])
+        run_id = self.jobs.submit(config, **launch)
+        if session is not None:
+            self.sessions.setdefault(session, []).append(run_id)
+        return run_id
 
     def add_baseline(self, run_id: str) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
@@ -82,6 +109,12 @@ class Services:
 
     def evaluation_reports(self, run_id: str) -> list[dict]:
         return run_in(self.runs_dir, run_id).read_evaluations()
+
+    def __enter__(self) -> "Services":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""

@@ -49,6 +49,10 @@ TABLES = {"runs": (RUN_COLUMNS, ""), "metrics": (METRIC_COLUMNS, ", PRIMARY KEY 
           "evals": (EVAL_COLUMNS, ", PRIMARY KEY (run_id, split, seq, metric)"),
           "artifacts": (ARTIFACT_COLUMNS, ", PRIMARY KEY (run_id, path)"), "ingest_state": (INGEST_COLUMNS, "")}
 USER_TABLES = ("runs", "metrics", "evals", "artifacts")
+# What one query typed by a user may take of the shared connection.
+QUERY_MAX_ROWS = 10_000
+QUERY_TIMEOUT_S = 10.0
+QUERY_MAX_CHARS = 100_000
 
 
 class StoreError(ValueError):
@@ -198,18 +202,39 @@ class Store:
             "SELECT run_id FROM runs WHERE list_contains(?, baseline_of) AND NOT list_contains(?, run_id) "
             "ORDER BY run_id", [list(run_ids), list(run_ids)]).fetchall()]
 
-    def query(self, sql: str) -> pd.DataFrame:
-        """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes."""
+    def query(self, sql: str, max_rows: int | None = QUERY_MAX_ROWS, timeout_s: float = QUERY_TIMEOUT_S) -> pd.DataFrame:
+        """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes. At most
+        max_rows rows come back (frame.attrs["truncated"] says whether there were more), and a query still
+        running after timeout_s is interrupted, so none can hold the app's shared connection."""
+        if not isinstance(sql, str) or len(sql) > QUERY_MAX_CHARS:
+            raise StoreError(f"query: give one SELECT statement of at most {QUERY_MAX_CHARS:,} characters")
         try:
             statements = duckdb.extract_statements(sql)
         except duckdb.Error as err:
             raise StoreError(f"query: {err}") from err
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise StoreError("query: only a single SELECT statement is allowed")
+        text = statements[0].query.strip().rstrip(";")
+        if max_rows is not None:
+            # New lines around it: a trailing -- comment must not swallow the closing parenthesis.
+            text = f"SELECT * FROM (\n{text}\n) AS user_query LIMIT {int(max_rows) + 1}"
+        cur = self.cursor()
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
         try:
-            return self.cursor().execute(sql).df()
+            frame = cur.execute(text).df()
+        except duckdb.InterruptException:
+            raise StoreError(f"query: stopped after {timeout_s:g} s (the time limit); narrow it down") from None
         except duckdb.Error as err:
             raise StoreError(f"query: {err}") from err
+        finally:
+            timer.cancel()
+            cur.close()
+        truncated = max_rows is not None and len(frame) > max_rows
+        if truncated:
+            frame = frame.iloc[:max_rows]
+        frame.attrs["truncated"] = truncated
+        return frame
 
     def export(self, sql: str, path: str | Path) -> Path:
         """Write a query's result to .csv or .parquet. The main connection may not touch files, so the

@@ -17,11 +17,14 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.rundir import json_safe, read_json, write_json_atomic
 from workbench.nonfinite import NonFiniteError, bad_values, describe, weights_finite
 from workbench.strategies.base import Strategy
 from workbench.strategies.together import TrainedTogether
 
 log = logging.getLogger(__name__)
+SKIPPED_FILE = "nonfinite.json"  # in each checkpoint-N/: steps skipped as non-finite up to N
 
 
 def use_bf16(config: DistillConfig) -> bool:
@@ -78,6 +81,11 @@ class DistillTrainer(Trainer):
     def __init__(self, *args, strategy: Strategy, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # prints raw log dicts; RunFilesCallback prints progress
+        if self.is_deepspeed_enabled and strategy.config.train.on_nonfinite == "skip":
+            # DeepSpeed takes its optimizer step inside backward, before any hook here sees the gradient.
+            raise ConfigError([("train.on_nonfinite", "skip needs the step checked before the update, which "
+                                                      "DeepSpeed does not allow; use stop (checkpoints stay "
+                                                      "finite either way)")])
         self.strategy = strategy.to(self.args.device)
         # Make Trainer count target tokens over the accumulated batch for every model, and count them
         # on labels[:, 1:] because every strategy shifts labels for next-token prediction.
@@ -87,6 +95,7 @@ class DistillTrainer(Trainer):
         self._step_sums: dict[str, torch.Tensor] = defaultdict(float)  # the step being accumulated
         self._skipped: int | None = None  # steps skipped as non-finite (train.on_nonfinite: skip), run-wide
         self._skipped_since_log = 0
+        self._resumed_from: str | None = None
         self._other_norms: list = []  # gradient norms of the parts clipped apart from the student
         self._eval_items = 0.0
         self._tokens = 0.0
@@ -157,7 +166,9 @@ class DistillTrainer(Trainer):
             logs["tokens_per_s"] = round(tokens / max(now - last_time, 1e-9), 1)
             logs.update(self.strategy.step_values(step))
             self._tokens, self._last_log = 0.0, (now, step)
-        super().log(logs, start_time)
+        # NaN and inf as null: Trainer keeps these logs in every checkpoint's trainer_state.json, which
+        # is then strict JSON like every other file of the run.
+        super().log(json_safe(logs), start_time)
 
     def create_optimizer(self, *args, **kwargs):
         """Trainer's optimizer, unless the strategy trains parts at their own learning rates (a co-distilled
@@ -188,14 +199,16 @@ class DistillTrainer(Trainer):
 
     def _get_grad_norm(self, model, grad_norm=None):
         """The last call before the optimizer step: the step is checked here. Gradients are already
-        reduced over processes, so every rank sees the same norm and takes the same decision."""
+        reduced over processes, so every rank sees the same norm and takes the same decision. (Under
+        DeepSpeed the engine has already stepped inside backward: stop then comes after the update, and
+        check_weights is what keeps checkpoints finite.)"""
         grad_norm = super()._get_grad_norm(model, grad_norm)
         others, self._other_norms = self._other_norms, []
         step_sums, self._step_sums = self._step_sums, defaultdict(float)
         gradient = torch.stack([torch.as_tensor(n, dtype=torch.float32).reshape(()).to(self.args.device)
                                 for n in (grad_norm, *others)]).sum() if grad_norm is not None else None
-        if self._skipped is None:  # a resumed run goes on counting from its checkpoint's logs
-            self._skipped = max((h.get("nonfinite_skipped", 0) for h in self.state.log_history), default=0)
+        if self._skipped is None:  # a resumed run goes on counting from its checkpoint
+            self._skipped = _skipped_in(self._resumed_from)
         bad = bad_values({**step_sums, "gradient": gradient})
         if not bad:
             for name, value in step_sums.items():
@@ -219,7 +232,10 @@ class DistillTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         check_weights(self.model, self.state.global_step, "checkpoint")
-        return super()._save_checkpoint(model, trial)
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and self._skipped:  # a resumed run must go on counting from here
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            write_json_atomic(folder / SKIPPED_FILE, {"nonfinite_skipped": self._skipped})
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         together = self.accelerator.unwrap_model(self.model)
@@ -247,10 +263,20 @@ class DistillTrainer(Trainer):
             check_weights(self.model, self.state.global_step, "student")
         return super().save_model(output_dir, _internal_call)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # Throughput counts from here, not from construction (model loading is not training time).
         self._last_log, self._train_start = None, time.perf_counter()
-        return super().train(*args, **kwargs)
+        self._resumed_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def _skipped_in(checkpoint: str | None) -> int:
+    """Steps skipped as non-finite before `checkpoint` (0 for a fresh start)."""
+    if not checkpoint:
+        return 0
+    found, _ = read_json(Path(checkpoint) / SKIPPED_FILE)
+    count = (found or {}).get("nonfinite_skipped", 0)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
 
 
 def check_weights(model: torch.nn.Module, step: int, what: str) -> None:

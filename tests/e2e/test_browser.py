@@ -1,10 +1,6 @@
 """The workbench in a real browser: Playwright (pip) driving Debian's /usr/bin/chromium against app.py on a
 free port, with a tiny local teacher and student. Screenshots go to test-output/e2e/."""
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,7 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-from jobs.launcher import free_port  # noqa: E402
+from apphost import running_app  # noqa: E402
 
 expect.set_options(timeout=60_000)
 
@@ -28,25 +24,9 @@ expect.set_options(timeout=60_000)
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, defaults_root, teacher_dir):
     runs = tmp_path_factory.mktemp("e2e") / "runs"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs),
-                             "--cache-dir", str(defaults_root.parent), "--allow-dir", str(teacher_dir.parent)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"the app did not start: {proc.stdout.read()}")
-    yield url, runs
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_app(["--runs-dir", str(runs), "--cache-dir", str(defaults_root.parent),
+                      "--allow-dir", str(teacher_dir.parent)]) as url:
+        yield url, runs
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +156,54 @@ def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):
     page.get_by_role("option", name="soft_label").click()
     expect(page.locator("#setup-alpha")).to_be_visible()
     expect(page.locator("#setup-layer_map")).to_be_hidden()
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_hostile_text_renders_as_text(page, app_url, teacher_dir, student_dir, corpus_files):
+    """A run folder named with markup, an evaluation whose generations hold it, and a teacher-written
+    dataset whose rows hold it (run folders may come from anywhere): every tab shows the text, and no
+    script runs (a dialog would fire)."""
+    import json
+    import shutil
+    _, runs = app_url
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    name = f"x{HOSTILE}"
+    folder = runs / name
+    shutil.copytree(runs / "alpha-half", folder, ignore=shutil.ignore_patterns("checkpoints", "student"))
+    report_path = next((folder / "evaluations").glob("step-*.json"))
+    report = json.loads(report_path.read_text())
+    report.update(run_id=name, student=HOSTILE, card=f"card {HOSTILE}",
+                  generations=[{"prompt": HOSTILE, "teacher": HOSTILE, "student": HOSTILE}])
+    report_path.write_text(json.dumps(report))
+    (folder / "generated").mkdir()
+    (folder / "generated" / "manifest.json").write_text(json.dumps(
+        {"settings": {"teacher": HOSTILE}, "rows_total": 1, "complete": True, "started": 1.0}))
+    (folder / "generated" / "completions.jsonl").write_text(json.dumps(
+        {"prompt": HOSTILE, "completion": HOSTILE, "finish_reason": HOSTILE, "prompt_index": 0, "sample": 0}) + "\n")
+
+    page.get_by_role("tab", name="Runs").click()
+    wait_for_text(page, "#jobs-table", "onerror")
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-runs input").click()
+    page.get_by_role("option", name=name).click()
+    wait_for_text(page, "#compare-table", "onerror")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#evaluate-run input").click()
+    page.get_by_role("option", name=name).click()
+    expect(page.locator("#evaluate-card")).to_contain_text(f"card {HOSTILE}")
+    expect(page.locator("#evaluate-generations")).to_contain_text(HOSTILE)
+    page.get_by_role("tab", name="Set up").click()
+    page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="hard_label").click()
+    page.get_by_text("Teacher-written datasets").click()
+    page.get_by_role("button", name="Refresh").last.click()
+    page.get_by_label("Look at").click()
+    page.get_by_role("option", name=f"{name} (1/1 rows)").click()
+    expect(page.locator("#dataset-rows")).to_contain_text(HOSTILE)
+    page.screenshot(path=SHOTS / "9-hostile-text.png", full_page=True)
+    assert dialogs == [] and page.locator("img[src='x']").count() == 0
+    page.locator("#setup-strategy input").click()
+    page.get_by_role("option", name="soft_label").click()

@@ -86,6 +86,9 @@ class SoftLabelStrategy(Strategy):
         """KD against the teacher cache's rows for these blocks (training batches carry their block
         index); held-out batches have none and get the CE term alone."""
         spec = self.config.loss
+        # The student's padding logits beyond the cache teacher's vocabulary stay out of KD, as they do
+        # against a live teacher (kd_vocab); CE keeps the student's full softmax.
+        vocab = self.cache.manifest.vocab
         rows = None
         if "block" in inputs and spec.alpha < 1.0:
             device = inputs["input_ids"].device
@@ -94,11 +97,11 @@ class SoftLabelStrategy(Strategy):
             head = _unwrap(model).get_output_embeddings()
             return fused_distill_loss(_hidden(model, inputs["input_ids"], inputs["attention_mask"]), head.weight,
                                       labels, spec, student_bias=head.bias, num_items_in_batch=num_items_in_batch,
-                                      chunk=spec.chunk_size, teacher_rows=rows)
+                                      kd_vocab=vocab, chunk=spec.chunk_size, teacher_rows=rows)
         student_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
         if rows is None:
             return distill_loss(student_logits, None, labels, spec, num_items_in_batch=num_items_in_batch)
         ce = ce_loss(student_logits, labels, num_items_in_batch)
-        kd = sparse_kd_loss(student_logits, *rows, labels, spec.divergence, spec.temperature, spec.beta,
+        kd = sparse_kd_loss(student_logits[..., :vocab], *rows, labels, spec.divergence, spec.temperature, spec.beta,
                             spec.skew_lambda, num_items_in_batch)
         return {"loss": combine(ce, kd, spec.alpha), "ce": ce, "kd": kd}

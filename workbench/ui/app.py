@@ -11,7 +11,6 @@ from workbench.ui.compare_tab import create_compare_tab
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
 from workbench.ui.evaluate_tab import create_evaluate_tab
-from workbench.ui.form import SPACE_MAX_STEPS, on_space
 from workbench.ui.inspect_tab import create_inspect_tab
 from workbench.ui.runs_tab import create_runs_tab
 from workbench.ui.setup_tab import create_setup_tab
@@ -31,8 +30,14 @@ def build_app(services: Services) -> gr.Blocks:
         gr.Markdown(INTRO)
         if services.preparation is not None:
             create_defaults_banner(services.preparation)
-        if on_space():
-            gr.Markdown(f"Running as a Hugging Face Space: one job at a time, at most {SPACE_MAX_STEPS} steps.")
+        gate = services.gate
+        if gate.public:
+            gr.Markdown(f"**This workbench is reachable by others** (a share link, a public address or a Space). "
+                        f"Models and data come from the hub, uploads, the offline default or the folders its host "
+                        f"allowed; a run has at most {gate.max_steps} steps, a visitor at most "
+                        f"{gate.max_jobs_per_session} runs waiting or training, an upload at most "
+                        f"{gate.max_upload_mb:g} MiB. Everyone who can open this page sees every run.",
+                        elem_id="public-notice")
         with gr.Tabs():
             create_setup_tab(services, default)
             create_runs_tab(services)

@@ -10,7 +10,8 @@ import pandas as pd
 from workbench.baseline import baseline_verdict
 from workbench.plots import compare_curves
 from workbench.services import Services
-from workbench.store import StoreError, export_frame
+from workbench.store import QUERY_MAX_ROWS, StoreError, export_frame
+from workbench.escaping import plain
 
 TERMS = ["loss", "ce", "kd", "learning_rate", "grad_norm", "tokens_per_s"]
 EXAMPLE_SQL = ("SELECT run_id, divergence, alpha, temperature, status, steps\nFROM runs\n"
@@ -31,9 +32,13 @@ def compare(services: Services, run_ids: list[str] | None, term: str) -> tuple[o
 
 def run_sql(services: Services, sql: str) -> tuple[pd.DataFrame | None, str]:
     try:
-        return services.store.query(sql), ""
+        frame = services.store.query(sql)
     except StoreError as err:
-        return None, f"**{err}**"
+        return None, f"**{plain(err)}**"
+    if frame.attrs.get("truncated"):
+        return frame, (f"**Cut at the first {QUERY_MAX_ROWS:,} rows**: the query returns more. Add a LIMIT or a WHERE "
+                       "to see the rest; the export holds what is shown.")
+    return frame, ""
 
 
 def export(services: Services, frame: pd.DataFrame | None, kind: str) -> tuple[str | None, str]:
@@ -64,7 +69,7 @@ def create_compare_tab(services: Services) -> None:
     tab.select(lambda chosen: gr.Dropdown(choices=run_choices(services), value=chosen), runs, runs)
     for trigger in (runs.change, term.change):
         trigger(lambda r, t: compare(services, r, t), [runs, term], [curves, table, verdict])
-    run_query.click(lambda q: run_sql(services, q), sql, [table, message])
+    run_query.click(lambda q: run_sql(services, q), sql, [table, message], api_name="sql")
 
     def on_export(frame, chosen_kind):
         path, text = export(services, frame, chosen_kind)

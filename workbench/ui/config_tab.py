@@ -1,13 +1,12 @@
 """Config tab: edit a run configuration as YAML and check it before anything is launched."""
 from __future__ import annotations
 
-import html
-
 import gradio as gr
 import yaml
 
 from workbench.config import DistillConfig
 from workbench.configbase import MAX_FILE_BYTES, ConfigError, parse_text
+from workbench.escaping import plain
 
 
 def check_config(text: str) -> tuple[str, str]:
@@ -20,10 +19,10 @@ def check_config(text: str) -> tuple[str, str]:
         data = parse_text(text) or {}
         config = DistillConfig.from_dict(data)
     except ConfigError as err:
-        items = "\n".join(f"- `{field}`: {html.escape(msg)}" for field, msg in err.problems)
+        items = "\n".join(f"- **{plain(field)}**: {plain(msg)}" for field, msg in err.problems)
         return f"**Invalid config:**\n{items}", ""
     except ValueError as err:
-        return f"**Not valid YAML:** {html.escape(str(err))}", ""
+        return f"**Not valid YAML:** {plain(err)}", ""
     return "**Valid.** Run it with `python -m workbench train CONFIG.yaml`.", yaml.safe_dump(
         config.to_dict(), sort_keys=False)
 
@@ -34,4 +33,4 @@ def create_config_tab(example_yaml: str) -> None:
         check = gr.Button("Check config", variant="primary")
         verdict = gr.Markdown()
         resolved = gr.Code(language="yaml", label="Resolved (every field, defaults filled in)", interactive=False)
-        check.click(check_config, inputs=editor, outputs=[verdict, resolved])
+        check.click(check_config, inputs=editor, outputs=[verdict, resolved], api_name="check_config")

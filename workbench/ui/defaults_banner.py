@@ -1,6 +1,8 @@
 """A banner that shows the offline default's preparation on first start, then what it holds."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from workbench.defaults import Preparation
@@ -8,7 +10,7 @@ from workbench.defaults import Preparation
 
 def banner_text(state: dict) -> str:
     if state["error"]:
-        return f"**Preparing the offline default failed.** {state['error']}"
+        return f"**Preparing the offline default failed.** {html.escape(str(state['error']), quote=False)}"
     if state["manifest"] is None:
         return (f"**Preparing the offline default (first start only): {state['fraction']:.0%}** — "
                 f"{state['message']}")

@@ -7,6 +7,7 @@ import pandas as pd
 
 from workbench.plots import reliability
 from workbench.services import Services
+from workbench.escaping import plain
 
 MODELS = ("teacher", "student", "untrained", "baseline")
 POLL_S = 2.0
@@ -36,14 +37,16 @@ def report_view(services: Services, run_id: str | None, step: int | None) -> tup
     try:
         reports = services.evaluation_reports(run_id) if run_id else []
     except KeyError as err:
-        return f"**{err.args[0]}**", None, None, None
+        return f"**{plain(err.args[0])}**", None, None, None
     chosen = [r for r in reports if r.get("step") == step] or reports[-1:]
     if not chosen:
         return "No evaluation of this run yet: evaluate a saved student below.", None, None, None
     report = chosen[0]
-    head = f"#### {report['run_id']}: {report['student']} (step {report['step']})\n\n"
+    head = f"#### {plain(report.get('run_id', run_id))}: {plain(report.get('student'))} (step {plain(report.get('step'))})\n\n"
     generations = pd.DataFrame(report.get("generations") or [], columns=["prompt", "teacher", "student"])
-    return head + report["card"], metrics_table(report), reliability(report["reliability"]), generations
+    # The card is ours, but the file is read back from a run folder: its text is shown as text.
+    return (head + plain(report.get("card", "")), metrics_table(report), reliability(report.get("reliability") or {}),
+            generations)
 
 
 def _seen(reports: list[dict]) -> tuple:
@@ -60,7 +63,8 @@ def create_evaluate_tab(services: Services) -> None:
                              elem_id="evaluate-table")
         with gr.Row():
             diagram = gr.Plot(label="Calibration: reliability diagram")
-            generations = gr.Dataframe(label="Greedy generations, side by side", interactive=False, wrap=True)
+            generations = gr.Dataframe(label="Greedy generations, side by side", interactive=False, wrap=True,
+                                       elem_id="evaluate-generations")
         with gr.Row():
             student = gr.Dropdown([], label="Saved student to evaluate")
             evaluate = gr.Button("Evaluate it", variant="primary", elem_id="evaluate-go")
@@ -90,7 +94,7 @@ def create_evaluate_tab(services: Services) -> None:
         try:
             return services.evaluations.request(run_id, key, services.baseline_of(run_id))
         except KeyError as err:
-            return f"**{err.args[0]}**"
+            return f"**{plain(err.args[0])}**"
 
     def add_baseline(run_id):
         if not run_id:
@@ -98,7 +102,7 @@ def create_evaluate_tab(services: Services) -> None:
         try:
             new = services.add_baseline(run_id)
         except (KeyError, ValueError, FileNotFoundError) as err:
-            return f"**{err}**"
+            return f"**{plain(err)}**"
         return f"Queued `{new}`: the same run with α = 1. Compare shows both once it has finished."
 
     def poll(run_id, key, seen):
@@ -116,9 +120,9 @@ def create_evaluate_tab(services: Services) -> None:
         return (line, gr.Dropdown(choices=[r["step"] for r in reports], value=newest),
                 *report_view(services, run_id, newest), _seen(reports))
 
-    tab.select(lambda chosen: gr.Dropdown(choices=services.store.runs().run_id.tolist(), value=chosen), run, run)
+    tab.select(lambda chosen: gr.Dropdown(choices=services.store.runs().run_id.tolist(), value=chosen), run, run, api_name="evaluate_runs")
     run.input(choose, run, [shown, student, card, table, diagram, generations, seen])
     shown.input(lambda r, s: report_view(services, r, s), [run, shown], [card, table, diagram, generations])
-    evaluate.click(request, [run, student], status)
-    baseline.click(add_baseline, run, status)
+    evaluate.click(request, [run, student], status, api_name="evaluate")
+    baseline.click(add_baseline, run, status, api_name="add_baseline")
     timer.tick(poll, [run, student, seen], [status, shown, card, table, diagram, generations, seen])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import time
 import typing
@@ -17,9 +16,9 @@ from pathlib import Path
 
 from jobs.spec import MAX_PROCESSES
 from workbench.config import DistillConfig
-from workbench.configbase import MAX_TEXT, ConfigError, show
-from workbench.defaults import PREFIX
-from workbench.paths import looks_like_local_path, path_problem
+from workbench.configbase import ConfigError, show, text_problem
+from workbench.gate import Gate
+from workbench.paths import NAME_MAX, path_problem
 
 DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
 # Teacher -> student pairs that share a tokenizer, for users who have the hub.
@@ -33,14 +32,6 @@ DATA_DEFAULT, DATA_UPLOAD, DATA_HUB = "offline default corpus", "upload a file",
 DATA_KINDS = (DATA_DEFAULT, DATA_UPLOAD, DATA_HUB)
 STUDENT_CHECKPOINT, STUDENT_PRUNED = "a checkpoint", "pruned from the teacher"
 UPLOAD_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-SPACE_MAX_STEPS = 200
-
-
-def on_space() -> bool:
-    """Running as a Hugging Face Space (the platform sets SPACE_ID): demo limits apply."""
-    return bool(os.environ.get("SPACE_ID"))
-
-
 @dataclass
 class SetupForm:
     teacher: str = "defaults:teacher"
@@ -129,21 +120,10 @@ class SetupForm:
 _HINTS = typing.get_type_hints(SetupForm)
 
 
-def _inside(path: Path, roots: list[Path]) -> bool:
-    if path_problem(str(path)):
-        return False
-    resolved = path.expanduser().resolve()
-    return any(resolved == root or root in resolved.parents for root in roots)
-
-
-def _check_local(value: str, name: str, roots: list[Path], problems: list) -> None:
-    if not value or value.startswith(PREFIX) or not looks_like_local_path(value, UPLOAD_SUFFIXES):
-        return
-    if path_problem(value):
-        problems.append((name, path_problem(value)))
-    elif not _inside(Path(value), roots):
-        problems.append((name, f"{value} is outside the folders this app may read "
-                               f"({', '.join(str(r) for r in roots)}); start the app with --allow-dir to add one"))
+def _check_reference(gate: Gate, value: str | None, name: str, problems: list, suffixes=()) -> None:
+    problem = gate.reference_problem(value, suffixes)
+    if problem:
+        problems.append((name, problem))
 
 
 def _as_int(value, name: str, problems: list) -> int | None:
@@ -173,7 +153,8 @@ def _finite(value: int | float) -> bool:
 def _typed(form: SetupForm) -> SetupForm:
     """The form with each value of the type its field declares, or ConfigError naming the field. Every
     handler is an HTTP endpoint too: a visitor may send any JSON value for any field, not only what the
-    components offer. Text is capped (MAX_TEXT) before anything looks at it as a path."""
+    components offer. Text is checked (configbase.text_problem: length, NUL, lone surrogates) before
+    anything looks at it as a path."""
     problems, values = [], {}
     for f in dataclasses.fields(SetupForm):
         value, kind = getattr(form, f.name), _HINTS[f.name]
@@ -184,8 +165,8 @@ def _typed(form: SetupForm) -> SetupForm:
                 values[f.name] = None if kind != str else ""
             elif not isinstance(value, str):
                 problems.append((f.name, f"expected text, got {show(value)}"))
-            elif len(value) > MAX_TEXT or "\x00" in value:
-                problems.append((f.name, f"must be at most {MAX_TEXT:,} characters of text without NUL bytes"))
+            elif text_problem(value):
+                problems.append((f.name, text_problem(value)))
             else:
                 values[f.name] = value
         elif kind is bool:
@@ -210,12 +191,12 @@ class Launch:
     accelerate_config: str | None
 
 
-def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Launch:
+def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
     """The config and how to launch it. Raises ConfigError naming every bad field; copies an upload into
-    uploads_dir so the job still finds it after the browser's temporary file is gone."""
+    uploads_dir so the job still finds it after the browser's temporary file is gone. Every path and model
+    reference passes the gate (workbench/gate.py), whichever data kind or strategy the form says."""
     form = _typed(form)
     problems: list[tuple[str, str]] = []
-    roots = [Path(r).expanduser().resolve() for r in roots]
     ints = {name: _as_int(getattr(form, name), key, problems) for name, key in
             (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
              ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"),
@@ -228,11 +209,11 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     data = dict(form.base)
     pruned = form.student_kind == STUDENT_PRUNED
     teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
-    _check_local(teacher, "teacher.name_or_path", roots, problems)
-    _check_local(student, "student.name_or_path", roots, problems)
+    _check_reference(gate, teacher, "teacher.name_or_path", problems)
+    _check_reference(gate, student, "student.name_or_path", problems)
     accelerate_config = form.accelerate_config.strip() or None
-    if accelerate_config:
-        _check_local(accelerate_config, "accelerate_config", roots, problems)
+    if accelerate_config and gate.path_problem(accelerate_config):
+        problems.append(("accelerate_config", gate.path_problem(accelerate_config)))
     data["teacher"] = {**data.get("teacher", {}), "name_or_path": teacher}
     data["student"] = {**data.get("student", {}), "name_or_path": student,
                        "init_from_teacher_layers": (ints["keep_layers"] or 0) if pruned else 0,
@@ -240,10 +221,10 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
     if form.strategy == "hard_label":
         # The teacher writes the data: the runner points data.source at its completions.
         data["data"] = {**data.get("data", {}), "source": "", "validation_source": None, "validation_split": None}
-        data["generation"] = {**_generation_section(form, data.get("generation", {}), ints, roots, uploads_dir,
+        data["generation"] = {**_generation_section(form, data.get("generation", {}), ints, gate, uploads_dir,
                                                     problems), "max_prompts": max_prompts or None}
     else:
-        data["data"] = _data_section(form, data.get("data", {}), uploads_dir, problems)
+        data["data"] = _data_section(form, data.get("data", {}), gate, uploads_dir, problems)
     data["strategy"] = form.strategy
     data["co_distillation"] = {**data.get("co_distillation", {}), "teacher_lr": form.co_teacher_lr,
                                "alpha_start": form.co_alpha_start, "alpha_end": form.co_alpha_end,
@@ -258,8 +239,8 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
         data[section] = {**data.get(section, {}), **chosen}
     # Only soft_label reads a cache; the panel is hidden for the others, so its value must not leak in.
     cache = (form.teacher_cache or "").strip() or None if form.strategy == "soft_label" else None
-    if cache and not _inside(Path(cache), roots):
-        problems.append(("loss.teacher_cache", f"{cache} is outside the folders this app may read"))
+    if cache and gate.path_problem(cache):
+        problems.append(("loss.teacher_cache", gate.path_problem(cache)))
     data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,
                     "temperature": form.temperature, "beta": form.beta, "teacher_cache": cache}
     train = data.get("train", {})
@@ -270,11 +251,12 @@ def form_to_config(form: SetupForm, roots: list[Path], uploads_dir: Path) -> Lau
                      "on_nonfinite": form.on_nonfinite}
     data["output"] = {**data.get("output", {}), "run_name": form.run_name.strip() or None}
     data["evaluation"] = {**data.get("evaluation", {}), "at_end": bool(form.evaluate)}
-    if on_space() and (ints["max_steps"] or 0) > SPACE_MAX_STEPS:
-        problems.append(("train.max_steps", f"this Space allows at most {SPACE_MAX_STEPS} steps per run"))
+    if gate.max_steps is not None and (ints["max_steps"] or 0) > gate.max_steps:
+        problems.append(("train.max_steps", f"this app is reachable by others: at most {gate.max_steps} steps "
+                                            "per run"))
     if problems:
         raise ConfigError(problems)
-    config = DistillConfig.from_dict(data)
+    config = gate.check(DistillConfig.from_dict(data))
     if pruned and not teacher:
         raise ConfigError([("teacher.name_or_path", "is required to prune a student from it")])
     return Launch(config, ints["processes"], accelerate_config)
@@ -287,30 +269,36 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _keep_upload(upload: Path, uploads_dir: Path) -> str:
-    """A copy the job still finds after the browser's temporary file is gone."""
+def _keep_upload(upload: Path, uploads_dir: Path, field: str) -> str:
+    """A copy the job still finds after the browser's temporary file is gone, named by the time and as much
+    of the upload's name as fits in one file name (Gradio keeps the browser's name, of any length)."""
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{upload.name}"
-    shutil.copyfile(upload, kept)
+    stem = upload.stem.encode("utf-8")[:NAME_MAX - 64].decode("utf-8", "ignore")
+    kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}{upload.suffix[:16]}"
+    try:
+        shutil.copyfile(upload, kept)
+    except OSError as err:
+        raise ConfigError([(field, f"the upload {upload.name[:80]} could not be kept: {err.strerror or err}")]) from None
     return str(kept)
 
 
-def _generation_section(form: SetupForm, section: dict, ints: dict, roots: list[Path], uploads_dir: Path,
+def _generation_section(form: SetupForm, section: dict, ints: dict, gate: Gate, uploads_dir: Path,
                         problems: list) -> dict:
     prompts = form.gen_prompts.strip()
     if form.gen_upload:
         upload = Path(form.gen_upload)
         if upload.suffix.lower() not in UPLOAD_SUFFIXES:
             problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
-        elif not _is_file(upload):
-            problems.append(("generation.prompts", f"the upload {upload.name} is not a file"))
+        elif not _is_file(upload) or gate.upload_problem(str(upload)):
+            problems.append(("generation.prompts", gate.upload_problem(str(upload)) or
+                             f"the upload {upload.name} is not a file"))
         else:
-            prompts = _keep_upload(upload, uploads_dir)
+            prompts = _keep_upload(upload, uploads_dir, "generation.prompts")
     else:
-        _check_local(prompts, "generation.prompts", roots, problems)
+        _check_reference(gate, prompts, "generation.prompts", problems, UPLOAD_SUFFIXES)
     dataset = (form.gen_dataset or "").strip() or None
-    if dataset and not _inside(Path(dataset), roots):
-        problems.append(("generation.dataset", f"{dataset} is outside the folders this app may read"))
+    if dataset and gate.path_problem(dataset):
+        problems.append(("generation.dataset", gate.path_problem(dataset)))
     return {**section, "backend": form.gen_backend, "prompts": prompts, "api_base_url": form.gen_api_base_url.strip(),
             "api_model": form.gen_api_model.strip(), "api_key_env": form.gen_api_key_env.strip(),
             "temperature": form.gen_temperature, "top_p": form.gen_top_p,
@@ -319,7 +307,7 @@ def _generation_section(form: SetupForm, section: dict, ints: dict, roots: list[
             "prompt_column": form.gen_prompt_column.strip() or "prompt", "dataset": dataset}
 
 
-def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: list) -> dict:
+def _data_section(form: SetupForm, section: dict, gate: Gate, uploads_dir: Path, problems: list) -> dict:
     if form.data_kind == DATA_DEFAULT:
         return {**section, "source": "defaults:corpus/train.jsonl",
                 "validation_source": "defaults:corpus/validation.jsonl"}
@@ -327,19 +315,22 @@ def _data_section(form: SetupForm, section: dict, uploads_dir: Path, problems: l
     if form.data_kind == DATA_HUB:
         if not form.hub_dataset.strip():
             problems.append(("data.source", "name a hub dataset id, e.g. roneneldan/TinyStories"))
+        _check_reference(gate, form.hub_dataset, "data.source", problems, UPLOAD_SUFFIXES)
         return {**section, "source": form.hub_dataset.strip()}
     if not form.upload:
         problems.append(("data.source", "choose a file to upload (.txt, .jsonl, .json, .csv or .parquet)"))
         return section
     upload = Path(form.upload)
-    limit_mb = section.get("max_file_mb", 512)
+    limit_mb = min(section.get("max_file_mb", 512), gate.max_upload_mb or float("inf"))
     if upload.suffix.lower() not in UPLOAD_SUFFIXES:
         problems.append(("data.source", f"{upload.name}: use a .txt, .jsonl, .json, .csv or .parquet file"))
     elif not _is_file(upload):
         problems.append(("data.source", f"the upload {upload.name} is not a file"))
+    elif gate.upload_problem(form.upload):
+        problems.append(("data.source", gate.upload_problem(form.upload)))
     elif upload.stat().st_size > limit_mb * 2**20:
         problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "
                                         f"{limit_mb} MiB limit (data.max_file_mb)"))
     else:
-        return {**section, "source": _keep_upload(upload, uploads_dir)}
+        return {**section, "source": _keep_upload(upload, uploads_dir, "data.source")}
     return section

@@ -104,7 +104,7 @@ def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple
         stats = gr.Markdown()
         lengths = gr.Plot(label="Lengths")
         rows = gr.Dataframe(pd.DataFrame(columns=VIEW_COLUMNS), label=f"Rows (first {VIEW_ROWS})", interactive=False,
-                            wrap=True)
+                            wrap=True, elem_id="dataset-rows")
 
     def on_refresh(chosen):
         found = list_generated(services.runs_dir)

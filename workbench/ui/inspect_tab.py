@@ -13,6 +13,7 @@ from workbench.inspect import STATS, token_stats, top_k
 from workbench.plots import token_distributions, token_profile, trajectory_figure
 from workbench.run_models import StudentPoint
 from workbench.services import Services
+from workbench.escaping import plain
 
 STAT_CHOICES = [(label, key) for key, label in STATS.items()]
 
@@ -99,7 +100,7 @@ def create_inspect_tab(services: Services) -> None:
         try:
             view = inspect_view(services, run_id, step_value, body, t, top, colour, pos)
         except (ValueError, OSError, RuntimeError) as err:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**{err}**"
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**{plain(err)}**"
         return (view.summary, view.heatmap, view.distributions, view.profile,
                 gr.Slider(0, max(view.positions - 1, 1), value=view.position, step=1), "")
 
@@ -124,12 +125,12 @@ def create_inspect_tab(services: Services) -> None:
         try:
             return trajectory_figure(services.inspector.trajectory(run_id, body, int(pos), t)), ""
         except (ValueError, OSError, RuntimeError) as err:
-            return gr.skip(), f"**{err}**"
+            return gr.skip(), f"**{plain(err)}**"
 
-    tab.select(lambda chosen: gr.Dropdown(choices=_runs(services), value=chosen), run, run)
-    run.input(choose_run, run, [step, sample]).then(render, controls, outputs)
+    tab.select(lambda chosen: gr.Dropdown(choices=_runs(services), value=chosen), run, run, api_name="inspect_runs")
+    run.input(choose_run, run, [step, sample], api_name="inspect_run").then(render, controls, outputs)
     sample.input(lambda chosen: chosen or gr.skip(), sample, text)
-    inspect_button.click(render, controls, outputs)
+    inspect_button.click(render, controls, outputs, api_name="inspect")
     for control in (step, temperature, k, position):
         control.release(render, controls, outputs)
     stat.input(render, controls, outputs)

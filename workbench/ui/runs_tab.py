@@ -2,14 +2,13 @@
 live loss curves from the store."""
 from __future__ import annotations
 
-import math
-
 import gradio as gr
 import pandas as pd
 
 from workbench.callbacks import format_eta
 from workbench.plots import run_curves
 from workbench.services import Services
+from workbench.escaping import plain
 
 COLUMNS = ["run", "state", "progress", "step", "ETA", "processes", "error"]
 POLL_S = 2.0
@@ -42,8 +41,10 @@ def jobs_table(services: Services) -> pd.DataFrame:
 
 
 def _number(value, default: float | None = 0.0) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e12
-    return float(value) if ok else default
+    """A status field as a number fit to show, else `default`: no text, NaN, inf or 400-digit integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e12 < value < 1e12:
+        return default  # the comparison is False for NaN, and safe for integers beyond the float range
+    return float(value)
 
 
 def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tuple[object, str, tuple]:
@@ -68,11 +69,11 @@ def act(services: Services, action: str, run_id: str | None) -> str:
     try:
         if action == "cancel":
             state = services.jobs.cancel(run_id)
-            return f"`{run_id}`: {state} (it saves a checkpoint at the next step, then stops)"
+            return f"**{plain(run_id)}**: {state} (it saves a checkpoint at the next step, then stops)"
         services.jobs.resume(run_id)
-        return f"`{run_id}`: queued to resume from its last checkpoint"
+        return f"**{plain(run_id)}**: queued to resume from its last checkpoint"
     except (KeyError, ValueError) as err:
-        return f"**{run_id}:** {err}"
+        return f"**{plain(run_id)}:** {plain(err)}"
 
 
 def create_runs_tab(services: Services) -> gr.Dropdown:
@@ -98,8 +99,8 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
         return frame, gr.Dropdown(choices=ids, value=chosen), gr.skip() if figure is None else figure, text, new_key
 
     timer.tick(refresh, [run, shown], [table, run, curves, log, shown])
-    tab.select(refresh, [run, shown], [table, run, curves, log, shown])  # a tab's timer starts when it is first opened
+    tab.select(refresh, [run, shown], [table, run, curves, log, shown], api_name="runs")  # a tab's timer starts when it is first opened
     run.input(lambda r: run_details(services, r), run, [curves, log, shown])
-    cancel.click(lambda r: act(services, "cancel", r), run, message)
-    resume.click(lambda r: act(services, "resume", r), run, message)
+    cancel.click(lambda r: act(services, "cancel", r), run, message, api_name="cancel")
+    resume.click(lambda r: act(services, "resume", r), run, message, api_name="resume")
     return run

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import time
 
 import gradio as gr
@@ -11,6 +10,7 @@ import yaml
 from workbench.config import DIVERGENCES, NONFINITE, STRATEGIES, DistillConfig, ModelSpec
 from workbench.configbase import ConfigError
 from workbench.defaults import resolve_default
+from workbench.escaping import plain
 from workbench.plots import temperature_preview as preview_figure
 from workbench.preflight import preflight
 from workbench.preview import temperature_preview
@@ -27,7 +27,7 @@ PREVIEW_TEXT = "In the beginning God created the heavens and the"
 
 def _problems_markdown(err: ConfigError) -> str:
     return "**Not launched — fix these first:**\n" + "\n".join(
-        f"- **`{name}`**: {html.escape(msg)}" for name, msg in err.problems)
+        f"- **{plain(name)}**: {plain(msg)}" for name, msg in err.problems)
 
 
 def _save_yaml(services: Services, config: DistillConfig) -> str:
@@ -40,7 +40,7 @@ def _save_yaml(services: Services, config: DistillConfig) -> str:
 def check(services: Services, form: SetupForm) -> tuple[str, str | None, Launch | None]:
     """(verdict markdown, YAML file of the config or None, what to launch or None)."""
     try:
-        plan = form_to_config(form, services.allowed_roots, services.uploads_dir)
+        plan = form_to_config(form, services.gate, services.uploads_dir)
     except ConfigError as err:
         return _problems_markdown(err), None, None
     report = preflight(plan.config, services.cache_dir, plan.processes)
@@ -48,24 +48,31 @@ def check(services: Services, form: SetupForm) -> tuple[str, str | None, Launch 
     return report.markdown(), yaml_path, (plan if report.ok else None)
 
 
-def launch(services: Services, form: SetupForm) -> tuple[str, str | None]:
+def launch(services: Services, form: SetupForm, session: str | None = None) -> tuple[str, str | None]:
     verdict, yaml_path, plan = check(services, form)
     if plan is None:
         return verdict, yaml_path
     try:
-        run_id = services.jobs.submit(plan.config, num_processes=plan.processes,
-                                      accelerate_config=plan.accelerate_config)
+        run_id = services.submit(plan.config, session, num_processes=plan.processes,
+                                 accelerate_config=plan.accelerate_config)
     except ConfigError as err:
         return _problems_markdown(err), yaml_path
-    return f"{verdict}\n\n**Launched `{run_id}`** — follow it in the Runs tab.", yaml_path
+    return f"{verdict}\n\n**Launched {plain(run_id)}** — follow it in the Runs tab.", yaml_path
 
 
-def preview(services: Services, teacher: str, text: str, temperature) -> tuple[object, str]:
+def preview(services: Services, teacher, text, temperature) -> tuple[object, str]:
+    """The teacher's next-token distribution at T = 1 and at T. The teacher passes the gate as at launch:
+    a visitor cannot have the app load any folder or checkpoint code."""
+    if not isinstance(teacher, str) or not isinstance(text, str) or len(text) > 10_000:
+        return None, "**Preview failed:** **teacher.name_or_path**: give a model and a text of at most 10,000 characters"
+    problem = services.gate.reference_problem(teacher)
+    if problem:
+        return None, f"**Preview failed:** **teacher.name_or_path**: {plain(problem)}"
     try:
         spec = ModelSpec(name_or_path=resolve_default(teacher.strip(), "teacher.name_or_path", services.cache_dir))
         result = temperature_preview(spec, text, float(temperature))
     except Exception as err:  # noqa: BLE001 - any load or input problem is shown next to the plot
-        return None, f"**Preview failed:** {html.escape(str(err))}"
+        return None, f"**Preview failed:** {plain(err)}"
     figure = preview_figure(result.tokens, result.probs_t1, result.probs_t, float(temperature), result.context)
     return figure, (f"Entropy of the teacher's next-token distribution: {result.entropy_t1:.2f} nats at T = 1, "
                     f"{result.entropy_t:.2f} at T = {float(temperature):g}. Higher T spreads the mass over more "
@@ -148,8 +155,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
         text, path, _ = check(services, form(values))
         return text, gr.DownloadButton(value=path, visible=path is not None)
 
-    def on_launch(*values):
-        text, path = launch(services, form(values))
+    def on_launch(request: gr.Request, *values):
+        text, path = launch(services, form(values), getattr(request, "session_hash", None))
         return text, gr.DownloadButton(value=path, visible=path is not None)
 
     pair.change(lambda name: KNOWN_PAIRS.get(name, (gr.skip(), gr.skip())), pair, [teacher, student])
@@ -163,8 +170,8 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
                     strategy, [soft_row, data_row, cache_panel, generation, datasets, *layer_groups, alpha])
     data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
                      data_kind, [upload, hub_dataset])
-    check_button.click(on_check, list(inputs.values()), [verdict, download])
-    launch_button.click(on_launch, list(inputs.values()), [verdict, download])
+    check_button.click(on_check, list(inputs.values()), [verdict, download], api_name="check")
+    launch_button.click(on_launch, list(inputs.values()), [verdict, download], api_name="launch")
     preview_button.click(lambda t, x, temp: preview(services, t, x, temp), [teacher, preview_text, temperature],
-                         [preview_plot, preview_note])
+                         [preview_plot, preview_note], api_name="preview")
     return inputs

@@ -1,0 +1,215 @@
+"""The gate's rules on their own: paths against the roots (symlinks, '..', file://), hub ids told from paths,
+remote code, the API-key variables, public mode's folders and limits; the worker's environment; the SQL
+console's row cap and time limit; and escaping of text that is not ours."""
+import dataclasses
+import time
+
+import pytest
+import yaml
+
+from jobs.launcher import worker_env
+from jobs.spec import JobSpec
+from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.escaping import plain
+from workbench.gate import Gate
+from workbench.preflight import Preflight
+from workbench.services import Services
+from workbench.store import Store, StoreError
+from workbench.ui import setup_tab
+from workbench.ui.app import DEFAULT_CONFIG, build_app
+from workbench.ui.form import DATA_HUB, DATA_UPLOAD, SetupForm
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def places(tmp_path):
+    """A runs folder, an allowed folder, and outside them a secret file and a model folder; a symlink in
+    the runs folder points at the secret."""
+    runs, allowed, outside = tmp_path / "runs", tmp_path / "allowed", tmp_path / "outside"
+    for folder in (runs, allowed, outside / "model"):
+        folder.mkdir(parents=True)
+    (outside / "secret.txt").write_text("host secret\n")
+    (outside / "model" / "config.json").write_text("{}")
+    (allowed / "data.txt").write_text("a line\n")
+    (runs / "link.txt").symlink_to(outside / "secret.txt")
+    (runs / "linkdir").symlink_to(outside / "model")
+    return runs, allowed, outside
+
+
+def config(**sections) -> DistillConfig:
+    data = {"teacher": {"name_or_path": "gpt2"}, "student": {"name_or_path": "distilgpt2"},
+            "data": {"source": "org/corpus"}}
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    return DistillConfig.from_dict(data)
+
+
+def fields(gate: Gate, cfg: DistillConfig) -> set[str]:
+    return {name for name, _ in gate.config_problems(cfg)}
+
+
+def test_paths_outside_the_roots_are_refused_whatever_the_field(places):
+    runs, allowed, outside = places
+    gate = Gate.for_app(runs, runs / "defaults", [allowed])
+    secret, model = str(outside / "secret.txt"), str(outside / "model")
+    bad = {"data.source": {"data": {"source": secret}}, "data.validation_source": {"data": {"validation_source":
+                                                                                            str(runs / "link.txt")}},
+           "teacher.name_or_path": {"teacher": {"name_or_path": model}},
+           "student.name_or_path": {"student": {"name_or_path": str(runs / "linkdir")}},
+           "generation.prompts": {"generation": {"prompts": f"{runs}/../outside/secret.txt"}},
+           "generation.dataset": {"strategy": "hard_label", "generation": {"dataset": secret}},
+           "loss.teacher_cache": {"loss": {"teacher_cache": str(outside)}}}
+    for field, change in bad.items():
+        problems = gate.config_problems(config(**change))
+        assert [name for name, _ in problems] == [field], (field, problems)
+        assert str(allowed) in problems[0][1] or ".." in problems[0][1], problems
+    for value in (f"file://{secret}", "json", "csv"):
+        assert fields(gate, config(data={"source": value})) == {"data.source"}, value
+    ok = config(data={"source": str(allowed / "data.txt")}, teacher={"name_or_path": "defaults:teacher"})
+    assert fields(gate, ok) == set()  # inside the roots, hub ids and defaults pass
+    assert fields(gate, config(data={"source": str(runs / "uploads" / "x.txt")})) == set()
+
+
+def test_remote_code_and_key_variables_are_fixed_when_the_app_starts(places):
+    runs, allowed, _ = places
+    gate = Gate.for_app(runs, runs / "defaults", [allowed])
+    remote = config(teacher={"name_or_path": "gpt2", "trust_remote_code": True})
+    assert fields(gate, remote) == {"teacher.trust_remote_code"}
+    assert fields(dataclasses.replace(gate, allow_remote_code=True), remote) == set()
+    api = {"strategy": "hard_label", "generation": {"backend": "openai", "api_base_url": "http://127.0.0.1:9/v1",
+                                                    "api_model": "m", "api_key_env": "HF_TOKEN"}}
+    assert fields(gate, config(**api)) == {"generation.api_key_env"}
+    api["generation"]["api_key_env"] = "OPENAI_API_KEY"
+    assert fields(gate, config(**api)) == set()
+
+
+def test_public_mode_keeps_to_defaults_uploads_and_allowed_folders(places, tmp_path):
+    runs, allowed, _ = places
+    (runs / "some-run" / "student").mkdir(parents=True)
+    gate = Gate.for_app(runs, runs / "defaults", [allowed], public=True)
+    assert fields(gate, config(student={"name_or_path": str(runs / "some-run" / "student")})) == \
+        {"student.name_or_path"}
+    assert fields(gate, config(data={"source": str(allowed / "data.txt")})) == set()
+    assert fields(gate, config(data={"source": str(runs / "uploads" / "x.txt")})) == set()
+    generated = runs / "some-run" / "generated" / "completions.jsonl"
+    assert fields(gate, config(strategy="hard_label", generation={"dataset": str(generated)})) == set()
+    assert fields(gate, config(train={"max_steps": gate.max_steps + 1})) == {"train.max_steps"}
+
+
+def test_the_worker_gets_no_secret_it_does_not_need(tmp_path):
+    base = {"PATH": "/usr/bin", "HOME": "/root", "HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "aws",
+            "OPENAI_API_KEY": "sk-1", "MY_KEY": "mine", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    local = config(teacher={"name_or_path": str(tmp_path)}, student={"name_or_path": str(tmp_path)},
+                   data={"source": str(tmp_path / "d.txt")})
+    env = worker_env(JobSpec(local, str(tmp_path)), 30, base=base)
+    assert {"PATH", "HOME", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES"} <= set(env)
+    assert not {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY", "MY_KEY"} & set(env)
+    hub = dataclasses.replace(local, teacher=dataclasses.replace(local.teacher, name_or_path="org/teacher"))
+    assert worker_env(JobSpec(hub, str(tmp_path)), 30, base=base)["HF_TOKEN"] == "hf_x"
+    api = local.replace(strategy="hard_label", generation=dataclasses.replace(
+        local.generation, backend="openai", api_base_url="http://127.0.0.1:9/v1", api_model="m"))
+    env = worker_env(JobSpec(api, str(tmp_path)), 30, base=base)
+    assert env["OPENAI_API_KEY"] == "sk-1" and not {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_KEY"} & set(env)
+
+
+def test_public_limits_hold_on_the_server(tmp_path, teacher_dir, student_dir, corpus_files):
+    """Whatever the form shows: steps per run, runs a browser session may have waiting, and the notice."""
+    services = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent], public=True)
+    try:
+        base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+        form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=2, seq_len=32, bf16="off",
+                         data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), evaluate=False, base=base)
+        services.jobs.close()  # nothing starts: the jobs stay queued, as on a busy Space
+        services.jobs.max_concurrent = 0
+        first, _ = setup_tab.launch(services, form, session="visitor-a")
+        second, _ = setup_tab.launch(services, form, session="visitor-a")
+        third, _ = setup_tab.launch(services, form, session="visitor-a")
+        other, _ = setup_tab.launch(services, form, session="visitor-b")
+        assert "Launched" in first and "Launched" in second and "Launched" in other
+        assert "Not launched" in third and "session" in third
+        steps, _ = setup_tab.launch(services, dataclasses.replace(form, max_steps=201), session="visitor-c")
+        assert "Not launched" in steps and "train.max_steps" in steps
+        app = build_app(services)
+        notice = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "public-notice"]
+        assert notice and "reachable by others" in notice[0].value
+    finally:
+        services.close()
+
+
+def test_the_sql_console_caps_rows_and_time(tmp_path):
+    store = Store(tmp_path / "w.duckdb")
+    try:
+        frame = store.query("SELECT * FROM range(50) -- a comment", max_rows=20)
+        assert len(frame) == 20 and frame.attrs["truncated"]
+        assert not store.query("SELECT 1 AS x").attrs["truncated"]
+        start = time.perf_counter()
+        with pytest.raises(StoreError, match="stopped after 1 s"):
+            store.query("SELECT count(*) FROM range(1000000000000)", timeout_s=1)
+        assert time.perf_counter() - start < 10
+        assert store.query("SELECT 2 AS x").x.tolist() == [2]  # the shared connection still answers
+        for bad in ("COPY runs TO '/tmp/x.csv'", "SELECT * FROM read_csv('/etc/hostname')", "SELECT 1; SELECT 2"):
+            with pytest.raises(StoreError):
+                store.query(bad)
+    finally:
+        store.close()
+
+
+def test_text_that_is_not_ours_is_escaped():
+    assert "<" not in plain(HOSTILE) and "`" not in plain("`x`")
+    report = Preflight(problems=[("data.source", f"no such file: {HOSTILE}")], notes=[f"teacher {HOSTILE}"])
+    assert "<img" not in report.markdown() and "&lt;img" in report.markdown()
+    from workbench.ui.config_tab import check_config
+    verdict, _ = check_config(yaml.safe_dump({"teacher": {"name_or_path": "gpt2"}, HOSTILE: 1,
+                                              "loss": {"divergence": HOSTILE}}))
+    assert "<img" not in verdict
+
+
+def test_hub_dataset_choice_passes_the_gate(places):
+    """The form's hub-dataset data choice used to skip the folder check: any readable file was read."""
+    from workbench.ui.form import form_to_config
+    runs, allowed, outside = places
+    gate = Gate.for_app(runs, runs / "defaults", [allowed])
+    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+    for value in (str(outside / "secret.txt"), str(runs / "link.txt"), f"file://{outside}/secret.txt"):
+        form = SetupForm(teacher="gpt2", student="distilgpt2", data_kind=DATA_HUB, hub_dataset=value, base=base)
+        with pytest.raises(ConfigError) as err:
+            form_to_config(form, gate, runs / "uploads")
+        assert err.value.field == "data.source", value
+
+
+def test_an_upload_outside_the_upload_folders_is_refused(places):
+    from workbench.ui.form import form_to_config
+    runs, allowed, outside = places
+    gate = Gate.for_app(runs, runs / "defaults", [allowed], upload_dirs=[runs.parent / "gradio"])
+    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+    form = SetupForm(teacher="gpt2", student="distilgpt2", data_kind=DATA_UPLOAD, upload=str(outside / "secret.txt"),
+                     base=base)
+    with pytest.raises(ConfigError) as err:
+        form_to_config(form, gate, runs / "uploads")
+    assert err.value.field == "data.source" and "not a file uploaded" in str(err.value)
+    (runs.parent / "gradio" / "abc").mkdir(parents=True)
+    received = runs.parent / "gradio" / "abc" / "data.txt"
+    received.write_text("a line\n")
+    kept = form_to_config(dataclasses.replace(form, upload=str(received)), gate, runs / "uploads")
+    assert kept.config.data.source.startswith(str(runs / "uploads"))
+
+
+def test_a_planted_run_is_neither_inspected_nor_evaluated(tmp_path, distilled_run, teacher_dir):
+    """A run directory whose config asks for remote code (copied in, never launched here)."""
+    import json
+    import shutil
+    run, _, _ = distilled_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run.path, runs / "planted")
+    data = json.loads((runs / "planted" / "config.json").read_text())
+    data["student"]["trust_remote_code"] = True
+    (runs / "planted" / "config.json").write_text(json.dumps(data))
+    with Services.start(runs, allowed_roots=[teacher_dir.parent]) as services:
+        with pytest.raises(ConfigError, match="student.trust_remote_code"):
+            services.inspector.points("planted")
+        answer = services.evaluations.request("planted", "final (step 30)")
+        assert "not evaluated here" in answer and "student.trust_remote_code" in answer
+        with pytest.raises(ConfigError, match="student.trust_remote_code"):
+            services.add_baseline("planted")

@@ -1,0 +1,181 @@
+"""The one gate every path and model reference passes where a config enters the app: the Set-up form and
+its HTTP endpoint, a run directory read back (inspector, evaluation, resume, a job found queued at start),
+the temperature preview. It knows what this app instance allows, fixed when the app starts:
+
+- roots: the folders local models and data may come from (symlinks resolved first, `..` and `file://`
+  refused). In public mode (a share link, a non-loopback host, a Space) only the offline default, uploads,
+  teacher caches, teacher-written datasets and --allow-dir folders; otherwise the runs folder too.
+- remote code: never, unless the app was started with --trust-remote-code; a run directory's config
+  cannot switch it on.
+- API keys: a run may read its key only from the variables named at start (--api-key-env, default
+  OPENAI_API_KEY), so a visitor cannot send the host's HF_TOKEN to a server of their choosing.
+- public limits: steps per run, runs a browser session may have queued or running, upload size.
+
+Hub ids and paths are told apart by paths.looks_like_local_path, the rule the loaders use: a value that
+looks like a path is checked against the roots; a hub id goes to the hub. The command line has no gate:
+it runs its user's own config on their own machine.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.config import DistillConfig
+from workbench.configbase import ConfigError
+from workbench.defaults import PREFIX
+from workbench.paths import looks_like_local_path, path_problem
+
+DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+# Names `datasets.load_dataset` reads as its own file loaders, not as hub datasets: refused as a hub id.
+BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow", "pandas", "sql", "generator", "imagefolder",
+                      "audiofolder", "videofolder", "webdataset", "xml", "spark", "cache"})
+MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin")  # what models.resolve_source reads as a path
+PROJECT_PROMPTS = "project:"
+GENERATED_FILE = ("generated", "completions.jsonl")  # RUN/generated/completions.jsonl: app-made data
+PUBLIC_MAX_STEPS = 200
+PUBLIC_MAX_JOBS_PER_SESSION = 2
+PUBLIC_MAX_UPLOAD_MB = 64.0
+
+
+def is_public(host: str, share: bool) -> bool:
+    """Whether others can reach the app: a share link, an address beyond this machine, or a Hugging Face
+    Space (the platform sets SPACE_ID)."""
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    return share or not loopback or bool(os.environ.get("SPACE_ID"))
+
+
+def upload_folders() -> list[Path]:
+    """Where Gradio keeps the files browsers upload (GRADIO_TEMP_DIR, else the system temp folder)."""
+    return [Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")]
+
+
+@dataclass(frozen=True)
+class Gate:
+    roots: tuple[Path, ...]
+    runs_dir: Path | None = None          # its RUN/generated/completions.jsonl are allowed in public mode too
+    allow_remote_code: bool = False
+    key_envs: frozenset[str] = frozenset({"OPENAI_API_KEY"})
+    public: bool = False
+    max_steps: int | None = None          # public mode: steps per run
+    max_jobs_per_session: int | None = None
+    max_upload_mb: float | None = None
+    uploads: tuple[Path, ...] = field(default=())  # where uploaded files may be picked up from
+
+    def __post_init__(self):
+        # Resolved once: symlinks in a root are followed, as they are in every value checked against it.
+        object.__setattr__(self, "roots", tuple(Path(r).expanduser().resolve() for r in self.roots))
+        object.__setattr__(self, "uploads", tuple(Path(r).expanduser().resolve() for r in self.uploads))
+
+    @classmethod
+    def for_app(cls, runs_dir: Path, defaults_dir: Path, allow_dirs: list[Path] = (), *, public: bool = False,
+                allow_remote_code: bool = False, key_envs: list[str] = ("OPENAI_API_KEY",),
+                upload_dirs: list[Path] = ()) -> "Gate":
+        runs_dir = Path(runs_dir).resolve()
+        allowed = [Path(d).expanduser().resolve() for d in allow_dirs]
+        app_made = [runs_dir / "uploads", runs_dir / "caches", runs_dir / "datasets"]
+        roots = [Path(defaults_dir).expanduser().resolve(), *app_made, *allowed] if public else \
+            [runs_dir, Path(defaults_dir).expanduser().resolve(), *allowed]
+        limits = dict(max_steps=PUBLIC_MAX_STEPS, max_jobs_per_session=PUBLIC_MAX_JOBS_PER_SESSION,
+                      max_upload_mb=PUBLIC_MAX_UPLOAD_MB) if public else {}
+        return cls(tuple(roots), runs_dir, allow_remote_code, frozenset(key_envs), public,
+                   uploads=tuple(Path(d).resolve() for d in [runs_dir / "uploads", *upload_dirs]), **limits)
+
+    # -- one reference ----------------------------------------------------------------------------
+    def inside(self, value: str) -> bool:
+        """Whether a path (symlinks resolved) lies in one of the roots, or is an app-made dataset."""
+        if path_problem(value):
+            return False
+        try:
+            resolved = Path(value).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        if any(resolved == root or root in resolved.parents for root in self.roots):
+            return True
+        return (self.runs_dir is not None and resolved.parts[-2:] == GENERATED_FILE
+                and resolved.parent.parent.parent == self.runs_dir)
+
+    def path_problem(self, value: str) -> str | None:
+        """Why a path may not be used here, or None."""
+        if "://" in value:
+            return f"{value[:80]!r}: URLs (file://, http://, ...) are not accepted here; give a local path or a hub id"
+        if ".." in Path(value).parts:
+            return f"{value[:200]}: '..' is not accepted in a path; give it without"
+        problem = path_problem(value)
+        if problem:
+            return problem
+        if not self.inside(value):
+            mode = " (this app is reachable by others, so only these)" if self.public else ""
+            return (f"{value[:200]} is outside the folders this app may read{mode}: "
+                    f"{', '.join(str(r) for r in self.roots)}; start the app with --allow-dir to add one")
+        return None
+
+    def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
+        """A model or data reference: empty, a `defaults:` name, a hub id, or a path inside the roots."""
+        value = (value or "").strip()
+        if not value or value.startswith(PREFIX):
+            return None
+        if "://" in value or looks_like_local_path(value, suffixes or MODEL_SUFFIXES):
+            return self.path_problem(value)
+        if suffixes and value.lower() in BUILDERS:
+            return f"{value!r} is a file loader's name, not a hub dataset; give a hub id or an uploaded file"
+        return None
+
+    # -- a whole config ---------------------------------------------------------------------------
+    def config_problems(self, config: DistillConfig) -> list[tuple[str, str]]:
+        """Every reference of a config checked, with the fields named: what launching, resuming, starting a
+        queued job, inspecting or evaluating a run must pass."""
+        problems: list[tuple[str, str]] = []
+
+        def check(name: str, problem: str | None) -> None:
+            if problem:
+                problems.append((name, problem))
+
+        models = [("teacher", config.teacher)]
+        if not config.student.init_from_teacher_layers:
+            models.append(("student", config.student))
+        for role, spec in models:
+            check(f"{role}.name_or_path", self.reference_problem(spec.name_or_path))
+            if spec.gguf_file and (Path(spec.gguf_file).name != spec.gguf_file or spec.gguf_file in ("..", ".")):
+                check(f"{role}.gguf_file", "must be a file name inside the model folder, without folders")
+            if spec.trust_remote_code and not self.allow_remote_code:
+                check(f"{role}.trust_remote_code", "this app does not run code shipped with a checkpoint; it runs "
+                                                   "it only when started with --trust-remote-code")
+        data = config.data
+        check("data.source", self.reference_problem(data.source, DATA_SUFFIXES))
+        check("data.validation_source", self.reference_problem(data.validation_source, DATA_SUFFIXES))
+        g = config.generation
+        if not g.prompts.startswith(PROJECT_PROMPTS):
+            check("generation.prompts", self.reference_problem(g.prompts, DATA_SUFFIXES))
+        if g.dataset:
+            check("generation.dataset", self.path_problem(g.dataset))
+        if config.loss.teacher_cache:
+            check("loss.teacher_cache", self.path_problem(config.loss.teacher_cache))
+        if config.strategy == "hard_label" and g.backend == "openai" and not g.dataset and g.api_key_env \
+                and g.api_key_env not in self.key_envs:
+            check("generation.api_key_env", f"{g.api_key_env[:64]} is not a variable this app hands to runs; "
+                                            f"allowed: {', '.join(sorted(self.key_envs)) or 'none'} (start the "
+                                            "app with --api-key-env NAME to add one)")
+        if self.max_steps is not None and config.train.max_steps > self.max_steps:
+            check("train.max_steps", f"this app is reachable by others: at most {self.max_steps} steps per run")
+        return problems
+
+    def check(self, config: DistillConfig) -> DistillConfig:
+        problems = self.config_problems(config)
+        if problems:
+            raise ConfigError(problems)
+        return config
+
+    def upload_problem(self, value: str) -> str | None:
+        """An uploaded file must be one the app received (Gradio's upload folder, or a copy in RUNS/uploads) or
+        lie in the allowed folders, not any path a caller names."""
+        if path_problem(value):
+            return path_problem(value)
+        try:
+            resolved = Path(value).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return "is not a file this app received"
+        if any(root in resolved.parents for root in self.uploads) or self.inside(value):
+            return None  # a received file, or one in the allowed folders (which any path field may name)
+        return f"{Path(value).name} is not a file uploaded to this app"
