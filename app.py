@@ -31,7 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "is always allowed, and the runs folder unless the app is public)")
     parser.add_argument("--api-key-env", action="append", default=None, metavar="NAME",
                         help="an environment variable a run may read an API key from (repeatable; default "
-                             "OPENAI_API_KEY only): no other variable of this app's reaches a run or an endpoint")
+                             "OPENAI_API_KEY only, and none in public mode): no other variable of this app's "
+                             "reaches a run or an endpoint")
+    parser.add_argument("--api-base-url", action="append", default=[], metavar="URL",
+                        help="an endpoint hard-label runs may call (repeatable; a prefix such as "
+                             "https://api.openai.com/v1). Given, runs call only these; in public mode an API key "
+                             "is sent only to these")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let runs execute code shipped with a checkpoint (off: such configs are refused)")
     args = parser.parse_args(argv)
@@ -39,8 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--auth must look like USER:PASS")
     if args.max_jobs < 1:
         parser.error(f"--max-jobs must be at least 1, got {args.max_jobs}")
-    args.api_key_env = args.api_key_env or ["OPENAI_API_KEY"]
-    bad = [name for name in args.api_key_env if not ENV_NAME.fullmatch(name)]
+    bad = [name for name in args.api_key_env or [] if not ENV_NAME.fullmatch(name)]
     if bad:
         parser.error(f"--api-key-env takes variable names (capital letters, digits and _), got {bad[0]!r}")
     return args
@@ -59,7 +63,8 @@ def main(argv=None) -> None:
     max_jobs = 1 if os.environ.get("SPACE_ID") else args.max_jobs  # a Space is one small shared machine
     services = Services.start(args.runs_dir, max_jobs=max_jobs, db_path=args.db, cache_dir=args.cache_dir,
                               preparation=preparation.start(), allowed_roots=args.allow_dir, public=public,
-                              allow_remote_code=args.trust_remote_code, key_envs=args.api_key_env)
+                              allow_remote_code=args.trust_remote_code, key_envs=args.api_key_env,
+                              api_base_urls=args.api_base_url)
     if public:
         print("public mode: others can reach this app; local models and data are limited to the offline default, "
               "uploads and --allow-dir folders", flush=True)

@@ -87,10 +87,12 @@ def worker_env(spec: JobSpec, grace_s: float, base: dict | None = None) -> dict[
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if k in _KEEP or k.startswith(_KEEP_PREFIXES)}
     g = spec.config.generation
-    if spec.config.strategy == "hard_label" and g.backend == "openai" and g.api_key_env in source:
+    if spec.config.strategy == "hard_label" and g.backend == "openai" and not g.dataset and g.api_key_env in source:
         env[g.api_key_env] = source[g.api_key_env]
     if uses_hub(spec.config):
         env.update({k: source[k] for k in HUB_TOKENS if k in source})
+    else:  # nor the token a `hf auth login` left in the hub's folder
+        env["HF_TOKEN_PATH"] = os.devnull
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -108,5 +110,6 @@ def start_worker(spec: JobSpec, grace_s: float) -> subprocess.Popen:
     stderr appended to RUN_DIR/worker.log, so a resumed job's log continues the first attempt's."""
     log_path = Path(spec.run_dir) / LOG
     with open(log_path, "ab") as log:
-        return subprocess.Popen(worker_argv(spec), cwd=ROOT, env=worker_env(spec, grace_s), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The app's own folder: a relative path in the config means what the gate took it to mean.
+        return subprocess.Popen(worker_argv(spec), cwd=os.getcwd(), env=worker_env(spec, grace_s),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -89,8 +89,8 @@ class JobManager:
                                                                run_name=run_id))
             if self.gate is not None:
                 self.gate.check(config)
-                if accelerate_config and self.gate.path_problem(accelerate_config):
-                    raise ConfigError([("accelerate_config", self.gate.path_problem(accelerate_config))])
+                if self.gate.launch_problems(num_processes, accelerate_config):
+                    raise ConfigError(self.gate.launch_problems(num_processes, accelerate_config))
             spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
                            accelerate_config=accelerate_config, cache_dir=self.cache_dir,
                            baseline_of=baseline_of).validate()
@@ -219,8 +219,8 @@ class JobManager:
             spec = JobSpec.read(run.path)
             if self.gate is not None:
                 self.gate.check(spec.config)
-                if spec.accelerate_config and self.gate.path_problem(spec.accelerate_config):
-                    raise ConfigError([("accelerate_config", self.gate.path_problem(spec.accelerate_config))])
+                if self.gate.launch_problems(spec.num_processes, spec.accelerate_config):
+                    raise ConfigError(self.gate.launch_problems(spec.num_processes, spec.accelerate_config))
             popen = start_worker(spec, self.grace_s)
         except ConfigError as err:  # refused by the gate, or a damaged spec: the job fails alone, not started
             run.write_status("failed", error=f"not started: {err}")

@@ -213,3 +213,115 @@ def test_a_planted_run_is_neither_inspected_nor_evaluated(tmp_path, distilled_ru
         assert "not evaluated here" in answer and "student.trust_remote_code" in answer
         with pytest.raises(ConfigError, match="student.trust_remote_code"):
             services.add_baseline("planted")
+
+
+def test_file_loader_names_are_no_hub_datasets(places):
+    """`datasets` reads `conll` (and its other loaders) given no files as every file under the current
+    folder: refused as a data source or prompt set, and by the loader itself."""
+    from workbench.data import DataError, load_hub
+    runs, allowed, _ = places
+    gate = Gate.for_app(runs, runs / "defaults", [allowed])
+    for name in ("conll", "JSON", "fasta", "pdffolder"):
+        assert fields(gate, config(data={"source": name})) == {"data.source"}, name
+        assert fields(gate, config(strategy="hard_label", generation={"prompts": name})) == {"generation.prompts"}
+    with pytest.raises(DataError, match="file loader"):
+        load_hub("conll", None, "train", "data.source")
+    assert fields(gate, config(strategy="hard_label", generation={"prompts": "defaults:corpus/train.jsonl"})) == \
+        {"generation.prompts"}  # defaults: names resolve only in the model and data fields
+
+
+def test_public_endpoints_get_no_key_and_no_inside_address(places):
+    runs, allowed, _ = places
+    api = {"strategy": "hard_label", "generation": {"backend": "openai", "api_model": "m"}}
+
+    def endpoint(gate, url, key):
+        return fields(gate, config(strategy="hard_label", generation={**api["generation"], "api_base_url": url,
+                                                                      "api_key_env": key}))
+    public = Gate.for_app(runs, runs / "defaults", [allowed], public=True)
+    assert public.key_envs == frozenset()  # none unless the host names one
+    assert endpoint(public, "https://api.example.com/v1", "OPENAI_API_KEY") == {"generation.api_key_env"}
+    assert endpoint(public, "https://api.example.com/v1", "") == set()
+    for inside in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://10.0.0.5/v1", "http://[::1]/v1",
+                   "http://169.254.169.254/latest"):
+        assert endpoint(public, inside, "") == {"generation.api_base_url"}, inside
+    named = Gate.for_app(runs, runs / "defaults", [allowed], public=True, key_envs=["OPENAI_API_KEY"],
+                         api_base_urls=["https://api.openai.com/v1"])
+    assert endpoint(named, "https://api.openai.com/v1", "OPENAI_API_KEY") == set()
+    assert endpoint(named, "https://visitor.example/v1", "OPENAI_API_KEY") == {"generation.api_base_url"}
+
+
+def test_public_caps_the_size_of_a_run_and_how_it_starts(places):
+    runs, allowed, _ = places
+    public = Gate.for_app(runs, runs / "defaults", [allowed], public=True)
+    assert fields(public, config(train={"batch_size": 17, "seq_len": 4096})) == {"train.batch_size", "train.seq_len"}
+    hub_prompts = config(strategy="hard_label", generation={"prompts": "org/prompts", "max_new_tokens": 4096})
+    assert fields(public, hub_prompts) == {"generation.max_prompts", "generation.max_new_tokens"}
+    assert {n for n, _ in public.launch_problems(2, str(allowed / "data.txt"))} == {"num_processes",
+                                                                                     "accelerate_config"}
+    assert public.preview_problem("org/huge-model") and not public.preview_problem("defaults:teacher")
+
+
+def test_the_worker_env_holds_no_key_for_reused_data_and_no_stored_hub_token(tmp_path):
+    base = {"PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "aws", "HF_TOKEN": "hf"}
+    reused = config(strategy="hard_label", teacher={"name_or_path": str(tmp_path)},
+                    student={"name_or_path": str(tmp_path)}, data={"source": str(tmp_path / "d.txt")},
+                    generation={"backend": "openai", "api_base_url": "http://127.0.0.1:9/v1", "api_model": "m",
+                                "api_key_env": "AWS_SECRET_ACCESS_KEY", "dataset": str(tmp_path / "c.jsonl")})
+    env = worker_env(JobSpec(reused, str(tmp_path)), 30, base=base)
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "HF_TOKEN" not in env and env["HF_TOKEN_PATH"] == "/dev/null"
+
+
+def test_the_sql_console_caps_the_size_of_a_result(tmp_path):
+    store = Store(tmp_path / "w.duckdb")
+    try:
+        with pytest.raises(StoreError, match="over 64 MiB"):
+            store.query("SELECT repeat('x', 70000000) AS big")
+        with pytest.raises(StoreError):  # DuckDB calls it a SELECT; the wrapper refuses it
+            store.query("WITH d AS (DELETE FROM runs RETURNING *) SELECT * FROM d")
+    finally:
+        store.close()
+
+
+def test_shared_capacity_counts_every_session_and_resumes(tmp_path, teacher_dir, student_dir, corpus_files):
+    services = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent], public=True)
+    try:
+        services.gate = dataclasses.replace(services.gate, max_active_jobs=2)
+        services.jobs.close()
+        services.jobs.max_concurrent = 0  # nothing starts: every run stays queued
+        base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+        form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=2, seq_len=32, bf16="off",
+                         data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), evaluate=False, base=base)
+        for session in ("a", "b"):
+            assert "Launched" in setup_tab.launch(services, form, session=session)[0]
+        busy, _ = setup_tab.launch(services, form, session="c")  # a new session is no way around it
+        assert "Not launched" in busy and "busy" in busy
+        first = services.jobs.jobs()[-1]["run_id"]
+        services.jobs.cancel(first)
+        assert "Launched" in setup_tab.launch(services, form, session="d")[0]
+        with pytest.raises(ConfigError, match="busy"):
+            services.resume(first, "e")
+    finally:
+        services.close()
+
+
+def test_a_planted_run_folder_links_to_nothing_outside_it(tmp_path, distilled_run):
+    """Saved students reached through links out of the run folder are not offered, so not loaded."""
+    import shutil
+    from workbench.run_models import student_points
+    run, config, _ = distilled_run
+    planted = tmp_path / "planted"
+    shutil.copytree(run.path, planted, ignore=shutil.ignore_patterns("student", "checkpoints"))
+    (planted / "student").symlink_to(run.student)
+    (planted / "checkpoints").mkdir()
+    (planted / "checkpoints" / "checkpoint-10").symlink_to(run.checkpoints / "checkpoint-10")
+    from workbench.rundir import RunDir
+    assert [p.label for p in student_points(RunDir(planted), config)] == ["initial"]
+    assert [p.label for p in student_points(run, config)][-1] == "final"
+
+
+def test_brackets_and_aliases_are_no_way_in():
+    assert "[" not in plain("![x](https://visitor.example/p.png)")
+    from workbench.configbase import parse_text
+    bomb = "a: &a [x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    with pytest.raises(ValueError, match="aliases"):
+        parse_text(bomb)

@@ -11,6 +11,7 @@ import datetime
 import difflib
 import json
 import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -34,12 +35,17 @@ class ConfigError(ValueError):
         super().__init__("invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid config: " + lines[0])
 
 
+_SHORT = reprlib.Repr()  # Python 3.11 takes no arguments: the limits are set below
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 80, 80, 6, 6
+_SHORT.maxlong = 80
+
+
 def show(value: Any, limit: int = 80) -> str:
     """repr of a value for an error message, cut to `limit` characters: a 10 MB string pasted into a field
-    must not come back in the message."""
+    must not come back in the message, and a huge nested value is never turned into text whole."""
     if isinstance(value, str) and len(value) > limit:
         return repr(value[:limit]) + f"... ({len(value):,} characters)"
-    text = repr(value)
+    text = _SHORT.repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -252,13 +258,24 @@ def load_mapping(path: str | Path) -> dict:
     return data
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (*name): a few hundred bytes of nested aliases expand to gigabytes
+    (the billion laughs), and a config has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_text(text: str, kind: str = "YAML") -> Any:
     """JSON or YAML (safe: plain data only) -> Python data; ValueError with the parser's reason for
     anything that is not. Every parser failure is one type here: PyYAML raises several (scanner,
     constructor, reader errors, ValueError for `!!float nope`), and nesting too deep for the parser
     raises RecursionError."""
     try:
-        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        return json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, AttributeError) as err:

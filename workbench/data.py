@@ -98,7 +98,20 @@ def load_file(path: Path, split: str, field: str) -> datasets.Dataset:
     return ds
 
 
+def file_loader_names() -> frozenset[str]:
+    """Names `datasets.load_dataset` reads as one of its own file loaders (json, csv, conll, ...): given one
+    without data files, it reads every matching file under the current folder, so such a name is never a
+    hub dataset here."""
+    from datasets import packaged_modules
+    return frozenset(getattr(packaged_modules, "_PACKAGED_DATASETS_MODULES", {})) | set(BUILDERS.values()) | {
+        "arrow", "pandas", "sql", "generator", "imagefolder", "audiofolder", "videofolder", "webdataset", "xml",
+        "spark", "cache"}
+
+
 def load_hub(source: str, config: str | None, split: str, field: str) -> datasets.Dataset:
+    if source.strip().lower() in file_loader_names():
+        raise DataError(field, f"{source!r} names a file loader of the datasets library, not a hub dataset; give "
+                               "a hub id (org/name) or a local file")
     try:
         return datasets.load_dataset(source, config, split=split)
     except Exception as err:  # noqa: BLE001 - offline, missing, gated, bad config or split: all the user's to fix

@@ -74,7 +74,7 @@ class EvaluationQueue:
                              run_in(self.runs_dir, baseline_id) if baseline_id else None, progress=self._report)
                 outcome = "done"
             except Exception as err:  # noqa: BLE001 - shown in the UI; the next evaluation still runs
-                outcome = f"failed: {type(err).__name__}: {err}"
+                outcome = f"failed: {type(err).__name__}: {plain(err)}"  # may quote a config's values
             with self._lock:
                 self._last[(run_id, student)] = outcome
                 self._current = None

@@ -17,26 +17,46 @@ it runs its user's own config on their own machine.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
+from workbench.data import file_loader_names
 from workbench.defaults import PREFIX
 from workbench.paths import looks_like_local_path, path_problem
 
 DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-# Names `datasets.load_dataset` reads as its own file loaders, not as hub datasets: refused as a hub id.
-BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow", "pandas", "sql", "generator", "imagefolder",
-                      "audiofolder", "videofolder", "webdataset", "xml", "spark", "cache"})
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin")  # what models.resolve_source reads as a path
 PROJECT_PROMPTS = "project:"
 GENERATED_FILE = ("generated", "completions.jsonl")  # RUN/generated/completions.jsonl: app-made data
 PUBLIC_MAX_STEPS = 200
 PUBLIC_MAX_JOBS_PER_SESSION = 2
+PUBLIC_MAX_ACTIVE_JOBS = 6  # waiting or training, all visitors together
 PUBLIC_MAX_UPLOAD_MB = 64.0
+# What else one visitor's run may ask of a shared machine (train.max_steps is max_steps above).
+PUBLIC_CAPS = {"train.batch_size": 16, "train.grad_accum": 16, "train.seq_len": 1024,
+               "generation.max_new_tokens": 512, "generation.samples_per_prompt": 4, "generation.max_prompts": 500}
+
+
+def _internal_host(url: str) -> bool:
+    """Whether an http(s) URL names this machine or a private, link-local or reserved address (literal
+    addresses and localhost; a name resolving to one is not caught here)."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return True
+    if host in ("", "localhost") or host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_global
 
 
 def is_public(host: str, share: bool) -> bool:
@@ -60,8 +80,12 @@ class Gate:
     public: bool = False
     max_steps: int | None = None          # public mode: steps per run
     max_jobs_per_session: int | None = None
+    max_active_jobs: int | None = None
     max_upload_mb: float | None = None
     uploads: tuple[Path, ...] = field(default=())  # where uploaded files may be picked up from
+    # Endpoints a hard-label run may call (--api-base-url, prefixes); empty: any, except that in public
+    # mode no key is sent and no address on this machine's networks is called.
+    api_base_urls: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Resolved once: symlinks in a root are followed, as they are in every value checked against it.
@@ -70,17 +94,21 @@ class Gate:
 
     @classmethod
     def for_app(cls, runs_dir: Path, defaults_dir: Path, allow_dirs: list[Path] = (), *, public: bool = False,
-                allow_remote_code: bool = False, key_envs: list[str] = ("OPENAI_API_KEY",),
-                upload_dirs: list[Path] = ()) -> "Gate":
+                allow_remote_code: bool = False, key_envs: list[str] | None = None, upload_dirs: list[Path] = (),
+                api_base_urls: list[str] = ()) -> "Gate":
+        """key_envs None: OPENAI_API_KEY, or none at all in public mode (a visitor chooses the endpoint)."""
+        if key_envs is None:
+            key_envs = [] if public else ["OPENAI_API_KEY"]
         runs_dir = Path(runs_dir).resolve()
         allowed = [Path(d).expanduser().resolve() for d in allow_dirs]
         app_made = [runs_dir / "uploads", runs_dir / "caches", runs_dir / "datasets"]
         roots = [Path(defaults_dir).expanduser().resolve(), *app_made, *allowed] if public else \
             [runs_dir, Path(defaults_dir).expanduser().resolve(), *allowed]
         limits = dict(max_steps=PUBLIC_MAX_STEPS, max_jobs_per_session=PUBLIC_MAX_JOBS_PER_SESSION,
-                      max_upload_mb=PUBLIC_MAX_UPLOAD_MB) if public else {}
+                      max_active_jobs=PUBLIC_MAX_ACTIVE_JOBS, max_upload_mb=PUBLIC_MAX_UPLOAD_MB) if public else {}
         return cls(tuple(roots), runs_dir, allow_remote_code, frozenset(key_envs), public,
-                   uploads=tuple(Path(d).resolve() for d in [runs_dir / "uploads", *upload_dirs]), **limits)
+                   uploads=tuple(Path(d).resolve() for d in [runs_dir / "uploads", *upload_dirs]),
+                   api_base_urls=tuple(api_base_urls), **limits)
 
     # -- one reference ----------------------------------------------------------------------------
     def inside(self, value: str) -> bool:
@@ -111,16 +139,28 @@ class Gate:
                     f"{', '.join(str(r) for r in self.roots)}; start the app with --allow-dir to add one")
         return None
 
-    def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
-        """A model or data reference: empty, a `defaults:` name, a hub id, or a path inside the roots."""
+    def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = (),
+                          defaults_ok: bool = True) -> str | None:
+        """A model or data reference: empty, a `defaults:` name (where the loaders resolve one: models and
+        data.source / validation_source), a hub id, or a path inside the roots."""
         value = (value or "").strip()
-        if not value or value.startswith(PREFIX):
+        if not value or (defaults_ok and value.startswith(PREFIX)):
             return None
         if "://" in value or looks_like_local_path(value, suffixes or MODEL_SUFFIXES):
             return self.path_problem(value)
-        if suffixes and value.lower() in BUILDERS:
+        if suffixes and value.lower() in file_loader_names():
             return f"{value!r} is a file loader's name, not a hub dataset; give a hub id or an uploaded file"
         return None
+
+    def preview_problem(self, value: str) -> str | None:
+        """The temperature preview loads a model into the app process itself: in public mode only the
+        offline default or an allowed folder, not any hub checkpoint a visitor names."""
+        problem = self.reference_problem(value)
+        value = (value or "").strip()
+        if problem is None and self.public and not value.startswith(PREFIX) and not looks_like_local_path(
+                value, MODEL_SUFFIXES):
+            return "this app is reachable by others: the preview loads only the offline default or an allowed folder"
+        return problem
 
     # -- a whole config ---------------------------------------------------------------------------
     def config_problems(self, config: DistillConfig) -> list[tuple[str, str]]:
@@ -147,18 +187,60 @@ class Gate:
         check("data.validation_source", self.reference_problem(data.validation_source, DATA_SUFFIXES))
         g = config.generation
         if not g.prompts.startswith(PROJECT_PROMPTS):
-            check("generation.prompts", self.reference_problem(g.prompts, DATA_SUFFIXES))
+            check("generation.prompts", self.reference_problem(g.prompts, DATA_SUFFIXES, defaults_ok=False))
         if g.dataset:
             check("generation.dataset", self.path_problem(g.dataset))
         if config.loss.teacher_cache:
             check("loss.teacher_cache", self.path_problem(config.loss.teacher_cache))
-        if config.strategy == "hard_label" and g.backend == "openai" and not g.dataset and g.api_key_env \
-                and g.api_key_env not in self.key_envs:
-            check("generation.api_key_env", f"{g.api_key_env[:64]} is not a variable this app hands to runs; "
-                                            f"allowed: {', '.join(sorted(self.key_envs)) or 'none'} (start the "
-                                            "app with --api-key-env NAME to add one)")
+        if config.strategy == "hard_label" and g.backend == "openai" and not g.dataset:
+            problems.extend(self.endpoint_problems(g))
         if self.max_steps is not None and config.train.max_steps > self.max_steps:
             check("train.max_steps", f"this app is reachable by others: at most {self.max_steps} steps per run")
+        if self.public:
+            for name, cap in PUBLIC_CAPS.items():
+                section, key = name.split(".")
+                value = getattr(getattr(config, section), key)
+                if value is None and name == "generation.max_prompts":  # every prompt of a hub set: unbounded
+                    value = 0 if g.prompts.startswith(PROJECT_PROMPTS) or g.dataset else cap + 1
+                if value > cap:
+                    check(name, f"this app is reachable by others: at most {cap}")
+        return problems
+
+    def launch_problems(self, num_processes: int, accelerate_config: str | None) -> list[tuple[str, str]]:
+        """How a job is started: in public mode one process and accelerate's own settings (which choose
+        launchers, clusters and config files) stay the host's."""
+        problems = []
+        if accelerate_config:
+            if self.public:
+                problems.append(("accelerate_config", "this app is reachable by others: the launcher's settings "
+                                                      "are its host's"))
+            elif self.path_problem(accelerate_config):
+                problems.append(("accelerate_config", self.path_problem(accelerate_config)))
+        if self.public and num_processes != 1:
+            problems.append(("num_processes", "this app is reachable by others: one process per run"))
+        return problems
+
+    def endpoint_problems(self, g) -> list[tuple[str, str]]:
+        """A hard-label endpoint and the key sent to it: the key only from a variable the host named, and in
+        public mode only to an endpoint the host named (or none), never to this machine's own networks."""
+        problems = []
+        if g.api_key_env and g.api_key_env not in self.key_envs:
+            problems.append(("generation.api_key_env", f"{g.api_key_env[:64]} is not a variable this app hands to "
+                                                       f"runs; allowed: {', '.join(sorted(self.key_envs)) or 'none'}"
+                                                       " (start the app with --api-key-env NAME to add one)"))
+        url = g.api_base_url.strip()
+        if self.api_base_urls:
+            if not any(url.startswith(allowed) for allowed in self.api_base_urls):
+                problems.append(("generation.api_base_url", f"this app calls only {', '.join(self.api_base_urls)} "
+                                                            "(--api-base-url)"))
+        elif self.public:
+            if g.api_key_env:
+                problems.append(("generation.api_key_env", "this app is reachable by others: a key is sent only to "
+                                                           "endpoints its host named with --api-base-url; clear the "
+                                                           "field for an endpoint that needs no key"))
+            if _internal_host(url):
+                problems.append(("generation.api_base_url", "this app is reachable by others: it does not call "
+                                                            "addresses on its own machine or private networks"))
         return problems
 
     def check(self, config: DistillConfig) -> DistillConfig:

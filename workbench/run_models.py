@@ -53,11 +53,11 @@ def student_points(run: RunDir, config: DistillConfig) -> list[StudentPoint]:
     points = {0: StudentPoint(0, "initial", None)}
     for path in run.checkpoints.glob("checkpoint-*"):
         step = path.name.split("-")[-1]
-        if step.isdigit() and run.is_complete_checkpoint(path):
+        if step.isdigit() and run.is_complete_checkpoint(path) and _within(path, run):
             # A checkpoint of a student trained with other parts keeps it in its own folder.
             student = path / "student" if (path / "student" / "config.json").exists() else path
             points[int(step)] = StudentPoint(int(step), path.name, student)
-    if (run.student / "config.json").exists():
+    if (run.student / "config.json").exists() and _within(run.student, run):
         step = run.read_status().get("step") or config.train.max_steps
         points[int(step)] = StudentPoint(int(step), "final", run.student)
     return [points[s] for s in sorted(points)]
@@ -78,7 +78,9 @@ def load_student_at(config: DistillConfig, point: StudentPoint, teacher: torch.n
         model = PeftModel.from_pretrained(base(), str(point.path)).merge_and_unload()
     else:
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(point.path, dtype=torch.float32, local_files_only=True)
+        # Never the checkpoint's own code, whatever its config.json asks (auto_map).
+        model = AutoModelForCausalLM.from_pretrained(point.path, dtype=torch.float32, local_files_only=True,
+                                                     trust_remote_code=False)
     model.eval().requires_grad_(False)
     return model
 
@@ -95,10 +97,20 @@ def reading_config(run: RunDir) -> DistillConfig:
     config = DistillConfig.load(run.file(CONFIG))
     trained = run.path / "teacher"
     if (config.strategy == "co_distillation" and not config.student.init_from_teacher_layers
-            and (trained / "config.json").exists()):
+            and (trained / "config.json").exists() and _within(trained, run)):
         config = config.replace(teacher=dataclasses.replace(config.teacher, name_or_path=str(trained), revision=None,
                                                             gguf_file=None))
     return config
+
+
+def _within(path: Path, run: RunDir) -> bool:
+    """Whether a saved model of the run lies in the run's folder once links are followed: a folder copied
+    in from elsewhere may hold links to anywhere, and nothing read from it passes the gate otherwise."""
+    try:
+        resolved, home = path.resolve(), run.path.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return home in resolved.parents
 
 
 def has_local_teacher(config: DistillConfig) -> bool:

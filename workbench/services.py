@@ -18,6 +18,8 @@ from workbench.gate import Gate, upload_folders
 from workbench.rundir import CONFIG, SPEC, run_in
 from workbench.store import DB_NAME, Store
 
+ACTIVE = ("queued", "starting", "running", "cancelling")
+
 
 @dataclass
 class Services:
@@ -55,7 +57,8 @@ class Services:
     def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
               cache_dir: str | Path | None = None, preparation: Preparation | None = None,
               grace_s: float = 60.0, allowed_roots: list[str | Path] = (), public: bool = False,
-              allow_remote_code: bool = False, key_envs: list[str] = ("OPENAI_API_KEY",)) -> "Services":
+              allow_remote_code: bool = False, key_envs: list[str] | None = None,
+              api_base_urls: list[str] = ()) -> "Services":
         """Re-attach to jobs still running from a previous app, start polling them, and start ingesting
         every run directory into the store (the app is the store's only writer). The gate is fixed here,
         for the app's life: allowed folders, public mode, remote code, the variables keys may come from."""
@@ -63,8 +66,8 @@ class Services:
         runs_dir.mkdir(parents=True, exist_ok=True)
         cache = Path(cache_dir).expanduser().resolve() if cache_dir else None
         gate = Gate.for_app(runs_dir, cache or default_cache_dir(), list(allowed_roots), public=public,
-                            allow_remote_code=allow_remote_code, key_envs=list(key_envs),
-                            upload_dirs=upload_folders())
+                            allow_remote_code=allow_remote_code, key_envs=key_envs, upload_dirs=upload_folders(),
+                            api_base_urls=list(api_base_urls))
         store = Store(db_path or runs_dir / DB_NAME)
         jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir, gate=gate).start()
         ingest = IngestLoop(Ingestor(store, runs_dir)).start()
@@ -72,21 +75,36 @@ class Services:
                    EvaluationQueue(runs_dir, on_done=ingest.wake, gate=gate))
 
     def submit(self, config: DistillConfig, session: str | None = None, **launch) -> str:
-        """Queue a job; in public mode a browser session may have at most gate.max_jobs_per_session runs
-        queued or running at once (enforced here, whatever the form shows)."""
-        limit = self.gate.max_jobs_per_session
-        if limit is not None and session is not None:
-            states = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
-            active = [r for r in self.sessions.get(session, []) if states.get(r) in ("queued", "starting", "running")]
-            if len(active) >= limit:
-                raise ConfigError([("session", f"this app is shared: at most {limit} runs of yours may be queued "
-                                               f"or running at once; wait for {', '.join(active)}")])
+        """Queue a job. In public mode a browser session may have at most gate.max_jobs_per_session runs
+        queued or running, and the whole app gate.max_active_jobs (a visitor can open new sessions at will),
+        enforced here whatever the form shows."""
+        self._check_capacity(session)
         run_id = self.jobs.submit(config, **launch)
         if session is not None:
             self.sessions.setdefault(session, []).append(run_id)
         return run_id
 
-    def add_baseline(self, run_id: str) -> str:
+    def resume(self, run_id: str, session: str | None = None) -> None:
+        """Queue a stopped job again, counted against the same limits as a new one."""
+        self._check_capacity(session)
+        self.jobs.resume(run_id)
+        if session is not None:
+            self.sessions.setdefault(session, []).append(run_id)
+
+    def _check_capacity(self, session: str | None) -> None:
+        if self.gate.max_active_jobs is None:
+            return
+        states = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
+        active = [r for r, state in states.items() if state in ACTIVE]
+        if len(active) >= self.gate.max_active_jobs:
+            raise ConfigError([("session", f"this app is shared and busy: {len(active)} runs are waiting or "
+                                           "training; try again when one has finished")])
+        mine = [r for r in self.sessions.get(session, []) if states.get(r) in ACTIVE]
+        if session is not None and len(mine) >= self.gate.max_jobs_per_session:
+            raise ConfigError([("session", f"this app is shared: at most {self.gate.max_jobs_per_session} runs of "
+                                           f"yours may be queued or running at once; wait for {', '.join(mine)}")])
+
+    def add_baseline(self, run_id: str, session: str | None = None) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
         run = run_in(self.runs_dir, run_id)
         name = f"{run_id}-ce-baseline"
@@ -97,8 +115,8 @@ class Services:
             config, processes, accelerate = spec.config, spec.num_processes, spec.accelerate_config
         else:  # a run started from the command line
             config, processes, accelerate = DistillConfig.load(run.file(CONFIG)), 1, None
-        return self.jobs.submit(ce_baseline_config(config), run_name=name,
-                                num_processes=processes, accelerate_config=accelerate, baseline_of=run_id)
+        return self.submit(ce_baseline_config(config), session, run_name=name, num_processes=processes,
+                           accelerate_config=accelerate, baseline_of=run_id)
 
     def baseline_of(self, run_id: str) -> str | None:
         """The finished CE-only baseline run of `run_id`, if any."""

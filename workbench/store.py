@@ -53,6 +53,7 @@ USER_TABLES = ("runs", "metrics", "evals", "artifacts")
 QUERY_MAX_ROWS = 10_000
 QUERY_TIMEOUT_S = 10.0
 QUERY_MAX_CHARS = 100_000
+QUERY_MAX_BYTES = 64 * 2**20
 
 
 class StoreError(ValueError):
@@ -202,10 +203,12 @@ class Store:
             "SELECT run_id FROM runs WHERE list_contains(?, baseline_of) AND NOT list_contains(?, run_id) "
             "ORDER BY run_id", [list(run_ids), list(run_ids)]).fetchall()]
 
-    def query(self, sql: str, max_rows: int | None = QUERY_MAX_ROWS, timeout_s: float = QUERY_TIMEOUT_S) -> pd.DataFrame:
+    def query(self, sql: str, max_rows: int = QUERY_MAX_ROWS, timeout_s: float = QUERY_TIMEOUT_S) -> pd.DataFrame:
         """A user's query: exactly one SELECT (or WITH ... SELECT) statement, nothing that writes. At most
-        max_rows rows come back (frame.attrs["truncated"] says whether there were more), and a query still
-        running after timeout_s is interrupted, so none can hold the app's shared connection."""
+        max_rows rows and QUERY_MAX_BYTES come back (frame.attrs["truncated"] says whether there were more
+        rows), and a query still running after timeout_s is interrupted, so none holds the shared connection
+        for long. DuckDB checks for the interrupt between chunks of work: one huge expression (a list of
+        10**8 items) can outrun the limit by its own duration."""
         if not isinstance(sql, str) or len(sql) > QUERY_MAX_CHARS:
             raise StoreError(f"query: give one SELECT statement of at most {QUERY_MAX_CHARS:,} characters")
         try:
@@ -214,10 +217,10 @@ class Store:
             raise StoreError(f"query: {err}") from err
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise StoreError("query: only a single SELECT statement is allowed")
+        # New lines around it: a trailing -- comment must not swallow the closing parenthesis. The wrapper
+        # also keeps out statements DuckDB classifies as SELECT but that write (WITH d AS (DELETE ...)).
         text = statements[0].query.strip().rstrip(";")
-        if max_rows is not None:
-            # New lines around it: a trailing -- comment must not swallow the closing parenthesis.
-            text = f"SELECT * FROM (\n{text}\n) AS user_query LIMIT {int(max_rows) + 1}"
+        text = f"SELECT * FROM (\n{text}\n) AS user_query LIMIT {int(max_rows) + 1}"
         cur = self.cursor()
         timer = threading.Timer(timeout_s, cur.interrupt)
         timer.start()
@@ -230,7 +233,10 @@ class Store:
         finally:
             timer.cancel()
             cur.close()
-        truncated = max_rows is not None and len(frame) > max_rows
+        if frame.memory_usage(deep=True).sum() > QUERY_MAX_BYTES:
+            raise StoreError(f"query: the result is over {QUERY_MAX_BYTES // 2**20} MiB; select fewer or smaller "
+                             "values")
+        truncated = len(frame) > max_rows
         if truncated:
             frame = frame.iloc[:max_rows]
         frame.attrs["truncated"] = truncated

@@ -1,6 +1,7 @@
 """The workbench in a real browser: Playwright (pip) driving Debian's /usr/bin/chromium against app.py on a
 free port, with a tiny local teacher and student. Screenshots go to test-output/e2e/."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -186,9 +187,16 @@ def test_hostile_text_renders_as_text(page, app_url, teacher_dir, student_dir, c
 
     page.get_by_role("tab", name="Runs").click()
     wait_for_text(page, "#jobs-table", "onerror")
-    page.get_by_role("tab", name="Compare").click()
-    page.locator("#compare-runs input").click()
-    page.get_by_role("option", name=name).click()
+    option = page.get_by_role("option", name=name)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # Compare lists the store's runs: the app ingests the new folder first
+        page.get_by_role("tab", name="Runs").click()
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-runs input").click()
+        if option.count():
+            break
+        time.sleep(1)
+    option.click()
     wait_for_text(page, "#compare-table", "onerror")
     page.get_by_role("tab", name="Evaluate").click()
     page.locator("#evaluate-run input").click()

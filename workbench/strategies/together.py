@@ -64,7 +64,8 @@ class TrainedTogether(torch.nn.Module):
         folder = Path(folder)
         for name, part in self.parts.items():
             if isinstance(part, PreTrainedModel):
-                saved = AutoModelForCausalLM.from_pretrained(folder / name, dtype=part.dtype, local_files_only=True)
+                saved = AutoModelForCausalLM.from_pretrained(folder / name, dtype=part.dtype, local_files_only=True,
+                                                             trust_remote_code=False)
                 part.load_state_dict(saved.state_dict())
             else:
                 load_module(part, folder / f"{name}.safetensors")

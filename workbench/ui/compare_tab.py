@@ -44,6 +44,8 @@ def run_sql(services: Services, sql: str) -> tuple[pd.DataFrame | None, str]:
 def export(services: Services, frame: pd.DataFrame | None, kind: str) -> tuple[str | None, str]:
     if frame is None or len(frame) == 0:
         return None, "Nothing to export: the table is empty."
+    if len(frame) > QUERY_MAX_ROWS:  # the table comes from the caller: no more than a query could show
+        return None, f"Not exported: at most {QUERY_MAX_ROWS:,} rows."
     path = services.exports_dir / f"table-{time.strftime('%Y%m%d-%H%M%S')}.{kind}"
     export_frame(pd.DataFrame(frame), path)
     return str(path), f"Exported {len(frame)} rows to `{path.name}`."

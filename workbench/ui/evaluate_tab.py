@@ -96,11 +96,11 @@ def create_evaluate_tab(services: Services) -> None:
         except KeyError as err:
             return f"**{plain(err.args[0])}**"
 
-    def add_baseline(run_id):
+    def add_baseline(request: gr.Request, run_id):
         if not run_id:
             return "Pick a run first."
         try:
-            new = services.add_baseline(run_id)
+            new = services.add_baseline(run_id, getattr(request, "session_hash", None))
         except (KeyError, ValueError, FileNotFoundError) as err:
             return f"**{plain(err)}**"
         return f"Queued `{new}`: the same run with α = 1. Compare shows both once it has finished."

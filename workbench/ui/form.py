@@ -7,9 +7,9 @@ under the size limit, and a Hugging Face Space caps steps (DESIGN: validate at t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import shutil
-import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,8 +212,8 @@ def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
     _check_reference(gate, teacher, "teacher.name_or_path", problems)
     _check_reference(gate, student, "student.name_or_path", problems)
     accelerate_config = form.accelerate_config.strip() or None
-    if accelerate_config and gate.path_problem(accelerate_config):
-        problems.append(("accelerate_config", gate.path_problem(accelerate_config)))
+    if ints["processes"] is not None:
+        problems.extend(gate.launch_problems(ints["processes"], accelerate_config))
     data["teacher"] = {**data.get("teacher", {}), "name_or_path": teacher}
     data["student"] = {**data.get("student", {}), "name_or_path": student,
                        "init_from_teacher_layers": (ints["keep_layers"] or 0) if pruned else 0,
@@ -270,13 +270,17 @@ def _is_file(path: Path) -> bool:
 
 
 def _keep_upload(upload: Path, uploads_dir: Path, field: str) -> str:
-    """A copy the job still finds after the browser's temporary file is gone, named by the time and as much
-    of the upload's name as fits in one file name (Gradio keeps the browser's name, of any length)."""
+    """A copy the job still finds after the browser's temporary file is gone, named by its content and as
+    much of the upload's name as fits in one file name (Gradio keeps the browser's name, of any length)."""
     uploads_dir.mkdir(parents=True, exist_ok=True)
     stem = upload.stem.encode("utf-8")[:NAME_MAX - 64].decode("utf-8", "ignore")
-    kept = uploads_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}{upload.suffix[:16]}"
     try:
-        shutil.copyfile(upload, kept)
+        # Named by content: checking or launching the same file again keeps one copy, not one per click.
+        with open(upload, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+        kept = uploads_dir / f"{digest}-{stem}{upload.suffix[:16]}"
+        if not kept.exists():
+            shutil.copyfile(upload, kept)
     except OSError as err:
         raise ConfigError([(field, f"the upload {upload.name[:80]} could not be kept: {err.strerror or err}")]) from None
     return str(kept)

@@ -3,7 +3,6 @@ OpenAI-compatible endpoint, prompts, sampling), and the teacher-written datasets
 look at (rows, length statistics) and to reuse instead of generating again."""
 from __future__ import annotations
 
-import html
 import json
 
 import gradio as gr
@@ -13,6 +12,7 @@ from workbench.config import BACKENDS
 from workbench.generated_data import VIEW_COLUMNS, dataset_folders, length_stats, list_generated, read_rows
 from workbench.generation import COMPLETIONS, read_manifest
 from workbench.plots import completion_lengths
+from workbench.escaping import plain
 from workbench.services import Services
 from workbench.ui.form import SetupForm
 
@@ -48,7 +48,7 @@ def dataset_view(services: Services, path: str | None) -> tuple[pd.DataFrame, st
     note = (f"**{stats['rows']} rows** from {stats.get('prompts')} prompts"
             + (" (the first 64 MiB of the file)" if truncated else "") + ". Words per prompt: "
             + json.dumps(stats.get("prompt")) + "; per completion: " + json.dumps(stats.get("completion"))
-            + f"; ended by: {html.escape(json.dumps(stats.get('finish_reason')))}; empty completions: "
+            + f"; ended by: {plain(json.dumps(stats.get('finish_reason')))}; empty completions: "
             + str(stats.get("empty_completions")))
     return shown, note if stats["rows"] else "No rows yet.", completion_lengths(frame)
 

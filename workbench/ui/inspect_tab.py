@@ -111,7 +111,7 @@ def create_inspect_tab(services: Services) -> None:
             points = services.inspector.points(run_id)
             texts = services.inspector.validation_texts(run_id)
         except (ValueError, OSError) as err:
-            return gr.skip(), gr.Dropdown(choices=[], info=str(err))
+            return gr.skip(), gr.Dropdown(choices=[], info=plain(err))  # info renders Markdown
         last = points[-1].step
         return (gr.Slider(0, max(last, 1), value=last, step=1),
                 gr.Dropdown(choices=[(t[:80].replace("\n", " "), t) for t in texts], value=None))

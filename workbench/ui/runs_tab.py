@@ -63,14 +63,14 @@ def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tu
     return figure, log, key
 
 
-def act(services: Services, action: str, run_id: str | None) -> str:
+def act(services: Services, action: str, run_id: str | None, session: str | None = None) -> str:
     if not run_id:
         return "Pick a run first."
     try:
         if action == "cancel":
             state = services.jobs.cancel(run_id)
             return f"**{plain(run_id)}**: {state} (it saves a checkpoint at the next step, then stops)"
-        services.jobs.resume(run_id)
+        services.resume(run_id, session)
         return f"**{plain(run_id)}**: queued to resume from its last checkpoint"
     except (KeyError, ValueError) as err:
         return f"**{plain(run_id)}:** {plain(err)}"
@@ -102,5 +102,8 @@ def create_runs_tab(services: Services) -> gr.Dropdown:
     tab.select(refresh, [run, shown], [table, run, curves, log, shown], api_name="runs")  # a tab's timer starts when it is first opened
     run.input(lambda r: run_details(services, r), run, [curves, log, shown])
     cancel.click(lambda r: act(services, "cancel", r), run, message, api_name="cancel")
-    resume.click(lambda r: act(services, "resume", r), run, message, api_name="resume")
+    def on_resume(request: gr.Request, run_id):
+        return act(services, "resume", run_id, getattr(request, "session_hash", None))
+
+    resume.click(on_resume, run, message, api_name="resume")
     return run

@@ -65,7 +65,7 @@ def preview(services: Services, teacher, text, temperature) -> tuple[object, str
     a visitor cannot have the app load any folder or checkpoint code."""
     if not isinstance(teacher, str) or not isinstance(text, str) or len(text) > 10_000:
         return None, "**Preview failed:** **teacher.name_or_path**: give a model and a text of at most 10,000 characters"
-    problem = services.gate.reference_problem(teacher)
+    problem = services.gate.preview_problem(teacher)
     if problem:
         return None, f"**Preview failed:** **teacher.name_or_path**: {plain(problem)}"
     try:
