@@ -13,9 +13,7 @@ import sys
 from pathlib import Path
 
 from jobs.spec import JobSpec
-from workbench.defaults import PREFIX
-from workbench.gate import DATA_SUFFIXES, MODEL_SUFFIXES, PROJECT_PROMPTS
-from workbench.paths import looks_like_local_path
+from workbench.gate import is_hub_id, references
 from workbench.rundir import LOG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,14 +69,8 @@ HUB_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 def uses_hub(config) -> bool:
     """Whether a run names anything on the Hugging Face hub (a model, a dataset, a prompt set): only then
-    does its worker get the app's hub token. Hub ids are told from paths by the loaders' own rule."""
-    values = [config.teacher.name_or_path, config.data.source, config.data.validation_source,
-              config.generation.prompts]
-    if not config.student.init_from_teacher_layers:
-        values.append(config.student.name_or_path)
-    local = DATA_SUFFIXES + MODEL_SUFFIXES
-    return any(v and not v.startswith((PREFIX, PROJECT_PROMPTS)) and not looks_like_local_path(v, local)
-               for v in values)
+    does its worker get the app's hub token. The references and the rule are the gate's."""
+    return any(is_hub_id(value, suffixes, defaults_ok) for _, value, suffixes, defaults_ok in references(config))
 
 
 def worker_env(spec: JobSpec, grace_s: float, base: dict | None = None) -> dict[str, str]:

@@ -8,7 +8,6 @@ ends without saying how), the worker while it runs. Never both at once.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import signal
 import threading
@@ -22,7 +21,7 @@ from jobs.spec import JobSpec
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
 from workbench.gate import Gate
-from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, is_run_dir, run_in
+from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, finite_number, is_run_dir, run_in
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
 LOG_TAIL_LINES = 40
@@ -32,18 +31,6 @@ LOG_TAIL_LINES = 40
 class _Live:
     run: RunDir
     process: WorkerProcess
-
-
-def _number(value) -> float | None:
-    """A finite number read from a status file, or None for anything else (a damaged file may hold any
-    JSON: text, NaN, Infinity, an integer of 400 digits)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
@@ -88,9 +75,7 @@ class JobManager:
             config = config.replace(output=dataclasses.replace(config.output, runs_dir=str(self.runs_dir),
                                                                run_name=run_id))
             if self.gate is not None:
-                self.gate.check(config)
-                if self.gate.launch_problems(num_processes, accelerate_config):
-                    raise ConfigError(self.gate.launch_problems(num_processes, accelerate_config))
+                self.gate.check(config, num_processes, accelerate_config)
             spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
                            accelerate_config=accelerate_config, cache_dir=self.cache_dir,
                            baseline_of=baseline_of).validate()
@@ -127,7 +112,7 @@ class JobManager:
             spec = JobSpec.read(run.path) if run.file(SPEC).exists() else JobSpec(
                 config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
             if self.gate is not None:
-                self.gate.check(spec.config)
+                self.gate.check(spec.config, spec.num_processes, spec.accelerate_config)
             dataclasses.replace(spec, resume=True).write()
             self._enqueue(run_id, spec.config.train.max_steps)
             self.poll()
@@ -159,7 +144,7 @@ class JobManager:
                 rows.append({**status, "run_id": run.path.name, "state": state, "live": live is not None,
                              "queue_position": self._queue.index(run.path.name) + 1
                              if run.path.name in self._queue else None})
-            return sorted(rows, key=lambda r: _number(r.get("queued_at")) or _number(r.get("started")) or 0,
+            return sorted(rows, key=lambda r: finite_number(r.get("queued_at")) or finite_number(r.get("started")) or 0,
                           reverse=True)
 
     def log(self, run_id: str, lines: int = LOG_TAIL_LINES) -> str:
@@ -218,9 +203,7 @@ class JobManager:
         try:
             spec = JobSpec.read(run.path)
             if self.gate is not None:
-                self.gate.check(spec.config)
-                if self.gate.launch_problems(spec.num_processes, spec.accelerate_config):
-                    raise ConfigError(self.gate.launch_problems(spec.num_processes, spec.accelerate_config))
+                self.gate.check(spec.config, spec.num_processes, spec.accelerate_config)
             popen = start_worker(spec, self.grace_s)
         except ConfigError as err:  # refused by the gate, or a damaged spec: the job fails alone, not started
             run.write_status("failed", error=f"not started: {err}")
@@ -263,15 +246,15 @@ class JobManager:
             if state == "unknown":
                 continue  # a damaged status: listed with its reason, never signalled or restarted
             process = WorkerProcess.read(run)
-            pid = _number(status.get("pid"))
+            pid = finite_number(status.get("pid"))
             if process is None and state in ("starting", "running") and pid and 0 < pid < 2**31:
                 # Started outside a job manager (the CLI): known by the pid its runner recorded.
-                process = WorkerProcess(int(pid), _number(status.get("pid_started")) or 0.0)
+                process = WorkerProcess(int(pid), finite_number(status.get("pid_started")) or 0.0)
             if process is not None and (process.alive() or state not in FINAL_STATES):
                 self._live[run.path.name] = _Live(run, process)
             elif process is not None:
                 run.file(WORKER).unlink(missing_ok=True)
             elif state == "queued":
-                queued.append((_number(status.get("queued_at")) or 0, run.path.name))
+                queued.append((finite_number(status.get("queued_at")) or 0, run.path.name))
         self._queue = [run_id for _, run_id in sorted(queued)]
         self.poll()

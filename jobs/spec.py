@@ -38,8 +38,11 @@ class JobSpec:
                 problems.append((name, f"is {show(getattr(self, name))}, not a {getattr(kind, '__name__', 'number')}"))
         for name in ("accelerate_config", "cache_dir", "baseline_of"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or path_problem(value)):
-                problems.append((name, path_problem(value) if isinstance(value, str) else f"is {show(value)}"))
+            if value is None:
+                continue
+            problem = path_problem(value) if isinstance(value, str) else f"is {show(value)}"
+            if problem:
+                problems.append((name, problem))
         if not problems and self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
             problems.append(("accelerate_config", f"no such file: {self.accelerate_config}"))
         if problems:

@@ -110,8 +110,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if typing.get_origin(base) is list:
         item_tp = typing.get_args(base)[0]
         if isinstance(value, str):
-            if text_problem(value):
-                raise ConfigError([(path, text_problem(value))])
+            if problem := text_problem(value):
+                raise ConfigError([(path, problem)])
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError([(path, f"expected a list, got {show(value)}")])
@@ -144,8 +144,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
             raise ConfigError([(path, f"expected text, got {show(value)}")])
         text = value if isinstance(value, str) else str(value)
-        if text_problem(text):
-            raise ConfigError([(path, text_problem(text))])
+        if problem := text_problem(text):
+            raise ConfigError([(path, problem)])
         return text
     return value
 

@@ -26,12 +26,11 @@ from urllib.parse import urlsplit
 
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError
-from workbench.data import file_loader_names
+from workbench.data import BUILDERS, file_loader_names
 from workbench.defaults import PREFIX
-from workbench.paths import looks_like_local_path, path_problem
+from workbench.paths import MODEL_SUFFIXES, looks_like_local_path, path_problem
 
-DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin")  # what models.resolve_source reads as a path
+DATA_SUFFIXES = tuple(BUILDERS)  # what the data loaders read as a file rather than a hub dataset
 PROJECT_PROMPTS = "project:"
 GENERATED_FILE = ("generated", "completions.jsonl")  # RUN/generated/completions.jsonl: app-made data
 PUBLIC_MAX_STEPS = 200
@@ -59,11 +58,36 @@ def _internal_host(url: str) -> bool:
     return not address.is_global
 
 
+def references(config: DistillConfig) -> list[tuple[str, str | None, tuple[str, ...], bool]]:
+    """Every model or data reference a config's loaders read: (field, value, the suffixes that mark a
+    path, whether a `defaults:` name resolves there). The gate checks these; the launcher gives a worker
+    the hub token only when one of them is a hub id."""
+    found = [("teacher.name_or_path", config.teacher.name_or_path, MODEL_SUFFIXES, True)]
+    if not config.student.init_from_teacher_layers:
+        found.append(("student.name_or_path", config.student.name_or_path, MODEL_SUFFIXES, True))
+    found += [("data.source", config.data.source, DATA_SUFFIXES, True),
+              ("data.validation_source", config.data.validation_source, DATA_SUFFIXES, True)]
+    if not config.generation.prompts.startswith(PROJECT_PROMPTS):
+        found.append(("generation.prompts", config.generation.prompts, DATA_SUFFIXES, False))
+    return found
+
+
+def is_hub_id(value: str | None, suffixes: tuple[str, ...], defaults_ok: bool = True) -> bool:
+    """A reference the loaders send to the hub: not empty, not a `defaults:` name, not a path."""
+    value = (value or "").strip()
+    return bool(value) and not (defaults_ok and value.startswith(PREFIX)) and "://" not in value \
+        and not looks_like_local_path(value, suffixes)
+
+
 def is_public(host: str, share: bool) -> bool:
     """Whether others can reach the app: a share link, an address beyond this machine, or a Hugging Face
     Space (the platform sets SPACE_ID)."""
     loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
     return share or not loopback or bool(os.environ.get("SPACE_ID"))
+
+
+def _under(resolved: Path, roots: tuple[Path, ...]) -> bool:
+    return any(resolved == root or root in resolved.parents for root in roots)
 
 
 def upload_folders() -> list[Path]:
@@ -100,26 +124,24 @@ class Gate:
         if key_envs is None:
             key_envs = [] if public else ["OPENAI_API_KEY"]
         runs_dir = Path(runs_dir).resolve()
-        allowed = [Path(d).expanduser().resolve() for d in allow_dirs]
         app_made = [runs_dir / "uploads", runs_dir / "caches", runs_dir / "datasets"]
-        roots = [Path(defaults_dir).expanduser().resolve(), *app_made, *allowed] if public else \
-            [runs_dir, Path(defaults_dir).expanduser().resolve(), *allowed]
+        roots = [defaults_dir, *app_made, *allow_dirs] if public else [runs_dir, defaults_dir, *allow_dirs]
         limits = dict(max_steps=PUBLIC_MAX_STEPS, max_jobs_per_session=PUBLIC_MAX_JOBS_PER_SESSION,
                       max_active_jobs=PUBLIC_MAX_ACTIVE_JOBS, max_upload_mb=PUBLIC_MAX_UPLOAD_MB) if public else {}
+        # Roots and upload folders are resolved by __post_init__.
         return cls(tuple(roots), runs_dir, allow_remote_code, frozenset(key_envs), public,
-                   uploads=tuple(Path(d).resolve() for d in [runs_dir / "uploads", *upload_dirs]),
-                   api_base_urls=tuple(api_base_urls), **limits)
+                   uploads=(runs_dir / "uploads", *upload_dirs), api_base_urls=tuple(api_base_urls), **limits)
 
     # -- one reference ----------------------------------------------------------------------------
     def inside(self, value: str) -> bool:
         """Whether a path (symlinks resolved) lies in one of the roots, or is an app-made dataset."""
-        if path_problem(value):
+        if path_problem(value):  # pathlib would raise on it
             return False
         try:
             resolved = Path(value).expanduser().resolve()
         except (OSError, RuntimeError, ValueError):
             return False
-        if any(resolved == root or root in resolved.parents for root in self.roots):
+        if _under(resolved, self.roots):
             return True
         return (self.runs_dir is not None and resolved.parts[-2:] == GENERATED_FILE
                 and resolved.parent.parent.parent == self.runs_dir)
@@ -139,16 +161,16 @@ class Gate:
                     f"{', '.join(str(r) for r in self.roots)}; start the app with --allow-dir to add one")
         return None
 
-    def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = (),
+    def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = MODEL_SUFFIXES,
                           defaults_ok: bool = True) -> str | None:
         """A model or data reference: empty, a `defaults:` name (where the loaders resolve one: models and
         data.source / validation_source), a hub id, or a path inside the roots."""
         value = (value or "").strip()
         if not value or (defaults_ok and value.startswith(PREFIX)):
             return None
-        if "://" in value or looks_like_local_path(value, suffixes or MODEL_SUFFIXES):
+        if not is_hub_id(value, suffixes, defaults_ok):
             return self.path_problem(value)
-        if suffixes and value.lower() in file_loader_names():
+        if suffixes == DATA_SUFFIXES and value.lower() in file_loader_names():
             return f"{value!r} is a file loader's name, not a hub dataset; give a hub id or an uploaded file"
         return None
 
@@ -156,9 +178,7 @@ class Gate:
         """The temperature preview loads a model into the app process itself: in public mode only the
         offline default or an allowed folder, not any hub checkpoint a visitor names."""
         problem = self.reference_problem(value)
-        value = (value or "").strip()
-        if problem is None and self.public and not value.startswith(PREFIX) and not looks_like_local_path(
-                value, MODEL_SUFFIXES):
+        if problem is None and self.public and is_hub_id(value, MODEL_SUFFIXES):
             return "this app is reachable by others: the preview loads only the offline default or an allowed folder"
         return problem
 
@@ -172,22 +192,18 @@ class Gate:
             if problem:
                 problems.append((name, problem))
 
+        for name, value, suffixes, defaults_ok in references(config):
+            check(name, self.reference_problem(value, suffixes, defaults_ok))
         models = [("teacher", config.teacher)]
         if not config.student.init_from_teacher_layers:
             models.append(("student", config.student))
         for role, spec in models:
-            check(f"{role}.name_or_path", self.reference_problem(spec.name_or_path))
             if spec.gguf_file and (Path(spec.gguf_file).name != spec.gguf_file or spec.gguf_file in ("..", ".")):
                 check(f"{role}.gguf_file", "must be a file name inside the model folder, without folders")
             if spec.trust_remote_code and not self.allow_remote_code:
                 check(f"{role}.trust_remote_code", "this app does not run code shipped with a checkpoint; it runs "
                                                    "it only when started with --trust-remote-code")
-        data = config.data
-        check("data.source", self.reference_problem(data.source, DATA_SUFFIXES))
-        check("data.validation_source", self.reference_problem(data.validation_source, DATA_SUFFIXES))
         g = config.generation
-        if not g.prompts.startswith(PROJECT_PROMPTS):
-            check("generation.prompts", self.reference_problem(g.prompts, DATA_SUFFIXES, defaults_ok=False))
         if g.dataset:
             check("generation.dataset", self.path_problem(g.dataset))
         if config.loss.teacher_cache:
@@ -214,8 +230,8 @@ class Gate:
             if self.public:
                 problems.append(("accelerate_config", "this app is reachable by others: the launcher's settings "
                                                       "are its host's"))
-            elif self.path_problem(accelerate_config):
-                problems.append(("accelerate_config", self.path_problem(accelerate_config)))
+            elif problem := self.path_problem(accelerate_config):
+                problems.append(("accelerate_config", problem))
         if self.public and num_processes != 1:
             problems.append(("num_processes", "this app is reachable by others: one process per run"))
         return problems
@@ -243,8 +259,10 @@ class Gate:
                                                             "addresses on its own machine or private networks"))
         return problems
 
-    def check(self, config: DistillConfig) -> DistillConfig:
-        problems = self.config_problems(config)
+    def check(self, config: DistillConfig, num_processes: int = 1, accelerate_config: str | None = None
+              ) -> DistillConfig:
+        """The config, or ConfigError naming every field the gate refuses (with how the job would start)."""
+        problems = self.config_problems(config) + self.launch_problems(num_processes, accelerate_config)
         if problems:
             raise ConfigError(problems)
         return config
@@ -252,12 +270,12 @@ class Gate:
     def upload_problem(self, value: str) -> str | None:
         """An uploaded file must be one the app received (Gradio's upload folder, or a copy in RUNS/uploads) or
         lie in the allowed folders, not any path a caller names."""
-        if path_problem(value):
-            return path_problem(value)
+        if problem := path_problem(value):
+            return problem
         try:
             resolved = Path(value).resolve()
         except (OSError, RuntimeError, ValueError):
             return "is not a file this app received"
-        if any(root in resolved.parents for root in self.uploads) or self.inside(value):
+        if _under(resolved, self.uploads) or self.inside(value):
             return None  # a received file, or one in the allowed folders (which any path field may name)
         return f"{Path(value).name} is not a file uploaded to this app"

@@ -69,9 +69,10 @@ class Inspector:
             run = None
         if run is None or not is_run_dir(run.path) or not run.file(CONFIG).exists():
             raise ValueError(f"run {run_id!r}: no started run of that name in {self.runs_dir}")
+        config = DistillConfig.load(run.file(CONFIG))
         if self.gate is not None:
-            self.gate.check(DistillConfig.load(run.file(CONFIG)))
-        return run, reading_config(run)
+            self.gate.check(config)
+        return run, reading_config(run, config)
 
     def points(self, run_id: str) -> list[StudentPoint]:
         run, config = self.run(run_id)

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 
 from workbench.config import LoraSpec, ModelSpec
-from workbench.paths import looks_like_local_path
+from workbench.paths import MODEL_SUFFIXES, looks_like_local_path
 
 PROBE_TIMEOUT_S = 3.0
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,7 +81,7 @@ def resolve_source(spec: ModelSpec, role: str) -> tuple[str, bool]:
         if spec.gguf_file and not (path / spec.gguf_file).is_file():
             raise ModelLoadError(f"{role}: no GGUF file {spec.gguf_file!r} in {path}")
         return str(path), True
-    if looks_like_local_path(name, (".gguf", ".safetensors", ".bin")):
+    if looks_like_local_path(name, MODEL_SUFFIXES):
         raise ModelLoadError(f"{role}: local folder {path} does not exist")
     if _in_hub_cache(name, spec.revision):
         return name, True

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# What marks a model reference as a file or folder rather than a hub id (the data suffixes are
+# workbench/data.py's BUILDERS).
+MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin")
 NAME_MAX = 255    # bytes in one path component (Linux); a longer one makes every stat raise ENAMETOOLONG
 PATH_MAX = 4095
 

@@ -14,7 +14,7 @@ import psutil
 import torch
 
 from workbench.config import DistillConfig
-from workbench.data import DataError, load_raw, resolve_format
+from workbench.data import BUILDERS, DataError, load_raw, resolve_format
 from workbench.escaping import plain
 from workbench.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.models import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
@@ -27,7 +27,6 @@ from workbench.sizing import GIB, arch_info, estimate_memory
 from workbench.strategies import strategy_class
 from workbench.trainer import use_bf16
 
-DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 # LoRA trains roughly this share of the weights at r=16 on all linear layers: enough for an estimate.
 LORA_TRAINABLE_SHARE = 0.02
 
@@ -150,7 +149,7 @@ def _check_generation(config: DistillConfig, report: Preflight) -> None:
 def _check_data(config: DistillConfig, report: Preflight) -> None:
     """Local files are read now (a format problem shows before launch); hub datasets when the job runs."""
     local = [(name, value) for name in ("source", "validation_source")
-             if (value := getattr(config.data, name)) and looks_like_local_path(value, DATA_SUFFIXES)]
+             if (value := getattr(config.data, name)) and looks_like_local_path(value, tuple(BUILDERS))]
     missing = [(f"data.{name}", f"no such file: {value}") for name, value in local if not Path(value).expanduser().exists()]
     report.problems.extend(missing)
     if missing or not any(name == "source" for name, _ in local):

@@ -90,11 +90,12 @@ def is_adapter_only(folder: Path) -> bool:
     return (folder / ADAPTER_CONFIG).exists() and not (folder / "config.json").exists()
 
 
-def reading_config(run: RunDir) -> DistillConfig:
+def reading_config(run: RunDir, config: DistillConfig | None = None) -> DistillConfig:
     """A run's config as its readers (evaluation, inspector) need it: a co-distillation run trained its
     teacher too, so once it is saved (RUN/teacher) the student is compared with that teacher. Not for a
-    student pruned from the teacher: its step-0 point must be cut from the teacher it started from."""
-    config = DistillConfig.load(run.file(CONFIG))
+    student pruned from the teacher: its step-0 point must be cut from the teacher it started from.
+    `config`: the run's config.json already loaded."""
+    config = config or DistillConfig.load(run.file(CONFIG))
     trained = run.path / "teacher"
     if (config.strategy == "co_distillation" and not config.student.init_from_teacher_layers
             and (trained / "config.json").exists() and _within(trained, run)):

@@ -115,8 +115,33 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
     return data, None
 
 
+def finite_number(value) -> float | None:
+    """A finite number read from a run file, or None for anything else (a damaged file may hold any JSON:
+    text, NaN, Infinity, an integer of 400 digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _readable_json(path: Path) -> bool:
     return read_json(path)[0] is not None
+
+
+def _records(data: bytes) -> list[dict]:
+    """The JSON objects of metrics.jsonl's complete lines; a damaged line is skipped."""
+    records = []
+    for line in data.split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class RunDir:
@@ -179,29 +204,20 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         """All complete lines that hold a JSON object; a line being written right now (no newline yet) and
         a damaged one are skipped."""
+        return _records(self._metrics_bytes() or b"")
+
+    def _metrics_bytes(self) -> bytes | None:
         try:
-            data = self.file(METRICS).read_bytes()
+            return self.file(METRICS).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
-            return []
-        records = []
-        for line in data.split(b"\n")[:-1]:
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+            return None
 
     def truncate_metrics_after(self, step: int) -> None:
         """On resume: drop records logged after the checkpoint, which the resumed run logs again."""
-        records = self.read_metrics()
+        data = self._metrics_bytes()
+        records = _records(data or b"")
         kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
-        try:
-            lines = self.file(METRICS).read_bytes().count(b"\n")
-        except FileNotFoundError:
-            lines = None
-        if len(kept) == lines:
+        if data is not None and len(kept) == data.count(b"\n"):
             return  # nothing to drop: keep the file (and its inode, which incremental readers track)
         tmp = self.file(METRICS + ".tmp")
         tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")

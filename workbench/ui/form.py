@@ -17,7 +17,7 @@ from pathlib import Path
 from jobs.spec import MAX_PROCESSES
 from workbench.config import DistillConfig
 from workbench.configbase import ConfigError, show, text_problem
-from workbench.gate import Gate
+from workbench.gate import DATA_SUFFIXES, Gate
 from workbench.paths import NAME_MAX, path_problem
 
 DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
@@ -31,7 +31,6 @@ KNOWN_PAIRS = {
 DATA_DEFAULT, DATA_UPLOAD, DATA_HUB = "offline default corpus", "upload a file", "hub dataset"
 DATA_KINDS = (DATA_DEFAULT, DATA_UPLOAD, DATA_HUB)
 STUDENT_CHECKPOINT, STUDENT_PRUNED = "a checkpoint", "pruned from the teacher"
-UPLOAD_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 @dataclass
 class SetupForm:
     teacher: str = "defaults:teacher"
@@ -165,8 +164,8 @@ def _typed(form: SetupForm) -> SetupForm:
                 values[f.name] = None if kind != str else ""
             elif not isinstance(value, str):
                 problems.append((f.name, f"expected text, got {show(value)}"))
-            elif text_problem(value):
-                problems.append((f.name, text_problem(value)))
+            elif problem := text_problem(value):
+                problems.append((f.name, problem))
             else:
                 values[f.name] = value
         elif kind is bool:
@@ -239,8 +238,8 @@ def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
         data[section] = {**data.get(section, {}), **chosen}
     # Only soft_label reads a cache; the panel is hidden for the others, so its value must not leak in.
     cache = (form.teacher_cache or "").strip() or None if form.strategy == "soft_label" else None
-    if cache and gate.path_problem(cache):
-        problems.append(("loss.teacher_cache", gate.path_problem(cache)))
+    if cache and (problem := gate.path_problem(cache)):
+        problems.append(("loss.teacher_cache", problem))
     data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,
                     "temperature": form.temperature, "beta": form.beta, "teacher_cache": cache}
     train = data.get("train", {})
@@ -291,18 +290,19 @@ def _generation_section(form: SetupForm, section: dict, ints: dict, gate: Gate, 
     prompts = form.gen_prompts.strip()
     if form.gen_upload:
         upload = Path(form.gen_upload)
-        if upload.suffix.lower() not in UPLOAD_SUFFIXES:
+        if upload.suffix.lower() not in DATA_SUFFIXES:
             problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
-        elif not _is_file(upload) or gate.upload_problem(str(upload)):
-            problems.append(("generation.prompts", gate.upload_problem(str(upload)) or
-                             f"the upload {upload.name} is not a file"))
+        elif not _is_file(upload):
+            problems.append(("generation.prompts", f"the upload {upload.name} is not a file"))
+        elif problem := gate.upload_problem(str(upload)):
+            problems.append(("generation.prompts", problem))
         else:
             prompts = _keep_upload(upload, uploads_dir, "generation.prompts")
     else:
-        _check_reference(gate, prompts, "generation.prompts", problems, UPLOAD_SUFFIXES)
+        _check_reference(gate, prompts, "generation.prompts", problems, DATA_SUFFIXES)
     dataset = (form.gen_dataset or "").strip() or None
-    if dataset and gate.path_problem(dataset):
-        problems.append(("generation.dataset", gate.path_problem(dataset)))
+    if dataset and (problem := gate.path_problem(dataset)):
+        problems.append(("generation.dataset", problem))
     return {**section, "backend": form.gen_backend, "prompts": prompts, "api_base_url": form.gen_api_base_url.strip(),
             "api_model": form.gen_api_model.strip(), "api_key_env": form.gen_api_key_env.strip(),
             "temperature": form.gen_temperature, "top_p": form.gen_top_p,
@@ -319,19 +319,19 @@ def _data_section(form: SetupForm, section: dict, gate: Gate, uploads_dir: Path,
     if form.data_kind == DATA_HUB:
         if not form.hub_dataset.strip():
             problems.append(("data.source", "name a hub dataset id, e.g. roneneldan/TinyStories"))
-        _check_reference(gate, form.hub_dataset, "data.source", problems, UPLOAD_SUFFIXES)
+        _check_reference(gate, form.hub_dataset, "data.source", problems, DATA_SUFFIXES)
         return {**section, "source": form.hub_dataset.strip()}
     if not form.upload:
         problems.append(("data.source", "choose a file to upload (.txt, .jsonl, .json, .csv or .parquet)"))
         return section
     upload = Path(form.upload)
     limit_mb = min(section.get("max_file_mb", 512), gate.max_upload_mb or float("inf"))
-    if upload.suffix.lower() not in UPLOAD_SUFFIXES:
+    if upload.suffix.lower() not in DATA_SUFFIXES:
         problems.append(("data.source", f"{upload.name}: use a .txt, .jsonl, .json, .csv or .parquet file"))
     elif not _is_file(upload):
         problems.append(("data.source", f"the upload {upload.name} is not a file"))
-    elif gate.upload_problem(form.upload):
-        problems.append(("data.source", gate.upload_problem(form.upload)))
+    elif problem := gate.upload_problem(form.upload):
+        problems.append(("data.source", problem))
     elif upload.stat().st_size > limit_mb * 2**20:
         problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "
                                         f"{limit_mb} MiB limit (data.max_file_mb)"))

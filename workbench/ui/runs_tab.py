@@ -7,6 +7,7 @@ import pandas as pd
 
 from workbench.callbacks import format_eta
 from workbench.plots import run_curves
+from workbench.rundir import finite_number
 from workbench.services import Services
 from workbench.escaping import plain
 
@@ -42,9 +43,8 @@ def jobs_table(services: Services) -> pd.DataFrame:
 
 def _number(value, default: float | None = 0.0) -> float | None:
     """A status field as a number fit to show, else `default`: no text, NaN, inf or 400-digit integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e12 < value < 1e12:
-        return default  # the comparison is False for NaN, and safe for integers beyond the float range
-    return float(value)
+    number = finite_number(value)
+    return number if number is not None and abs(number) < 1e12 else default
 
 
 def run_details(services: Services, run_id: str | None, shown: tuple = ()) -> tuple[object, str, tuple]:
