@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pathlib import Path  # noqa: E402
 
-from workbench.config import ENV_NAME  # noqa: E402
+from workbench.config.schema import ENV_NAME  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,13 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from workbench.defaults import Preparation
-    from workbench.services import Services
+    from workbench.data.defaults import Preparation
     from workbench.ui.app import build_app
+    from workbench.ui.services import Services
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     # First start fetches and converts the offline default in the background; the page shows progress.
     preparation = Preparation(Path(args.cache_dir) if args.cache_dir else None, echo=lambda m: print(m, flush=True))
-    from workbench.gate import is_public
+    from workbench.config.gate import is_public
     public = is_public(args.host, args.share)
     max_jobs = 1 if os.environ.get("SPACE_ID") else args.max_jobs  # a Space is one small shared machine
     services = Services.start(args.runs_dir, max_jobs=max_jobs, db_path=args.db, cache_dir=args.cache_dir,

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from workbench.cache_fidelity import short_run  # noqa: E402
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.data import tokenize_datasets  # noqa: E402
-from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.run_models import load_teacher_fp32, student_tokenizer  # noqa: E402
-from workbench.teacher_cache import build_cache  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.data.defaults import resolve_defaults  # noqa: E402
+from workbench.data.loading import tokenize_datasets  # noqa: E402
+from workbench.engine.cache_fidelity import short_run  # noqa: E402
+from workbench.engine.teacher_cache import build_cache  # noqa: E402
+from workbench.models.students import load_teacher_fp32, student_tokenizer  # noqa: E402
 
 
 def main() -> None:

@@ -17,12 +17,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.data import heldout_documents  # noqa: E402
-from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.inspect import analyse, token_stats, top_k  # noqa: E402
-from workbench.models import load_tokenizer  # noqa: E402
-from workbench.run_models import initial_student, load_teacher_fp32  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.data.defaults import resolve_defaults  # noqa: E402
+from workbench.data.loading import heldout_documents  # noqa: E402
+from workbench.eval.token_stats import analyse, token_stats, top_k  # noqa: E402
+from workbench.models.loading import load_tokenizer  # noqa: E402
+from workbench.models.students import initial_student, load_teacher_fp32  # noqa: E402
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "assets" / "configs" / "default.yaml"
 

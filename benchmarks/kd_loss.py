@@ -1,4 +1,4 @@
-"""The KD loss's cost, plain (full logits) against fused and chunked (workbench/chunked_loss.py): extra peak
+"""The KD loss's cost, plain (full logits) against fused and chunked (workbench/losses/fused.py): extra peak
 memory of loss + backward, and time, at the default pair's vocabulary and at 128k, in fresh processes.
 
     python benchmarks/kd_loss.py [--positions 1024] [--hidden 576] [--chunks 128,256,1024] [--json out.json]
@@ -27,9 +27,10 @@ def measure(mode: str, vocab: int, positions: int, hidden: int, chunk: int) -> d
     """In this process: one loss forward + backward; peak RSS growth (MiB) and seconds (best of 2)."""
     import torch
 
-    from workbench.chunked_loss import fused_distill_loss
-    from workbench.config import LossSpec
-    from workbench.losses import distill_loss
+    from workbench.config.schema import LossSpec
+    from workbench.losses.distill import distill_loss
+    from workbench.losses.fused import fused_distill_loss
+    from workbench.losses.signal import LiveHead, LiveLogits
     torch.manual_seed(0)
     spec = LossSpec(alpha=0.5, temperature=2.0)
     hs = torch.randn(positions, hidden, requires_grad=True)
@@ -41,9 +42,9 @@ def measure(mode: str, vocab: int, positions: int, hidden: int, chunk: int) -> d
         if mode == "plain":
             with torch.no_grad():
                 teacher_logits = ht @ wt.T
-            loss = distill_loss(hs @ ws.T, teacher_logits, labels, spec)["loss"]
+            loss = distill_loss(hs @ ws.T, LiveLogits(teacher_logits), labels, spec)["loss"]
         else:
-            loss = fused_distill_loss(hs, ws, labels, spec, ht, wt, chunk=chunk)["loss"]
+            loss = fused_distill_loss(hs, ws, labels, spec, LiveHead(ht, wt), chunk=chunk)["loss"]
         loss.backward()
         hs.grad = ws.grad = None
 

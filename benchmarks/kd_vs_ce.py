@@ -20,13 +20,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.data import PadCollator, tokenize_datasets  # noqa: E402
-from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.losses import ce_loss  # noqa: E402
-from workbench.models import load_teacher, load_tokenizer  # noqa: E402
-from workbench.runner import run_training  # noqa: E402
-from workbench.rundir import RunDir  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.data.defaults import resolve_defaults  # noqa: E402
+from workbench.data.loading import PadCollator, tokenize_datasets  # noqa: E402
+from workbench.engine.runner import run_training  # noqa: E402
+from workbench.losses.divergences import ce_loss  # noqa: E402
+from workbench.models.loading import load_teacher, load_tokenizer  # noqa: E402
+from workbench.store.rundir import RunDir  # noqa: E402
 
 DEFAULT_SETTINGS = ["ce:alpha=1", "kd:alpha=0,temperature=1", "mix:alpha=0.5,temperature=1"]
 

@@ -30,12 +30,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.data import tokenize_datasets  # noqa: E402
-from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.run_models import initial_student, load_teacher_fp32, student_tokenizer  # noqa: E402
-from workbench.strategies.soft import SoftLabelStrategy  # noqa: E402
-from workbench.teacher_cache import TeacherCache, build_cache, data_hash, tokenizer_hash  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.data.defaults import resolve_defaults  # noqa: E402
+from workbench.data.loading import tokenize_datasets  # noqa: E402
+from workbench.engine.strategies.soft import SoftLabelStrategy  # noqa: E402
+from workbench.engine.teacher_cache import TeacherCache, build_cache, data_hash  # noqa: E402
+from workbench.models.loading import tokenizer_hash  # noqa: E402
+from workbench.models.students import initial_student, load_teacher_fp32, student_tokenizer  # noqa: E402
 
 
 def best_time(step, reps: int) -> float:

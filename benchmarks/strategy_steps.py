@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.runner import run_training  # noqa: E402
-from workbench.rundir import RunDir  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.engine.runner import run_training  # noqa: E402
+from workbench.store.rundir import RunDir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"soft_label": [], "co_distillation": ["strategy=co_distillation"], "hidden_state": ["strategy=hidden_state"],

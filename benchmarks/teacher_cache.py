@@ -17,11 +17,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from workbench.config import DistillConfig  # noqa: E402
-from workbench.data import heldout_dataset  # noqa: E402
-from workbench.defaults import resolve_defaults  # noqa: E402
-from workbench.run_models import load_teacher_fp32, student_tokenizer  # noqa: E402
-from workbench.teacher_cache import Manifest, top_k_logprobs  # noqa: E402
+from workbench.config.schema import DistillConfig  # noqa: E402
+from workbench.data.defaults import resolve_defaults  # noqa: E402
+from workbench.data.loading import heldout_dataset  # noqa: E402
+from workbench.engine.teacher_cache import Manifest, top_k_logprobs  # noqa: E402
+from workbench.models.students import load_teacher_fp32, student_tokenizer  # noqa: E402
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "assets" / "configs" / "default.yaml"
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from jobs.spec import JobSpec
-from workbench.gate import is_hub_id, references
-from workbench.rundir import LOG
+from workbench.config.gate import is_hub_id, references
+from workbench.store.rundir import LOG
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from jobs.launcher import start_worker
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
-from workbench.gate import Gate
-from workbench.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, finite_number, is_run_dir, run_in
+from workbench.config.fields import ConfigError
+from workbench.config.gate import Gate
+from workbench.config.schema import DistillConfig
+from workbench.store.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, finite_number, is_run_dir, run_in
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
 LOG_TAIL_LINES = 40
@@ -54,7 +54,7 @@ class JobManager:
         self.max_concurrent = max_concurrent
         self.grace_s = grace_s
         self.cache_dir = str(cache_dir) if cache_dir else None
-        # The app's gate (workbench/gate.py): every job passes it when submitted and again when its worker
+        # The app's gate (workbench/config/gate.py): every job passes it when submitted and again when its worker
         # starts, so a resumed job, or one found queued in the runs folder at start, is checked as well.
         self.gate = gate
         self._live: dict[str, _Live] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from workbench.rundir import WORKER, RunDir, read_json, write_json_atomic
+from workbench.store.rundir import WORKER, RunDir, read_json, write_json_atomic
 
 # psutil's create_time is rounded to clock ticks; two readings of the same process agree to this.
 _START_TOLERANCE_S = 0.05

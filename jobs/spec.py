@@ -1,15 +1,15 @@
 """JobSpec: what a job's worker needs, written to RUN_DIR/spec.json before any process starts.
-The run directory layout itself is the contract in workbench/rundir.py."""
+The run directory layout itself is the contract in workbench/store/rundir.py."""
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError, show
-from workbench.paths import path_problem
-from workbench.rundir import SPEC, RunDir, read_json, write_json_atomic
+from workbench.config.fields import ConfigError, show
+from workbench.config.paths import path_problem
+from workbench.config.schema import DistillConfig
+from workbench.store.rundir import SPEC, RunDir, read_json, write_json_atomic
 
 MAX_PROCESSES = 64
 
@@ -24,7 +24,7 @@ class JobSpec:
     num_processes: int = 1
     accelerate_config: str | None = None
     cache_dir: str | None = None  # where the offline defaults live (None: the standard cache)
-    baseline_of: str | None = None  # this run is the CE-only baseline of that run (workbench/baseline.py)
+    baseline_of: str | None = None  # this run is the CE-only baseline of that run (workbench/engine/baseline.py)
 
     def validate(self) -> "JobSpec":
         problems = []

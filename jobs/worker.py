@@ -18,12 +18,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m jobs.worker RUN_DIR", file=sys.stderr)
         return 2
-    from jobs.spec import JobSpec
-    from workbench.rundir import RunDir
-    from workbench.runner import run_training
-    from workbench.cli import EXIT_CANCELLED, EXIT_FAILED
-    from workbench.stopping import Cancelled
     from transformers.utils import logging as hf_logging
+
+    from jobs.spec import JobSpec
+    from workbench.engine.runner import run_training
+    from workbench.engine.stopping import Cancelled
+    from workbench.store.rundir import EXIT_CANCELLED, EXIT_FAILED, RunDir
     hf_logging.disable_progress_bar()
     spec = JobSpec.read(argv[0])
     try:

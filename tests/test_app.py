@@ -6,6 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from jobs.launcher import free_port
@@ -14,6 +15,7 @@ from workbench.ui.config_tab import check_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_app_launches_and_serves_the_page(tmp_path, defaults_root):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -36,8 +38,8 @@ def test_app_launches_and_serves_the_page(tmp_path, defaults_root):
         proc.wait(timeout=30)
 
 
-def test_default_bind_is_loopback_only():
-    sys.path.insert(0, str(ROOT))
+def test_default_bind_is_loopback_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
     import app
     args = app.parse_args([])
     assert args.host == "127.0.0.1" and args.share is False and args.auth is None

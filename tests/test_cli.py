@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from jobs.launcher import free_port
 from jobs.spec import JobSpec
-from workbench.config import DistillConfig
-from workbench.rundir import RunDir
+from workbench.config.schema import DistillConfig
+from workbench.store.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,7 @@ def write_config(path: Path, teacher_dir, student_dir, corpus_files, runs: Path,
     return path
 
 
+@pytest.mark.slow
 def test_train_from_yaml_with_overrides(tmp_path, teacher_dir, student_dir, corpus_files):
     cfg = write_config(tmp_path / "run.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "runs")
     out = cli("workbench", "train", str(cfg), "--set", "train.max_steps=4", "--set", "loss.alpha=0.25")
@@ -52,6 +53,7 @@ def test_train_from_yaml_with_overrides(tmp_path, teacher_dir, student_dir, corp
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_resume_continues_a_failed_run_from_its_checkpoint(tmp_path, teacher_dir, student_dir, corpus_files):
     cfg = write_config(tmp_path / "run.yaml", teacher_dir, student_dir, corpus_files, tmp_path / "runs")
     assert cli("workbench", "train", str(cfg)).returncode == 0
@@ -78,6 +80,7 @@ def test_invalid_config_exits_2_naming_the_field(tmp_path, teacher_dir, student_
     assert typo.returncode == 2 and "did you mean 'loss.temperature'" in typo.stderr
 
 
+@pytest.mark.slow
 def test_runtime_failure_exits_1_with_the_error(tmp_path, teacher_dir, corpus_files):
     cfg = write_config(tmp_path / "run.yaml", teacher_dir, tmp_path / "no-student", corpus_files, tmp_path / "runs")
     out = cli("workbench", "train", str(cfg))
@@ -93,6 +96,7 @@ def test_validate_prints_the_resolved_config(tmp_path, teacher_dir, student_dir,
     assert resolved["loss"]["skew_lambda"] == 0.1 and resolved["train"]["max_steps"] == 6
 
 
+@pytest.mark.slow
 def test_job_worker_runs_a_spec(tmp_path, teacher_dir, student_dir, corpus_files):
     cfg = DistillConfig.load(write_config(tmp_path / "run.yaml", teacher_dir, student_dir, corpus_files,
                                           tmp_path / "runs", max_steps=2))
@@ -104,6 +108,7 @@ def test_job_worker_runs_a_spec(tmp_path, teacher_dir, student_dir, corpus_files
     assert spec_path.is_file() and run.read_status()["state"] == "succeeded" and (run.student / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_match_one(tmp_path, teacher_dir, student_dir, corpus_files):
     """DDP on CPU (gloo): the same global batch as one process; held-out terms, reduced across processes,
     equal the single-process ones for the same (untrained) student. 36 held-out sequences split evenly

@@ -3,9 +3,9 @@ import json
 import pytest
 import yaml
 
-from workbench import strategies
-from workbench.config import DIVERGENCES, STRATEGIES, DistillConfig
-from workbench.configbase import ConfigError, apply_overrides, help_text
+from workbench.config.fields import ConfigError, apply_overrides, help_text
+from workbench.config.schema import DIVERGENCES, STRATEGIES, DistillConfig
+from workbench.engine import strategies
 
 
 def valid() -> dict:
@@ -136,8 +136,8 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 
 
 def test_every_field_has_help_and_names_match_registries():
-    from workbench.config import LossSpec, TrainSpec
-    from workbench.losses import DIVERGENCES as LOSS_FNS
+    from workbench.config.schema import LossSpec, TrainSpec
+    from workbench.losses.divergences import DIVERGENCES as LOSS_FNS
     for cls in (LossSpec, TrainSpec):
         assert all(text for text in help_text(cls).values())
     assert "in [0, 1]" in help_text(LossSpec)["alpha"]

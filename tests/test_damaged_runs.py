@@ -11,12 +11,14 @@ import pytest
 
 from jobs.spec import JobSpec
 from workbench.cli import main
-from workbench.ingest import Ingestor
-from workbench.rundir import RunDir
-from workbench.services import Services
-from workbench.store import DB_NAME, Store
+from workbench.store.database import DB_NAME, Store
+from workbench.store.ingest import Ingestor
+from workbench.store.rundir import RunDir
 from workbench.ui import compare_tab, inspect_tab, runs_tab
 from workbench.ui.app import build_app
+from workbench.ui.services import Services
+
+pytestmark = pytest.mark.slow  # every test reads a trained run
 
 SHAPES = {  # valid JSON that is not what the file should hold
     "status.json": ['[1, 2]', '"running"', '{"state": 5, "step": "x", "total_steps": [], "eta_s": "soon", '
@@ -32,9 +34,9 @@ SHAPES = {  # valid JSON that is not what the file should hold
 
 
 @pytest.fixture(scope="module")
-def source_run(distilled_run, tmp_path_factory):
+def source_run(distilled_source, tmp_path_factory):
     """The finished tiny run with every file a job leaves (spec, worker record, log, teacher-written data)."""
-    run, config, _ = distilled_run
+    run, config, _ = distilled_source
     folder = tmp_path_factory.mktemp("source") / "run"
     shutil.copytree(run.path, folder)
     JobSpec(config=config, run_dir=str(folder)).write()

@@ -9,17 +9,26 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench import defaults
-from workbench.config import DataSpec, DistillConfig, ModelSpec
-from workbench.data import PadCollator, tokenize_datasets
-from workbench.default_corpus import VALIDATION_BOOKS, build_corpus, clean_verse
-from workbench.defaults import (CORPUS_PACKAGE, TEACHER_PACKAGE, DefaultsError, Package, Preparation, fetch,
-                                prepare_defaults, prepared_root, resolve_defaults)
-from workbench.losses import ce_loss
-from workbench.models import load_tokenizer
-from workbench.pruning import decoder_layers
-from workbench.rundir import RunDir
-from workbench.runner import run_training
+from workbench.config.schema import DataSpec, DistillConfig, ModelSpec
+from workbench.data import defaults
+from workbench.data.default_corpus import VALIDATION_BOOKS, build_corpus, clean_verse
+from workbench.data.defaults import (
+    CORPUS_PACKAGE,
+    TEACHER_PACKAGE,
+    DefaultsError,
+    Package,
+    Preparation,
+    fetch,
+    prepare_defaults,
+    prepared_root,
+    resolve_defaults,
+)
+from workbench.data.loading import PadCollator, tokenize_datasets
+from workbench.engine.runner import run_training
+from workbench.losses.divergences import ce_loss
+from workbench.models.loading import load_tokenizer
+from workbench.models.pruning import decoder_layers
+from workbench.store.rundir import RunDir
 from workbench.ui.defaults_banner import banner_text
 
 DEFAULT_YAML = "assets/configs/default.yaml"
@@ -29,6 +38,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_teacher_perplexity_on_held_out_books(defaults_root):
     """Measured 20.0 on these 4 blocks of Ruth (26.8 on 32 held-out blocks). The bound, 40, is 2x that:
     a broken conversion (wrong weights, rope, norm or tokenizer) lands in the thousands, uniform is 49,152."""
@@ -81,6 +91,7 @@ def test_second_run_is_instant_and_offline(defaults_root, monkeypatch):
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.network  # pip download asks PyPI
 def test_failed_fetch_names_the_command_to_run_by_hand(tmp_path):
     missing = Package("distill-workbench-no-such-package", "0.0.1", "x.whl", "0" * 64, wheel=True)
     with pytest.raises(DefaultsError) as err:
@@ -114,6 +125,7 @@ def test_half_finished_preparation_never_looks_complete(tmp_path, monkeypatch):
         prepare_defaults(tmp_path)
 
 
+@pytest.mark.slow
 def test_default_config_resolves_and_trains(defaults_root, tmp_path):
     config = DistillConfig.load(DEFAULT_YAML, ["train.max_steps=2", "train.batch_size=1", "train.seq_len=32",
                                                "train.bf16=off", "train.logging_steps=1", "data.max_eval_examples=2",

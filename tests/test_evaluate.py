@@ -8,18 +8,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench.baseline import baseline_verdict, ce_baseline_config
-from workbench.config import DistillConfig
-from workbench.data import PadCollator, heldout_dataset
-from workbench.evaluate import expected_calibration_error, heldout_metrics, quality_retained
-from workbench.ingest import Ingestor
-from workbench.run_eval import evaluate_run
-from workbench.run_models import is_adapter_only
-from workbench.rundir import RunDir
-from workbench.runner import run_training
-from workbench.store import Store
+from workbench.config.schema import DistillConfig
+from workbench.data.loading import PadCollator, heldout_dataset
+from workbench.engine.baseline import baseline_verdict, ce_baseline_config
+from workbench.engine.runner import run_training
+from workbench.eval.metrics import calibration_bins, ece_from_bins, heldout_metrics, quality_retained
+from workbench.eval.report import evaluate_run
+from workbench.models.students import is_adapter_only
+from workbench.store.database import Store
+from workbench.store.ingest import Ingestor
+from workbench.store.rundir import RunDir
 
 
+@pytest.mark.slow
 def test_a_model_against_itself_agrees_fully(teacher_dir, tokenizer, distilled_run):
     _, config, _ = distilled_run
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
@@ -28,6 +29,13 @@ def test_a_model_against_itself_agrees_fully(teacher_dir, tokenizer, distilled_r
                              len(tokenizer)).result()
     assert result["top1_agreement"] == 1.0 and result["top5_agreement"] == 1.0
     assert abs(result["forward_kl"]) < 1e-6 and result["teacher_ce"] == pytest.approx(result["student_ce"])
+
+
+def expected_calibration_error(confidence, correct) -> float:
+    """As HeldoutMetrics computes *_ece: per-batch bins, summed, then the ECE of the sum."""
+    half = len(confidence) // 2
+    return ece_from_bins(calibration_bins(confidence[:half], correct[:half])
+                         + calibration_bins(confidence[half:], correct[half:]))
 
 
 def test_ece_of_a_calibrated_predictor_is_near_zero_and_of_an_overconfident_one_is_not():
@@ -50,6 +58,7 @@ def test_quality_retained():
     assert quality_retained(1.0, 0.9, 2.0) is None  # nothing to recover
 
 
+@pytest.mark.slow
 def test_the_end_of_run_evaluation_matches_training_and_lands_in_duckdb(distilled_run, tmp_path):
     run, config, final = distilled_run
     report = run.read_evaluations()[-1]
@@ -69,7 +78,7 @@ def test_the_end_of_run_evaluation_matches_training_and_lands_in_duckdb(distille
     store = Store(tmp_path / "db.duckdb")
     Ingestor(store, run.path.parent).ingest_all()
     evals = store.evals(["distilled"])
-    # Other tests evaluate other steps of this shared run: pick this evaluation's step.
+    # The evaluation of step 30 (other tests evaluate other steps, each in its own copy of the run).
     judged = evals[(evals.split == "evaluation") & (evals.step == 30)].set_index("metric").value
     assert judged["top1_agreement"] == pytest.approx(m["top1_agreement"])
     row = store.compare(["distilled"]).iloc[0]
@@ -77,6 +86,7 @@ def test_the_end_of_run_evaluation_matches_training_and_lands_in_duckdb(distille
     store.close()
 
 
+@pytest.mark.slow
 def test_any_checkpoint_can_be_evaluated_later(distilled_run):
     run, _, _ = distilled_run
     report = evaluate_run(run, "checkpoint-10")
@@ -87,8 +97,8 @@ def test_any_checkpoint_can_be_evaluated_later(distilled_run):
         evaluate_run(run, "checkpoint-7")
 
 
-def test_ce_baseline_config_changes_only_alpha(distilled_run):
-    _, config, _ = distilled_run
+def test_ce_baseline_config_changes_only_alpha(distilled_config):
+    config = distilled_config
     base = ce_baseline_config(config)
     assert base.loss.alpha == 1.0 and base.output.run_name is None
     assert (base.student, base.data, base.train, base.teacher) == (config.student, config.data, config.train,
@@ -108,6 +118,7 @@ def test_baseline_verdict_answers_with_the_numbers():
     assert baseline_verdict(table.iloc[:1]) == ""
 
 
+@pytest.mark.slow
 def test_a_pruned_student_and_a_lora_checkpoint_are_evaluated(teacher_dir, corpus_files, tmp_path):
     """The default config's kind of student (layers kept from the teacher) and a LoRA run, whose
     checkpoints hold only adapters: both are rebuilt from the config and evaluated."""

@@ -9,11 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench.cli import EXIT_CONFIG, main
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError, apply_overrides
-from workbench.gate import Gate
-from workbench.ui.form import DATA_KINDS, STUDENT_CHECKPOINT, STUDENT_PRUNED, SetupForm, form_to_config
+from workbench.cli import main
+from workbench.config.fields import ConfigError, apply_overrides
+from workbench.config.gate import Gate
+from workbench.config.schema import DistillConfig
+from workbench.store.rundir import EXIT_CONFIG
+from workbench.ui.app import DEFAULT_CONFIG
+from workbench.ui.form import DATA_KINDS, STUDENT_CHECKPOINT, STUDENT_PRUNED, SetupForm, form_to_config, setup_fields
 
 EXAMPLES = 1500
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -112,7 +114,8 @@ def test_set_overrides(overrides):
 GRADIO = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**6, max_value=10**6),
                    st.integers(min_value=10**300, max_value=10**400), st.floats(allow_nan=True, allow_infinity=True),
                    TEXT, st.lists(TEXT, max_size=2), st.dictionaries(TEXT, TEXT, max_size=2))
-FORM_FIELDS = [f.name for f in dataclasses.fields(SetupForm) if f.name != "base"]
+FORM_FIELDS = [f.key for f in setup_fields()]
+START = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG))  # as the app starts the form
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +145,8 @@ def test_form_handler(folders, values, strategy, data_kind, student_kind, upload
     def file_for(kind):
         return {"folder": str(folders / "a-folder.txt"), "file": str(folders / "data.txt"),
                 "long": str(folders / LONG_NAME)}.get(kind, kind)
-    form = SetupForm(**{"strategy": strategy, "data_kind": data_kind, "student_kind": student_kind,
-                        "upload": file_for(upload), "gen_upload": file_for(gen_upload), **values})
+    form = START.replace({"strategy": strategy, "data_kind": data_kind, "student_kind": student_kind,
+                          "data_upload": file_for(upload), "prompt_upload": file_for(gen_upload), **values})
     try:
         form_to_config(form, Gate((folders,)), folders / "uploads")
     except ConfigError:
@@ -172,13 +175,15 @@ def test_the_reproduced_cases_are_refused_naming_the_field(folders, tmp_path):
                  "loss.alpha=!!float nope", "teacher=\x07"):
         with pytest.raises(ConfigError):
             DistillConfig.from_dict(apply_overrides(valid(), [item]))
-    for name, value, field in (("max_steps", 10**400, "train.max_steps"),
-                               ("keep_layers", float("nan"), "student.init_from_teacher_layers"),
-                               ("processes", 0, "num_processes"), ("processes", -3, "num_processes"),
-                               ("upload", str(folders / "a-folder.txt"), "data.source")):
-        form = SetupForm(**{name: value, "student_kind": "pruned from the teacher" if name == "keep_layers"
-                            else "a checkpoint", "data_kind": "upload a file" if name == "upload" else
-                            "offline default corpus"})
+    for name, value, field in (("train.max_steps", 10**400, "train.max_steps"),
+                               ("student.init_from_teacher_layers", float("nan"), "student.init_from_teacher_layers"),
+                               ("num_processes", 0, "num_processes"), ("num_processes", -3, "num_processes"),
+                               ("data_upload", str(folders / "a-folder.txt"), "data.source"),
+                               ("train.lr", 10**400, "train.lr"), ("hidden.layer_map", "²:1", "hidden.layer_map[0]")):
+        pruned = name == "student.init_from_teacher_layers"
+        form = START.replace({name: value, "student_kind": STUDENT_PRUNED if pruned else STUDENT_CHECKPOINT,
+                              "data_kind": "upload a file" if name == "data_upload" else "offline default corpus",
+                              "strategy": "hidden_state" if name == "hidden.layer_map" else "soft_label"})
         with pytest.raises(ConfigError) as err:
             form_to_config(form, Gate((folders,)), folders / "uploads")
         assert err.value.field == field, (name, err.value)

@@ -9,16 +9,16 @@ import yaml
 
 from jobs.launcher import worker_env
 from jobs.spec import JobSpec
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
-from workbench.escaping import plain
-from workbench.gate import Gate
-from workbench.preflight import Preflight
-from workbench.services import Services
-from workbench.store import Store, StoreError
+from workbench.config.escaping import plain
+from workbench.config.fields import ConfigError
+from workbench.config.gate import Gate
+from workbench.config.schema import DistillConfig
+from workbench.engine.preflight import Preflight
+from workbench.store.database import Store, StoreError
 from workbench.ui import setup_tab
 from workbench.ui.app import DEFAULT_CONFIG, build_app
 from workbench.ui.form import DATA_HUB, DATA_UPLOAD, SetupForm
+from workbench.ui.services import Services
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -44,6 +44,14 @@ def config(**sections) -> DistillConfig:
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return DistillConfig.from_dict(data)
+
+
+def tiny_form(teacher_dir, student_dir, corpus_files) -> SetupForm:
+    """The tiny pair on an uploaded corpus, two steps, no evaluation."""
+    return SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
+        {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir), "train.max_steps": 2,
+         "train.seq_len": 32, "train.bf16": "off", "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0]),
+         "evaluation.at_end": False})
 
 
 def fields(gate: Gate, cfg: DistillConfig) -> set[str]:
@@ -118,9 +126,7 @@ def test_public_limits_hold_on_the_server(tmp_path, teacher_dir, student_dir, co
     """Whatever the form shows: steps per run, runs a browser session may have waiting, and the notice."""
     services = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent], public=True)
     try:
-        base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
-        form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=2, seq_len=32, bf16="off",
-                         data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), evaluate=False, base=base)
+        form = tiny_form(teacher_dir, student_dir, corpus_files)
         services.jobs.close()  # nothing starts: the jobs stay queued, as on a busy Space
         services.jobs.max_concurrent = 0
         first, _ = setup_tab.launch(services, form, session="visitor-a")
@@ -129,7 +135,7 @@ def test_public_limits_hold_on_the_server(tmp_path, teacher_dir, student_dir, co
         other, _ = setup_tab.launch(services, form, session="visitor-b")
         assert "Launched" in first and "Launched" in second and "Launched" in other
         assert "Not launched" in third and "session" in third
-        steps, _ = setup_tab.launch(services, dataclasses.replace(form, max_steps=201), session="visitor-c")
+        steps, _ = setup_tab.launch(services, form.replace({"train.max_steps": 201}), session="visitor-c")
         assert "Not launched" in steps and "train.max_steps" in steps
         app = build_app(services)
         notice = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "public-notice"]
@@ -171,9 +177,10 @@ def test_hub_dataset_choice_passes_the_gate(places):
     from workbench.ui.form import form_to_config
     runs, allowed, outside = places
     gate = Gate.for_app(runs, runs / "defaults", [allowed])
-    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
+    base = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG))
     for value in (str(outside / "secret.txt"), str(runs / "link.txt"), f"file://{outside}/secret.txt"):
-        form = SetupForm(teacher="gpt2", student="distilgpt2", data_kind=DATA_HUB, hub_dataset=value, base=base)
+        form = base.replace({"teacher.name_or_path": "gpt2", "student.name_or_path": "distilgpt2",
+                             "data_kind": DATA_HUB, "hub_dataset": value})
         with pytest.raises(ConfigError) as err:
             form_to_config(form, gate, runs / "uploads")
         assert err.value.field == "data.source", value
@@ -183,16 +190,16 @@ def test_an_upload_outside_the_upload_folders_is_refused(places):
     from workbench.ui.form import form_to_config
     runs, allowed, outside = places
     gate = Gate.for_app(runs, runs / "defaults", [allowed], upload_dirs=[runs.parent / "gradio"])
-    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
-    form = SetupForm(teacher="gpt2", student="distilgpt2", data_kind=DATA_UPLOAD, upload=str(outside / "secret.txt"),
-                     base=base)
+    form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
+        {"teacher.name_or_path": "gpt2", "student.name_or_path": "distilgpt2", "data_kind": DATA_UPLOAD,
+         "data_upload": str(outside / "secret.txt")})
     with pytest.raises(ConfigError) as err:
         form_to_config(form, gate, runs / "uploads")
     assert err.value.field == "data.source" and "not a file uploaded" in str(err.value)
     (runs.parent / "gradio" / "abc").mkdir(parents=True)
     received = runs.parent / "gradio" / "abc" / "data.txt"
     received.write_text("a line\n")
-    kept = form_to_config(dataclasses.replace(form, upload=str(received)), gate, runs / "uploads")
+    kept = form_to_config(form.replace({"data_upload": str(received)}), gate, runs / "uploads")
     assert kept.config.data.source.startswith(str(runs / "uploads"))
 
 
@@ -218,7 +225,7 @@ def test_a_planted_run_is_neither_inspected_nor_evaluated(tmp_path, distilled_ru
 def test_file_loader_names_are_no_hub_datasets(places):
     """`datasets` reads `conll` (and its other loaders) given no files as every file under the current
     folder: refused as a data source or prompt set, and by the loader itself."""
-    from workbench.data import DataError, load_hub
+    from workbench.data.loading import DataError, load_hub
     runs, allowed, _ = places
     gate = Gate.for_app(runs, runs / "defaults", [allowed])
     for name in ("conll", "JSON", "fasta", "pdffolder"):
@@ -256,6 +263,15 @@ def test_public_caps_the_size_of_a_run_and_how_it_starts(places):
     assert fields(public, config(train={"batch_size": 17, "seq_len": 4096})) == {"train.batch_size", "train.seq_len"}
     hub_prompts = config(strategy="hard_label", generation={"prompts": "org/prompts", "max_new_tokens": 4096})
     assert fields(public, hub_prompts) == {"generation.max_prompts", "generation.max_new_tokens"}
+    # The form offers every config field: those that size the host's disk and work are capped too.
+    heavy = config(train={"max_steps": 200, "eval_steps": 10, "save_total_limit": 50},
+                   data={"max_eval_examples": 100_000},
+                   evaluation={"max_new_tokens": 2048, "prompts": [f"p{i}" for i in range(9)]},
+                   generation={"batch_size": 4096})
+    assert fields(public, heavy) == {"train.eval_steps", "train.save_total_limit", "data.max_eval_examples",
+                                     "evaluation.max_new_tokens", "evaluation.prompts", "generation.batch_size"}
+    assert fields(public, config(train={"max_steps": 200, "eval_steps": 20})) == set()  # 10 evaluations
+    assert fields(Gate.for_app(runs, runs / "defaults", [allowed]), heavy) == set()  # the host's own app
     assert {n for n, _ in public.launch_problems(2, str(allowed / "data.txt"))} == {"num_processes",
                                                                                      "accelerate_config"}
     assert public.preview_problem("org/huge-model") and not public.preview_problem("defaults:teacher")
@@ -288,9 +304,7 @@ def test_shared_capacity_counts_every_session_and_resumes(tmp_path, teacher_dir,
         services.gate = dataclasses.replace(services.gate, max_active_jobs=2)
         services.jobs.close()
         services.jobs.max_concurrent = 0  # nothing starts: every run stays queued
-        base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
-        form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=2, seq_len=32, bf16="off",
-                         data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), evaluate=False, base=base)
+        form = tiny_form(teacher_dir, student_dir, corpus_files)
         for session in ("a", "b"):
             assert "Launched" in setup_tab.launch(services, form, session=session)[0]
         busy, _ = setup_tab.launch(services, form, session="c")  # a new session is no way around it
@@ -307,21 +321,22 @@ def test_shared_capacity_counts_every_session_and_resumes(tmp_path, teacher_dir,
 def test_a_planted_run_folder_links_to_nothing_outside_it(tmp_path, distilled_run):
     """Saved students reached through links out of the run folder are not offered, so not loaded."""
     import shutil
-    from workbench.run_models import student_points
+
+    from workbench.models.students import student_points
     run, config, _ = distilled_run
     planted = tmp_path / "planted"
     shutil.copytree(run.path, planted, ignore=shutil.ignore_patterns("student", "checkpoints"))
     (planted / "student").symlink_to(run.student)
     (planted / "checkpoints").mkdir()
     (planted / "checkpoints" / "checkpoint-10").symlink_to(run.checkpoints / "checkpoint-10")
-    from workbench.rundir import RunDir
+    from workbench.store.rundir import RunDir
     assert [p.label for p in student_points(RunDir(planted), config)] == ["initial"]
     assert [p.label for p in student_points(run, config)][-1] == "final"
 
 
 def test_brackets_and_aliases_are_no_way_in():
     assert "[" not in plain("![x](https://visitor.example/p.png)")
-    from workbench.configbase import parse_text
+    from workbench.config.fields import parse_text
     bomb = "a: &a [x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
     with pytest.raises(ValueError, match="aliases"):
         parse_text(bomb)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import tiny
 
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
-from workbench.data import IGNORE_INDEX, load_raw, tokenize_datasets
-from workbench.generation import COMPLETIONS, MANIFEST, GenerationError, generate_dataset
-from workbench.models import load_tokenizer
+from workbench.config.fields import ConfigError
+from workbench.config.schema import DistillConfig
+from workbench.data.loading import IGNORE_INDEX, load_raw, tokenize_datasets
+from workbench.hardlabel.errors import GenerationError
+from workbench.hardlabel.generation import COMPLETIONS, MANIFEST, generate_dataset
+from workbench.models.loading import load_tokenizer
 
 KEY = "sk-test-4f1c9e2b7a"
 
@@ -112,8 +113,8 @@ def test_student_loss_covers_completion_tokens_only(tmp_path, teacher_dir, other
 
 
 def test_mismatched_tokenizers_train_and_lower_the_loss(tmp_path, teacher_dir, other_student, prompts_file):
-    from workbench.rundir import RunDir
-    from workbench.runner import run_training
+    from workbench.engine.runner import run_training
+    from workbench.store.rundir import RunDir
     config = hard_config(teacher_dir, other_student, prompts_file, tmp_path, samples_per_prompt=2)
     final = run_training(config)
     run = RunDir(tmp_path / "hard")
@@ -206,8 +207,8 @@ def api_config(server, student, prompts, runs=".", **generation):
 
 def test_api_teacher_retries_finishes_and_never_stores_the_key(tmp_path, server, other_student, prompts_file,
                                                                monkeypatch):
-    from workbench.ingest import rebuild
-    from workbench.runner import run_training
+    from workbench.engine.runner import run_training
+    from workbench.store.ingest import rebuild
     monkeypatch.setenv("WB_TEST_KEY", KEY)
     run_training(api_config(server, other_student, prompts_file, tmp_path))
     assert 429 in server.statuses and 500 in server.statuses  # both were retried
@@ -222,8 +223,8 @@ def test_api_teacher_retries_finishes_and_never_stores_the_key(tmp_path, server,
 
 
 def test_api_failures_keep_partial_results_and_resume(tmp_path, server, other_student, prompts_file, monkeypatch):
-    from workbench.rundir import RunDir
-    from workbench.runner import run_training
+    from workbench.engine.runner import run_training
+    from workbench.store.rundir import RunDir
     monkeypatch.setenv("WB_TEST_KEY", KEY)
     config = api_config(server, other_student, prompts_file, tmp_path, max_retries=1)
     prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
@@ -273,19 +274,19 @@ def test_api_key_problems_are_clear(tmp_path, other_student, prompts_file, monke
 
 
 def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_dir, other_student, prompts_file):
-    import dataclasses
-
-    from workbench.generated_data import list_generated
-    from workbench.services import Services
+    from workbench.hardlabel.generated import list_generated
     from workbench.ui import generation_panel, runs_tab, setup_tab
     from workbench.ui.app import DEFAULT_CONFIG
     from workbench.ui.form import SetupForm
+    from workbench.ui.services import Services
     services = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent, other_student.parent,
                                                                prompts_file.parent])
     try:
-        form = SetupForm(teacher=str(teacher_dir), student=str(other_student), strategy="hard_label", max_steps=4,
-                         seq_len=48, bf16="off", gen_upload=str(prompts_file), gen_max_new_tokens=8, evaluate=False,
-                         run_name="written", base=DistillConfig.load(DEFAULT_CONFIG).to_dict())
+        form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
+            {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(other_student),
+             "strategy": "hard_label", "train.max_steps": 4, "train.seq_len": 48, "train.bf16": "off",
+             "prompt_upload": str(prompts_file), "generation.max_new_tokens": 8, "evaluation.at_end": False,
+             "output.run_name": "written"})
         text, _ = setup_tab.launch(services, form)
         assert "Launched written" in text and "writes 24 completions" in text, text
         assert services.jobs.wait("written", timeout=300)["state"] == "succeeded"
@@ -298,7 +299,7 @@ def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_d
         assert len(shown) == 24 and "**24 rows** from 24 prompts" in stats and figure is not None
         assert generation_panel.dataset_view(services, "/etc/passwd")[1] == "Pick a dataset to look at."
 
-        again = dataclasses.replace(form, gen_upload=None, gen_dataset=path, run_name="reused")
+        again = form.replace({"prompt_upload": None, "generation.dataset": path, "output.run_name": "reused"})
         text, _ = setup_tab.launch(services, again)
         assert "no teacher runs" in text, text
         assert services.jobs.wait("reused", timeout=300)["state"] == "succeeded"
@@ -310,10 +311,19 @@ def test_the_form_launches_hard_label_and_the_data_is_reused(tmp_path, teacher_d
 
 def test_a_reused_dataset_is_compared_only_with_the_teacher_that_wrote_it(tmp_path, teacher_dir, student_dir,
                                                                          other_student, prompts_file):
-    from workbench.run_models import has_local_teacher, token_comparable
+    from workbench.eval.pairing import has_local_teacher, token_comparable
     config = hard_config(teacher_dir, student_dir, prompts_file, max_prompts=2)
     path = generate_dataset(config, tmp_path)
     reused = config.generation.__class__(**{**config.generation.__dict__, "dataset": str(path)})
     assert has_local_teacher(config.replace(generation=reused)) and token_comparable(config.replace(generation=reused))
     stranger = config.replace(teacher=config.teacher.__class__(name_or_path=str(other_student)), generation=reused)
     assert not has_local_teacher(stranger) and not token_comparable(stranger)
+
+
+def test_the_projects_own_prompt_set_loads():
+    """project:instructions, the form's default prompt set, ships with the project (assets/prompts)."""
+    from workbench.config.schema import GenerationSpec
+    from workbench.data.prompts import load_prompts, prompt_source_path
+    assert prompt_source_path("project:instructions").is_file()
+    conversations = load_prompts(GenerationSpec(prompts="project:instructions"))
+    assert len(conversations) == 120 and all(c[-1]["role"] == "user" and c[-1]["content"] for c in conversations)

@@ -12,12 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from apphost import running_app
-from workbench.config import DistillConfig
+
+from workbench.config.schema import DistillConfig
 from workbench.ui.app import DEFAULT_CONFIG
 from workbench.ui.form import DATA_HUB, SetupForm
-from workbench.ui.setup_tab import FIELDS
 
 SECRETS = {"HF_TOKEN": "hf_host_token_7e1", "AWS_SECRET_ACCESS_KEY": "aws_host_secret_93c"}
 OPENAI_KEY = "sk-allowed-key-51d"
@@ -88,10 +87,10 @@ def site(tmp_path_factory, defaults_root, teacher_dir, student_dir, corpus_files
 
 
 def form_values(**changes) -> list:
+    """The endpoints' inputs, in the form's order: the offline default with `changes` (keyed by field path,
+    given as section__name, or a UI-only key)."""
     form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG))
-    values = {name: getattr(form, name) for name in FIELDS}
-    values.update(changes)
-    return [values[name] for name in FIELDS]
+    return form.replace({key.replace("__", "."): value for key, value in changes.items()}).as_list()
 
 
 def refused(verdict: str, field: str) -> bool:
@@ -107,11 +106,12 @@ def test_paths_outside_the_allowed_folders_are_refused_in_every_field(site, teac
         ("data.source", dict(data_kind=DATA_HUB, hub_dataset=f"file://{secret}")),
         ("data.source", dict(data_kind=DATA_HUB, hub_dataset=f"{runs}/../outside/secret.txt")),
         ("data.source", dict(data_kind=DATA_HUB, hub_dataset="json")),
-        ("teacher.name_or_path", dict(teacher=model)),
-        ("student.name_or_path", dict(student=model)),
-        ("generation.prompts", dict(strategy="hard_label", gen_prompts=secret)),
-        ("generation.dataset", dict(strategy="hard_label", gen_dataset=secret)),
-        ("loss.teacher_cache", dict(teacher_cache=str(outside))),
+        ("teacher.name_or_path", dict(teacher__name_or_path=model)),
+        ("student.name_or_path", dict(student__name_or_path=model)),
+        ("generation.prompts", dict(strategy="hard_label", generation__prompts=secret)),
+        ("generation.dataset", dict(strategy="hard_label", generation__dataset=secret)),
+        ("loss.teacher_cache", dict(loss__teacher_cache=str(outside))),
+        ("teacher.gguf_file", dict(teacher__gguf_file="../../outside/model.gguf")),
         ("accelerate_config", dict(accelerate_config=secret)),
     ]
     for field, changes in attacks:
@@ -138,21 +138,22 @@ def test_an_upload_must_be_a_file_the_app_received(site):
     error event); the form's own check (gate.upload_problem) is the second line, tested in test_gate."""
     client, _, outside = site
     planted = {"path": str(outside / "secret.txt"), "meta": {"_type": "gradio.FileData"}, "orig_name": "secret.txt"}
-    answer = raw_call(client.src, "check", form_values(data_kind="upload a file", upload=planted))
+    answer = raw_call(client.src, "check", form_values(data_kind="upload a file", data_upload=planted))
     assert answer.startswith("event: error") and "Ready to launch" not in answer and "host secret" not in answer
 
 
 def test_host_secrets_never_reach_a_server_the_visitor_chose(site, recorder, student_dir):
     client, runs, _ = site
-    api = dict(strategy="hard_label", gen_backend="openai", gen_api_base_url=recorder, gen_api_model="m",
-               gen_max_prompts=3, student=str(student_dir), max_steps=2, seq_len=32, bf16="off", evaluate=False)
+    api = dict(strategy="hard_label", generation__backend="openai", generation__api_base_url=recorder,
+               generation__api_model="m", generation__max_prompts=3, student__name_or_path=str(student_dir),
+               train__max_steps=2, train__seq_len=32, train__bf16="off", evaluation__at_end=False)
     for variable in SECRETS:
-        verdict = client.predict(*form_values(**api, gen_api_key_env=variable), api_name="/launch")[0]
+        verdict = client.predict(*form_values(**api, generation__api_key_env=variable), api_name="/launch")[0]
         assert refused(verdict, "generation.api_key_env"), verdict
     assert Recorder.seen == []
     # The one variable the app hands out (OPENAI_API_KEY by default) reaches the endpoint, and nothing else.
-    verdict = client.predict(*form_values(**api, gen_api_key_env="OPENAI_API_KEY", run_name="api-run"),
-                             api_name="/launch")[0]
+    verdict = client.predict(*form_values(**api, generation__api_key_env="OPENAI_API_KEY",
+                                          output__run_name="api-run"), api_name="/launch")[0]
     assert "Launched" in verdict, verdict
     deadline = time.time() + 300
     while time.time() < deadline and json.loads((runs / "api-run" / "status.json").read_text()).get("state") not in (
@@ -207,9 +208,11 @@ def test_a_long_query_is_interrupted_and_the_app_answers_again(site):
 
 def test_script_in_a_run_name_or_a_config_comes_back_as_text(site, corpus_files, student_dir, teacher_dir):
     client, _, _ = site
-    verdict = client.predict(*form_values(teacher=str(teacher_dir), student=str(student_dir), data_kind=DATA_HUB,
-                                          hub_dataset=str(corpus_files[0]), run_name=HOSTILE, max_steps=2, seq_len=32,
-                                          bf16="off", evaluate=False), api_name="/launch")[0]
+    verdict = client.predict(*form_values(teacher__name_or_path=str(teacher_dir),
+                                          student__name_or_path=str(student_dir), data_kind=DATA_HUB,
+                                          hub_dataset=str(corpus_files[0]), output__run_name=HOSTILE,
+                                          train__max_steps=2, train__seq_len=32, train__bf16="off",
+                                          evaluation__at_end=False), api_name="/launch")[0]
     assert "Launched" in verdict and "<img" not in verdict, verdict
     verdict, _ = client.predict(f"teacher:\n  name_or_path: '{HOSTILE}'\n{HOSTILE}: 1\n", api_name="/check_config")
     assert "Invalid config" in verdict and "<img" not in verdict

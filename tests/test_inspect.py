@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench.heatmap import token_heatmap
-from workbench.inspect import STATS, analyse, softened, token_stats, top_k
-from workbench.inspector import Inspector
-from workbench.plots import token_distributions, token_labels
+from workbench.eval.inspector import Inspector
+from workbench.eval.token_stats import STATS, analyse, softened, token_stats, top_k
+from workbench.ui.heatmap import token_heatmap
+from workbench.ui.plots import token_distributions, token_labels
 
 TEXT = "the cat sees the red ball by the river. a dog likes an apple every day."
 
@@ -85,6 +85,7 @@ def test_the_heatmap_needs_one_value_per_predicted_token():
         token_heatmap(["a", "b", "c"], [0.1, 0.2, 0.3], "KL")
 
 
+@pytest.mark.slow
 def test_inspector_walks_a_runs_students_toward_the_teacher(distilled_run):
     run, _, _ = distilled_run
     inspector = Inspector(run.path.parent)

@@ -14,11 +14,11 @@ from jobs.launcher import thread_budget, worker_argv, worker_env
 from jobs.manager import JobManager
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
-from workbench.ingest import Ingestor, IngestLoop
-from workbench.rundir import WORKER, RunDir
-from workbench.store import Store
+from workbench.config.fields import ConfigError
+from workbench.config.schema import DistillConfig
+from workbench.store.database import Store
+from workbench.store.ingest import IngestLoop, Ingestor
+from workbench.store.rundir import WORKER, RunDir
 
 
 @pytest.fixture
@@ -45,6 +45,15 @@ def wait_for_step(manager: JobManager, run_id: str, step: int, timeout: float = 
     raise TimeoutError(f"{run_id} never reached step {step}")
 
 
+def wait_until(condition, timeout: float = 60, what: str = "the condition") -> None:
+    """Poll condition() until it is true; a loaded machine only makes this slower, never wrong."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.05)
+
+
 def logged_steps(run: RunDir) -> list[int]:
     return [r["step"] for r in run.read_metrics() if "loss" in r]
 
@@ -57,6 +66,15 @@ def assert_store_matches_files(store: Store, run: RunDir) -> None:
     assert rows.loss.tolist() == pytest.approx([r["loss"] for r in records])
 
 
+def store_matches_files(store: Store, run: RunDir) -> bool:
+    try:
+        assert_store_matches_files(store, run)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.slow
 def test_a_second_job_waits_for_the_first_then_both_succeed(tmp_path, make_config):
     manager = JobManager(tmp_path, max_concurrent=1)
     first = manager.submit(make_config(max_steps=8), run_name="first")
@@ -78,6 +96,7 @@ def test_a_second_job_waits_for_the_first_then_both_succeed(tmp_path, make_confi
     assert set(store.runs().status) == {"succeeded"}
 
 
+@pytest.mark.slow
 def test_cancel_saves_a_checkpoint_and_resume_finishes_the_planned_steps(tmp_path, make_config):
     manager = JobManager(tmp_path, grace_s=60)
     run_id = manager.submit(make_config(max_steps=600), run_name="cancel-me")
@@ -95,6 +114,7 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes_the_planned_steps(tmp_pat
     assert sum(1 for r in run.read_metrics() if "eval_loss" in r and r["step"] == 0) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_interrupted_its_flushed_metrics_are_stored_and_resume_completes(tmp_path, make_config):
     manager = JobManager(tmp_path)
     run_id = manager.submit(make_config(max_steps=500, save_steps=40), run_name="killed")
@@ -118,6 +138,7 @@ def test_a_killed_worker_is_interrupted_its_flushed_metrics_are_stored_and_resum
     assert_store_matches_files(store, run)
 
 
+@pytest.mark.slow
 def test_three_concurrent_jobs_while_a_reader_polls_the_store(tmp_path, make_config):
     store = Store(tmp_path / "results.duckdb")
     loop = IngestLoop(Ingestor(store, tmp_path), interval=0.1).start()
@@ -137,8 +158,9 @@ def test_three_concurrent_jobs_while_a_reader_polls_the_store(tmp_path, make_con
     ids = [manager.submit(make_config(max_steps=40), run_name=f"job{i}") for i in range(3)]
     assert sum(j["live"] for j in manager.jobs()) == 3
     assert [manager.wait(i)["state"] for i in ids] == ["succeeded"] * 3
-    loop.wake()
-    time.sleep(0.5)
+    loop.wake()  # the loop ingests the finished runs; wait for that rather than for a fixed time
+    wait_until(lambda: all(store_matches_files(store, RunDir(tmp_path / i)) for i in ids), timeout=120,
+               what="ingesting the finished runs")
     stop.set()
     thread.join()
     loop.close()
@@ -148,6 +170,7 @@ def test_three_concurrent_jobs_while_a_reader_polls_the_store(tmp_path, make_con
         assert_store_matches_files(store, RunDir(tmp_path / run_id))
 
 
+@pytest.mark.slow
 def test_a_restarted_manager_reattaches_to_a_running_job_and_sees_it_finish(tmp_path, make_config):
     first = JobManager(tmp_path)
     run_id = first.submit(make_config(max_steps=300), run_name="survivor")
@@ -173,6 +196,7 @@ def test_on_start_a_dead_worker_is_marked_interrupted_and_a_reused_pid_is_not_mi
     assert not any(j["live"] for j in manager.jobs())
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_job_cancels_in_step_resumes_and_logs_each_step_once(tmp_path, make_config):
     """Both ranks get SIGTERM at different moments; they must agree on one step to stop after (the
     flag is all-reduced), or one would wait forever for the other."""
@@ -191,6 +215,7 @@ def test_two_process_accelerate_job_cancels_in_step_resumes_and_logs_each_step_o
     assert (run.path / "worker.log").read_text().count("step 300/300 (100%)") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow
 def test_a_queued_job_cancels_without_a_process_and_only_ended_jobs_resume(tmp_path, make_config):
     manager = JobManager(tmp_path)
     running = manager.submit(make_config(max_steps=400), run_name="busy")
@@ -236,13 +261,15 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
     (run.path / "config.json").write_text("{}")
     run.write_status("running", step=3, total_steps=100)
     WorkerProcess(stubborn.pid, psutil.Process(stubborn.pid).create_time()).write(run)
-    manager = JobManager(tmp_path, grace_s=1.0)
+    # A grace period no loaded machine outlasts while the test looks inside it ...
+    manager = JobManager(tmp_path, grace_s=600)
     assert manager.cancel("stubborn") == "cancelling"
-    time.sleep(0.5)
+    time.sleep(0.5)  # time for SIGTERM to act, were it not ignored
     manager.poll()
     assert stubborn.poll() is None  # SIGTERM ignored, still inside the grace period
-    time.sleep(1.0)
-    manager.poll()  # past the grace period: SIGKILL
-    assert stubborn.wait(timeout=10) == -signal.SIGKILL
-    status = manager.wait("stubborn", timeout=10)
+    # ... then one that has run out: the next poll escalates to SIGKILL.
+    manager.grace_s = 0.0
+    manager.poll()
+    assert stubborn.wait(timeout=60) == -signal.SIGKILL
+    status = manager.wait("stubborn", timeout=60)
     assert status["state"] == "cancelled" and status["step"] == 3

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError
-from workbench.data import PadCollator, tokenize_datasets
-from workbench.feature_losses import attention_loss, hidden_state_loss, layer_map, reduce_heads
-from workbench.models import load_tokenizer
-from workbench.rundir import RunDir
-from workbench.runner import run_training
-from workbench.strategies.co import scheduled_alpha
-from workbench.strategies.features import load_projection
+from workbench.config.fields import ConfigError
+from workbench.config.schema import DistillConfig
+from workbench.data.loading import PadCollator, tokenize_datasets
+from workbench.engine.runner import run_training
+from workbench.engine.strategies.co import scheduled_alpha
+from workbench.engine.strategies.features import load_projection
+from workbench.losses.features import attention_loss, hidden_state_loss, layer_map, reduce_heads
+from workbench.models.loading import load_tokenizer
+from workbench.store.rundir import RunDir
 
 
 def make_config(teacher, student, corpus, runs, name, strategy, **sections):
@@ -125,6 +125,7 @@ def co_run(tmp_path_factory, teacher_dir, student_dir, corpus_files):
     return RunDir(runs / "co"), final
 
 
+@pytest.mark.slow
 def test_co_distillation_trains_both_models_on_a_schedule(co_run, teacher_dir):
     run, final = co_run
     teacher_ce, kd = logged(run, "teacher_ce"), logged(run, "kd")
@@ -143,6 +144,7 @@ def test_co_distillation_trains_both_models_on_a_schedule(co_run, teacher_dir):
     assert (run.student / "README.md").exists() and (run.checkpoints / "checkpoint-30" / "teacher").is_dir()
 
 
+@pytest.mark.slow
 def test_co_distillation_resumes_both_models_and_the_schedule(co_run, crash_at_step, tmp_path, teacher_dir,
                                                               student_dir, corpus_files):
     run = RunDir(tmp_path / "co")
@@ -162,6 +164,7 @@ def test_co_distillation_resumes_both_models_and_the_schedule(co_run, crash_at_s
     assert logged(run, "alpha") == pytest.approx(logged(whole, "alpha"))
 
 
+@pytest.mark.slow
 def test_mutual_mode_gives_the_teacher_a_kd_term(tmp_path, teacher_dir, student_dir, corpus_files):
     config = co_config(teacher_dir, student_dir, corpus_files, tmp_path, "mutual", mutual=True, mutual_weight=0.5)
     run_training(config.replace(train=config.train.__class__(**{**config.train.__dict__, "max_steps": 3})))
@@ -172,6 +175,7 @@ def test_mutual_mode_gives_the_teacher_a_kd_term(tmp_path, teacher_dir, student_
 
 # ---------------------------------------------------------------- hidden states and attention
 
+@pytest.mark.slow
 def test_hidden_state_term_falls_and_the_projection_reloads(tmp_path, teacher_dir, student_dir, corpus_files):
     config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "hidden", "hidden_state",
                          hidden={"weight": 1.0})
@@ -199,6 +203,7 @@ def test_hidden_state_term_falls_and_the_projection_reloads(tmp_path, teacher_di
     assert trained_term < 0.7 * fresh_term  # measured 0.96 vs 1.84
 
 
+@pytest.mark.slow
 def test_hidden_state_resumes_with_its_projection_and_tied_weights(tmp_path, crash_at_step, teacher_dir, tokenizer,
                                                                    corpus_files):
     tied = tiny.save_llama(tmp_path / "tied", tokenizer, layers=2, hidden=32, seed=6, tie=True)
@@ -222,7 +227,7 @@ def test_hidden_state_resumes_with_its_projection_and_tied_weights(tmp_path, cra
 
 
 def test_a_bad_layer_map_is_a_clear_error(tmp_path, teacher_dir, student_dir, corpus_files):
-    from workbench.preflight import preflight
+    from workbench.engine.preflight import preflight
     config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "bad", "hidden_state",
                          hidden={"layer_map": ["0:1", "1:7"]})
     report = preflight(config)
@@ -242,6 +247,7 @@ def two_head_student(tmp_path_factory, tokenizer):
                            heads=2)
 
 
+@pytest.mark.slow
 def test_attention_term_falls_with_other_head_counts(tmp_path, teacher_dir, two_head_student, corpus_files):
     for heads in ("map", "average"):
         config = make_config(teacher_dir, two_head_student, corpus_files, tmp_path, heads, "attention",
@@ -274,29 +280,30 @@ def test_padding_does_not_reach_the_attention_or_hidden_terms(teacher_dir, two_h
 
 
 def test_the_form_maps_each_strategy_to_its_section(tmp_path, teacher_dir, student_dir, corpus_files):
-    import dataclasses
-
+    from workbench.config.gate import Gate
     from workbench.ui.app import DEFAULT_CONFIG
     from workbench.ui.form import DATA_UPLOAD, SetupForm, form_to_config
-    form = SetupForm(teacher=str(teacher_dir), student=str(student_dir), data_kind=DATA_UPLOAD,
-                     upload=str(corpus_files[0]), strategy="hidden_state", layer_map="0:1; 1:3", layer_weight=2.0,
-                     hidden_loss="cosine", co_warmup=7, co_mutual=True, base=DistillConfig.load(DEFAULT_CONFIG).to_dict())
-    from workbench.gate import Gate
+    form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace({
+        "teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir),
+        "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0]), "strategy": "hidden_state",
+        "hidden.layer_map": "0:1; 1:3", "hidden.weight": 2.0, "hidden.loss": "cosine",
+        "attention.layer_map": "0:1, 1:3", "attention.heads": "map",
+        "co_distillation.alpha_warmup_steps": 7, "co_distillation.mutual": True})
     roots = Gate((teacher_dir.parent, corpus_files[0].parent, tmp_path))  # tmp_path: where uploads are kept
     config = form_to_config(form, roots, tmp_path).config
     assert (config.hidden.layer_map, config.hidden.weight, config.hidden.loss) == (["0:1", "1:3"], 2.0, "cosine")
-    assert config.co_distillation.alpha_warmup_steps == 7 and config.co_distillation.mutual
-    attention = form_to_config(dataclasses.replace(form, strategy="attention", attention_heads="map"), roots,
-                               tmp_path).config
+    co = form_to_config(form.replace({"strategy": "co_distillation"}), roots, tmp_path).config
+    assert co.co_distillation.alpha_warmup_steps == 7 and co.co_distillation.mutual
+    attention = form_to_config(form.replace({"strategy": "attention"}), roots, tmp_path).config
     assert attention.attention.layer_map == ["0:1", "1:3"] and attention.attention.heads == "map"
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(form, layer_map="0-1"), roots, tmp_path)
+        form_to_config(form.replace({"hidden.layer_map": "0-1"}), roots, tmp_path)
     assert err.value.field == "hidden.layer_map[0]"
 
 
 def test_the_ce_baseline_of_a_layer_or_co_run_is_plain_fine_tuning(tmp_path, teacher_dir, student_dir, corpus_files):
-    from workbench.baseline import ce_baseline_config
-    from workbench.strategies import strategy_class
+    from workbench.engine.baseline import ce_baseline_config
+    from workbench.engine.strategies import strategy_class
     for strategy in ("co_distillation", "hidden_state", "attention"):
         base = ce_baseline_config(make_config(teacher_dir, student_dir, corpus_files, tmp_path, "x", strategy))
         assert (base.strategy, base.loss.alpha) == ("soft_label", 1.0)

@@ -1,4 +1,4 @@
-"""Tests for workbench.losses: each divergence against a reference or an identity, -100 masking,
+"""Tests for workbench.losses.divergences: each divergence against a reference or an identity, -100 masking,
 T^2 scaling, exact gradient accumulation through num_items_in_batch, and distill_loss's mixing."""
 import math
 
@@ -6,10 +6,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench import config, losses
-from workbench.config import LossSpec
-from workbench.losses import (ce_loss, distill_loss, forward_kl, generalized_jsd, kd_loss, masked_reduce,
-                              reverse_kl, skew_kl, skew_reverse_kl, total_variation)
+from workbench.config import schema as config
+from workbench.config.schema import LossSpec
+from workbench.losses import divergences as losses
+from workbench.losses.distill import distill_loss
+from workbench.losses.divergences import (
+    ce_loss,
+    forward_kl,
+    generalized_jsd,
+    kd_loss,
+    masked_reduce,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    total_variation,
+)
+from workbench.losses.signal import LiveLogits
 
 B, L, V = 2, 3, 5
 ATOL = 1e-6
@@ -126,7 +138,7 @@ def test_masked_positions_change_nothing(st, name):
     def loss_and_grad(s_in, t_in):
         leaf = s_in.clone().requires_grad_(True)
         spec = LossSpec(divergence=name, alpha=0.5, temperature=2.0)
-        loss = distill_loss(leaf, t_in, labels, spec)["loss"]
+        loss = distill_loss(leaf, LiveLogits(t_in), labels, spec)["loss"]
         loss.backward()
         return loss.detach(), leaf.grad
 
@@ -144,7 +156,7 @@ def test_all_masked_batch_gives_zero_not_nan(st):
     s, t = st
     labels = torch.full((B, L), -100)
     leaf = s.clone().requires_grad_(True)
-    out = distill_loss(leaf, t, labels, LossSpec(divergence="jsd", temperature=2.0))
+    out = distill_loss(leaf, LiveLogits(t), labels, LossSpec(divergence="jsd", temperature=2.0))
     out["loss"].backward()
     for value in out.values():
         assert value.item() == 0.0
@@ -186,7 +198,7 @@ def _loss_fns():
         "ce": lambda s, t, y, n: ce_loss(s, y, num_items_in_batch=n),
         "kd_forward_kl": lambda s, t, y, n: kd_loss(s, t, y, "forward_kl", 2.0, num_items_in_batch=n),
         "kd_jsd": lambda s, t, y, n: kd_loss(s, t, y, "jsd", 2.0, beta=0.4, num_items_in_batch=n),
-        "distill_total": lambda s, t, y, n: distill_loss(s, t, y, spec, num_items_in_batch=n)["loss"],
+        "distill_total": lambda s, t, y, n: distill_loss(s, LiveLogits(t), y, spec, num_items_in_batch=n)["loss"],
     }
 
 
@@ -221,7 +233,7 @@ def test_distill_loss_mixing(st):
     labels = torch.tensor([[1, 2, -100], [0, 3, 4]])
     leaf = s.clone().requires_grad_(True)
     spec = LossSpec(divergence="skew_kl", alpha=0.3, temperature=2.0, skew_lambda=0.2)
-    out = distill_loss(leaf, t, labels, spec)
+    out = distill_loss(leaf, LiveLogits(t), labels, spec)
     assert set(out) == {"loss", "ce", "kd"}
     assert all(v.dim() == 0 and v.dtype == torch.float32 for v in out.values())
     close(out["ce"], ce_loss(s, labels))
@@ -235,12 +247,12 @@ def test_distill_loss_alpha_edges(st):
     labels = torch.tensor([[1, 2, -100], [0, 3, 4]])
     leaf = s.clone().requires_grad_(True)
 
-    only_ce = distill_loss(leaf, t, labels, LossSpec(divergence="reverse_kl", alpha=1.0, temperature=2.0))
+    only_ce = distill_loss(leaf, LiveLogits(t), labels, LossSpec(divergence="reverse_kl", alpha=1.0, temperature=2.0))
     assert torch.equal(only_ce["loss"], ce_loss(leaf, labels))
     assert only_ce["kd"].grad_fn is None and only_ce["kd"].item() > 0
     assert only_ce["loss"].grad_fn is not None
 
-    only_kd = distill_loss(leaf, t, labels, LossSpec(divergence="reverse_kl", alpha=0.0, temperature=2.0))
+    only_kd = distill_loss(leaf, LiveLogits(t), labels, LossSpec(divergence="reverse_kl", alpha=0.0, temperature=2.0))
     assert torch.equal(only_kd["loss"], kd_loss(leaf, t, labels, "reverse_kl", 2.0))
     assert only_kd["ce"].grad_fn is None and only_kd["ce"].item() > 0
     assert only_kd["loss"].grad_fn is not None
@@ -275,29 +287,29 @@ def test_bf16_inputs_give_float32_close_to_float32(st, name):
     s, t = st
     labels = torch.tensor([[1, 2, -100], [0, 3, 4]])
     spec = LossSpec(divergence=name, alpha=0.5, temperature=2.0)
-    low = distill_loss(s.bfloat16(), t.bfloat16(), labels, spec)
-    high = distill_loss(s, t, labels, spec)
+    low = distill_loss(s.bfloat16(), LiveLogits(t.bfloat16()), labels, spec)
+    high = distill_loss(s, LiveLogits(t), labels, spec)
     for key in high:
         assert low[key].dtype == torch.float32
         # The only loss is rounding the logits to bf16 (8 bits of mantissa); the math runs in float32.
         torch.testing.assert_close(low[key], high[key], atol=2e-2, rtol=2e-2)
-    upcast = distill_loss(s.bfloat16().float(), t.bfloat16().float(), labels, spec)
+    upcast = distill_loss(s.bfloat16().float(), LiveLogits(t.bfloat16().float()), labels, spec)
     close(low["loss"], upcast["loss"])
 
 
 def test_kd_vocab_slices_padding_rows_for_kd_but_not_ce():
     """Teacher with 3 extra padding logits: KD compares the shared 5, CE keeps the student's full softmax."""
-    from workbench.config import LossSpec
+    from workbench.config.schema import LossSpec
     torch.manual_seed(0)
     student = torch.randn(2, 3, 5)
     teacher_padded = torch.cat([torch.randn(2, 3, 5), torch.full((2, 3, 3), 7.0)], dim=-1)
     labels = torch.tensor([[1, 2, -100], [0, 4, 3]])
     spec = LossSpec(alpha=0.5)
-    out = distill_loss(student, teacher_padded, labels, spec, kd_vocab=5)
+    out = distill_loss(student, LiveLogits(teacher_padded, kd_vocab=5), labels, spec)
     assert torch.allclose(out["kd"], kd_loss(student, teacher_padded[..., :5], labels))
     assert torch.allclose(out["ce"], ce_loss(student, labels))
     with pytest.raises(ValueError):
-        distill_loss(student, teacher_padded, labels, spec)
+        distill_loss(student, LiveLogits(teacher_padded), labels, spec)
 
 
 # ---------------------------------------------------------------- non-finite inputs
@@ -315,7 +327,7 @@ def test_non_finite_teacher_logits_at_ignored_positions_add_exactly_zero(st, nam
     poisoned[1, 1] = bad
     spec = LossSpec(divergence=name, alpha=0.3, temperature=2.0)
     clean_leaf, leaf = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
-    clean, out = distill_loss(clean_leaf, t, labels, spec), distill_loss(leaf, poisoned, labels, spec)
+    clean, out = distill_loss(clean_leaf, LiveLogits(t), labels, spec), distill_loss(leaf, LiveLogits(poisoned), labels, spec)
     out["loss"].backward()
     clean["loss"].backward()
     for key in out:

@@ -3,13 +3,23 @@ import sys
 import time
 
 import pytest
+import tiny
 import torch
 
-import tiny
-from workbench.config import DistillConfig, LoraSpec, ModelSpec
-from workbench.models import (ModelLoadError, VocabMismatchError, apply_lora, check_vocab, count_parameters,
-                              load_student, load_teacher, load_tokenizer, logit_size, resolve_source)
-from workbench.sizing import arch_info, estimate_memory
+from workbench.config.schema import DistillConfig, LoraSpec, ModelSpec
+from workbench.models.loading import (
+    ModelLoadError,
+    VocabMismatchError,
+    apply_lora,
+    check_vocab,
+    count_parameters,
+    load_student,
+    load_teacher,
+    load_tokenizer,
+    logit_size,
+    resolve_source,
+)
+from workbench.models.sizing import arch_info, estimate_memory
 
 
 def test_local_folder_loads_through_from_pretrained(teacher_dir, student_dir):
@@ -39,10 +49,11 @@ def test_hub_id_offline_fails_fast_with_a_fix():
     assert "someorg/not-cached-model" in msg and "HF_HUB_OFFLINE" in msg and "local folder" in msg
 
 
+@pytest.mark.slow
 def test_hub_id_without_network_fails_fast_even_when_offline_mode_is_off():
     """No HF_HUB_OFFLINE, no network: transformers alone retries for ~27 s here; we must answer in < 5 s."""
-    code = ("import time; from workbench.models import load_tokenizer, ModelLoadError; "
-            "from workbench.config import ModelSpec; t=time.perf_counter()\n"
+    code = ("import time; from workbench.models.loading import load_tokenizer, ModelLoadError; "
+            "from workbench.config.schema import ModelSpec; t=time.perf_counter()\n"
             "try: load_tokenizer(ModelSpec(name_or_path='someorg/not-cached'))\n"
             "except ModelLoadError as e: print(round(time.perf_counter()-t, 2), e)")
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://unreachable.invalid",

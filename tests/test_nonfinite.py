@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from workbench.config import DistillConfig
-from workbench.nonfinite import NonFiniteError, bad_values, describe
-from workbench.rundir import CONFIG, METRICS, STATUS, RunDir
-from workbench.runner import run_training
-from workbench.strategies.soft import SoftLabelStrategy
+from workbench.config.schema import DistillConfig
+from workbench.engine.nonfinite import NonFiniteError, bad_values, describe
+from workbench.engine.runner import run_training
+from workbench.engine.strategies.soft import SoftLabelStrategy
+from workbench.store.rundir import CONFIG, METRICS, STATUS, RunDir
 
 POISON = "<|im_start|>"  # a special token of the tiny tokenizer that the toy grammar never produces
 
@@ -71,6 +71,7 @@ def test_bad_values_are_named_and_described():
     assert describe({"gradient": "NaN", "loss": "inf"}, 8) == "loss became inf at step 8"
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_before_the_update_and_resumes_from_its_last_finite_checkpoint(
         tmp_path, teacher_dir, student_dir, corpus_files, monkeypatch):
     """From step 13 on the teacher's embeddings are NaN (as if it had been loaded broken mid-run): the run
@@ -108,6 +109,7 @@ def test_a_diverging_run_stops_before_the_update_and_resumes_from_its_last_finit
     assert steps == [5, 10, 15, 20, 25, 30]
 
 
+@pytest.mark.slow
 def test_a_teacher_with_a_nan_token_stops_the_run_naming_the_term(
         tmp_path, nan_teacher, student_dir, poisoned_text):
     config = make_config(nan_teacher, student_dir, poisoned_text, tmp_path, "stop")
@@ -118,6 +120,7 @@ def test_a_teacher_with_a_nan_token_stops_the_run_naming_the_term(
     assert all(all_finite(p) for p in run.checkpoints.iterdir())
 
 
+@pytest.mark.slow
 def test_skip_mode_skips_and_counts_the_bad_steps(tmp_path, nan_teacher, student_dir, poisoned_text):
     config = make_config(nan_teacher, student_dir, poisoned_text, tmp_path, "skip", on_nonfinite="skip",
                          max_skipped_steps=30)
@@ -140,11 +143,12 @@ def test_skip_mode_skips_and_counts_the_bad_steps(tmp_path, nan_teacher, student
         run_training(strict)
 
 
+@pytest.mark.slow
 def test_weights_that_became_non_finite_are_never_saved(tmp_path, teacher_dir, student_dir, corpus_files,
                                                         monkeypatch):
     """An update that overflowed (weights inf after a finite step) is caught when the checkpoint would be
     written: the checkpoint is not written and the earlier one stays."""
-    from workbench.callbacks import RunFilesCallback
+    from workbench.engine.callbacks import RunFilesCallback
     original = RunFilesCallback.on_step_end
 
     def overflow(self, args, state, control, **kwargs):
@@ -161,6 +165,7 @@ def test_weights_that_became_non_finite_are_never_saved(tmp_path, teacher_dir, s
     assert [p.name for p in run.checkpoints.iterdir()] == ["checkpoint-5"] and all_finite(run.checkpoints / "checkpoint-5")
 
 
+@pytest.mark.slow
 def test_the_skipped_count_survives_a_resume(tmp_path, nan_teacher, student_dir, poisoned_text, crash_at_step):
     """Steps skipped after the last log but before the checkpoint still count once the run resumes from
     it (logging every 7 steps, saving every 5): the total equals an uninterrupted run's."""

@@ -1,19 +1,18 @@
 """Student from teacher: kept layers carry the teacher's weights exactly, for Llama and GPT-2."""
 import pytest
+import tiny
 import torch
 from transformers import AutoModelForCausalLM
 
-import tiny
 from workbench.cli import main as cli_main
-from workbench.pruning import decoder_layers, evenly_spaced, student_from_teacher
+from workbench.models.pruning import decoder_layers, evenly_spaced, student_from_teacher
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
-def teacher(request, tiny_dir, tokenizer):
-    folder = tiny_dir / f"prune-{request.param}"
-    if not folder.exists():
-        save = tiny.save_llama if request.param == "llama" else tiny.save_gpt2
-        save(folder, tokenizer, layers=6, hidden=32, seed=3)
+def teacher(request, tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("prune") / request.param
+    save = tiny.save_llama if request.param == "llama" else tiny.save_gpt2
+    save(folder, tokenizer, layers=6, hidden=32, seed=3)
     return folder
 
 

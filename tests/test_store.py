@@ -10,10 +10,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from workbench.config import DistillConfig
-from workbench.ingest import Ingestor, rebuild
-from workbench.rundir import CONFIG, METRICS, RunDir, write_json_atomic
-from workbench.store import Store, StoreError
+from workbench.config.schema import DistillConfig
+from workbench.store.database import Store, StoreError, export_frame
+from workbench.store.ingest import Ingestor, rebuild
+from workbench.store.rundir import CONFIG, METRICS, RunDir, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,8 @@ def add_steps(run: RunDir, first: int, last: int, loss: float = 3.0) -> None:
 
 def tables(store: Store) -> dict[str, pd.DataFrame]:
     return {"runs": store.cursor().execute("SELECT * FROM runs ORDER BY run_id").df(),
-            "metrics": store.metrics(), "evals": store.evals(), "artifacts": store.artifacts()}
+            "metrics": store.metrics(), "evals": store.evals(),
+            "artifacts": store.cursor().execute("SELECT * FROM artifacts ORDER BY run_id, path").df()}
 
 
 @pytest.fixture
@@ -143,13 +144,14 @@ def test_user_queries_are_read_only_and_export_to_csv_and_parquet(tmp_path, stor
             store.query(bad)
     assert len(store.metrics()) == 4  # nothing changed
 
-    csv = store.export(sql, tmp_path / "out" / "loss.csv")
-    parquet = store.export(sql, tmp_path / "out" / "loss.parquet")
+    # the Compare tab's export: a query's result through export_frame
+    csv = export_frame(result, tmp_path / "out" / "loss.csv")
+    parquet = export_frame(result, tmp_path / "out" / "loss.parquet")
     pd.testing.assert_frame_equal(pd.read_csv(csv), result, check_dtype=False)
     with duckdb.connect() as con:
         pd.testing.assert_frame_equal(con.execute(f"SELECT * FROM read_parquet('{parquet}')").df(), result)
     with pytest.raises(StoreError, match=".csv or .parquet"):
-        store.export(sql, tmp_path / "loss.xlsx")
+        export_frame(result, tmp_path / "loss.xlsx")
 
 
 def test_a_database_from_another_schema_version_is_rebuilt(tmp_path):
@@ -184,6 +186,7 @@ def test_rebuild_refuses_while_another_process_holds_the_database(tmp_path):
     assert db.exists()
 
 
+@pytest.mark.slow
 def test_cli_ingest_rebuilds_the_store(tmp_path):
     make_run(tmp_path, "a", 3)
     make_run(tmp_path, "b", 2)

@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.config import DistillConfig
-from workbench.data import tokenize_datasets
-from workbench.models import load_tokenizer
-from workbench.rundir import RunDir
-from workbench.runner import run_training
-from workbench.teacher_cache import build_cache
+from workbench.config.schema import DistillConfig
+from workbench.data.loading import tokenize_datasets
+from workbench.engine.runner import run_training
+from workbench.engine.teacher_cache import build_cache
+from workbench.models.loading import load_tokenizer
+from workbench.store.rundir import RunDir
+
+pytestmark = pytest.mark.slow  # every test trains a student
 
 ALPHAS = (0.0, 0.5, 1.0)
 CHUNKS = (0, 128)
@@ -57,7 +59,7 @@ def cache_dir(tmp_path_factory, teacher_dir, student_dir, corpus_files):
 @pytest.fixture(scope="module")
 def completions(tmp_path_factory, teacher_dir, student_dir, corpus_files):
     """A small teacher-written dataset, so hard-label runs train without generating each time."""
-    from workbench.generation import generate_dataset
+    from workbench.hardlabel.generation import generate_dataset
     prompts = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("the cat", "a dog", "my sister", "the old")))
     config = base(teacher_dir, student_dir, corpus_files, ".", "x", strategy="hard_label",

@@ -7,17 +7,24 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench.config import DIVERGENCES
-from workbench.data import tokenize_datasets
-from workbench.losses import kd_loss, sparse_kd_loss
-from workbench.rundir import RunDir
-from workbench.teacher_cache import (MANIFEST, CacheError, TeacherCache, top_k_logprobs, build_cache, data_hash,
-                                     tokenizer_hash)
+from workbench.config.schema import DIVERGENCES
+from workbench.data.loading import tokenize_datasets
+from workbench.engine.teacher_cache import (
+    MANIFEST,
+    CacheError,
+    TeacherCache,
+    build_cache,
+    data_hash,
+    tokenizer_hash,
+    top_k_logprobs,
+)
+from workbench.losses.divergences import kd_loss, sparse_kd_loss
+from workbench.store.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
 def blocks(tokenizer, corpus_files):
-    from workbench.config import DataSpec
+    from workbench.config.schema import DataSpec
     train, _ = tokenize_datasets(DataSpec(source=str(corpus_files[0])), tokenizer, 32, 0)
     return train.select(range(20))
 
@@ -97,14 +104,15 @@ def test_sparse_kd_with_a_small_k_keeps_the_tail_as_one_bucket():
     assert np.isfinite(sparse_kd_loss(torch.zeros(4, 30), top_logp, top_ids, tail, labels).item())
 
 
+@pytest.mark.slow
 def test_students_train_from_a_cache_without_the_teacher(teacher_dir, student_dir, corpus_files, tmp_path,
                                                          monkeypatch):
     import yaml
 
-    from workbench import runner
     from workbench.cli import main
-    from workbench.config import DistillConfig
-    from workbench.configbase import ConfigError
+    from workbench.config.fields import ConfigError
+    from workbench.config.schema import DistillConfig
+    from workbench.engine import runner
     config = {"teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
               "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1]), "max_examples": 120},
               "loss": {"alpha": 0.2}, "evaluation": {"at_end": False},
@@ -130,7 +138,7 @@ def test_students_train_from_a_cache_without_the_teacher(teacher_dir, student_di
 
 
 def test_caches_are_listed_with_what_picking_one_needs(teacher, tokenizer, blocks, tmp_path):
-    from workbench.teacher_cache import list_caches
+    from workbench.engine.teacher_cache import list_caches
     build_cache(teacher, tokenizer, blocks, tmp_path / "k4", k=4, teacher_name="tiny")
     (tmp_path / "not-a-cache").mkdir()
     [row] = list_caches(tmp_path)
@@ -141,14 +149,14 @@ def test_caches_are_listed_with_what_picking_one_needs(teacher, tokenizer, block
     assert row["MB"] == pytest.approx(stored, abs=1e-3) and row["MB"] > 0
 
 
+@pytest.mark.slow
 def test_fidelity_is_measured_against_the_live_teacher_and_listed(teacher_dir, student_dir, corpus_files, tmp_path):
     """With k = the vocabulary the cache holds the whole distribution (at fp16): the cached run must reach
     the live run's held-out KL, and the cache manager lists the difference."""
     import yaml
 
-    from workbench.cache_fidelity import read_fidelity
     from workbench.cli import main
-    from workbench.teacher_cache import list_caches
+    from workbench.engine.teacher_cache import list_caches, read_fidelity
     config = {"teacher": {"name_or_path": str(teacher_dir)}, "student": {"name_or_path": str(student_dir)},
               "data": {"source": str(corpus_files[0]), "validation_source": str(corpus_files[1]), "max_examples": 60,
                        "max_eval_examples": 8},

@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench.config import DistillConfig
-from workbench.data import PadCollator, tokenize_datasets
-from workbench.losses import kd_loss
-from workbench.models import load_tokenizer
-from workbench.rundir import CONFIG, RunDir
-from workbench.runner import run_training
+from workbench.config.schema import DistillConfig
+from workbench.data.loading import PadCollator, tokenize_datasets
+from workbench.engine.runner import run_training
+from workbench.losses.divergences import kd_loss
+from workbench.models.loading import load_tokenizer
+from workbench.store.rundir import CONFIG, RunDir
 
 
 def make_config(teacher_dir, student_dir, corpus_files, runs, name, **train):
@@ -44,6 +44,7 @@ def finished_run(tmp_path_factory, teacher_dir, student_dir, corpus_files):
     return config, RunDir(config.output.runs_dir + "/full"), final, lines
 
 
+@pytest.mark.slow
 def test_soft_label_training_lowers_heldout_kl_to_teacher(finished_run, teacher_dir, student_dir):
     config, run, final, _ = finished_run
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
@@ -56,6 +57,7 @@ def test_soft_label_training_lowers_heldout_kl_to_teacher(finished_run, teacher_
     assert step0["eval_kd"] == pytest.approx(before, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_run_directory_holds_the_contract_files(finished_run):
     config, run, final, lines = finished_run
     assert DistillConfig.load(run.file(CONFIG)) == config
@@ -75,6 +77,7 @@ def test_run_directory_holds_the_contract_files(finished_run):
         assert fact in card
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(
         finished_run, crash_at_step, teacher_dir, student_dir, corpus_files, tmp_path):
     config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "resumed")
@@ -103,6 +106,7 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(
     assert {r["step"]: r["learning_rate"] for r in run.read_metrics() if "loss" in r} == pytest.approx(full_lr)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_full_batch(teacher_dir, student_dir, corpus_files, tmp_path):
     """batch 8 x accum 1 and batch 4 x accum 2 take the same optimizer steps (per-token normalisation)."""
     results = []
@@ -113,6 +117,7 @@ def test_gradient_accumulation_matches_a_full_batch(teacher_dir, student_dir, co
     assert results[0]["eval_kd"] == pytest.approx(results[1]["eval_kd"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_lora_student_trains_and_saves_a_merged_model(teacher_dir, student_dir, corpus_files, tmp_path):
     config = make_config(teacher_dir, student_dir, corpus_files, tmp_path, "lora", max_steps=5)
     config = DistillConfig.from_dict({**config.to_dict(), "student": {
@@ -134,9 +139,10 @@ def test_failure_is_recorded_in_status(teacher_dir, corpus_files, tmp_path):
     assert status["state"] == "failed" and "missing-student" in status["error"]
 
 
+@pytest.mark.slow
 def test_torch_compile_is_an_option_and_keeps_the_fused_loss(finished_run, student_dir, tmp_path):
-    from workbench.strategies.soft import _fusable, _unwrap
-    from workbench.trainer import training_arguments
+    from workbench.engine.strategies.soft import _fusable, _unwrap
+    from workbench.engine.trainer import training_arguments
     config, _, _, _ = finished_run
     compiled = config.replace(train=config.train.__class__(**{**config.train.__dict__, "torch_compile": True}))
     assert training_arguments(compiled, tmp_path, False).torch_compile

@@ -1,6 +1,5 @@
 """The UI without a browser: the app builds, the form maps to a config (and refuses bad input naming the
 field), handlers submit through the job manager, pre-flight, the temperature preview, the SQL box."""
-import dataclasses
 import time
 
 import gradio as gr
@@ -8,15 +7,16 @@ import pytest
 import tiny
 import yaml
 
-from workbench.config import DistillConfig, ModelSpec
-from workbench.configbase import ConfigError
-from workbench.preflight import preflight
-from workbench.preview import temperature_preview
-from workbench.services import Services
+from workbench.config.fields import ConfigError
+from workbench.config.gate import PUBLIC_MAX_STEPS, Gate, is_public
+from workbench.config.schema import DistillConfig, ModelSpec
+from workbench.engine.preflight import preflight
+from workbench.eval.preview import temperature_preview
 from workbench.ui import compare_tab, evaluate_tab, inspect_tab, runs_tab, setup_tab
 from workbench.ui.app import DEFAULT_CONFIG, build_app
-from workbench.gate import PUBLIC_MAX_STEPS, Gate, is_public
-from workbench.ui.form import DATA_UPLOAD, STUDENT_PRUNED, SetupForm, form_to_config
+from workbench.ui.form import DATA_UPLOAD, STUDENT_PRUNED, SetupForm, form_to_config, setup_fields
+from workbench.ui.form_layout import elem_id
+from workbench.ui.services import Services
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def services(tmp_path, teacher_dir):
 
 @pytest.fixture
 def tiny_form(teacher_dir, student_dir, corpus_files):
-    base = DistillConfig.load(DEFAULT_CONFIG).to_dict()
-    return SetupForm(teacher=str(teacher_dir), student=str(student_dir), max_steps=6, seq_len=32, bf16="off",
-                     data_kind=DATA_UPLOAD, upload=str(corpus_files[0]), base=base)
+    return SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
+        {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir), "train.max_steps": 6,
+         "train.seq_len": 32, "train.bf16": "off", "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0])})
 
 
 def test_the_app_builds_with_every_tab(services):
@@ -43,30 +43,36 @@ def test_the_app_builds_with_every_tab(services):
 
 
 def test_every_form_field_is_bound_to_its_own_component(services):
-    """setup_tab zips SetupForm's fields with its components in order: one out of place would hand its value
-    to another field. Built from a config whose fields all differ, each component bound to a field must
-    show that field's start value."""
+    """Components are keyed by field path, and the endpoints take them in setup_fields' order: one out of
+    place would hand its value to another field. Built from a config whose changed fields all differ, each
+    component must show its own field's start value, carry its path as label and elem_id, and sit in the
+    inputs list where setup_fields puts its key."""
+    changes = {"loss": dict(alpha=0.3, beta=0.6, temperature=2.0),
+               "train": dict(max_steps=123, batch_size=5, seq_len=77, lr=0.002, on_nonfinite="skip"),
+               "generation": dict(temperature=0.8, top_p=0.9, max_new_tokens=99, samples_per_prompt=3, concurrency=6,
+                                  seed=7, max_prompts=11, prompt_column="instruction", api_key_env="MY_KEY",
+                                  api_base_url="http://127.0.0.1:9/v1", api_model="m"),
+               "co_distillation": dict(teacher_lr=0.004, alpha_start=0.95, alpha_end=0.35, alpha_warmup_steps=12,
+                                       alpha_schedule="linear", mutual=True, mutual_weight=0.45),
+               "hidden": dict(layer_map=["0:3", "1:5"], weight=3.5, loss="cosine"),
+               "attention": dict(loss="mse", heads="map")}
     data = DistillConfig.load(DEFAULT_CONFIG).to_dict()
-    data["loss"].update(alpha=0.3, beta=0.6, temperature=2.0)
-    data["train"].update(max_steps=123, batch_size=5, seq_len=77, lr=0.002, on_nonfinite="skip")
-    data["generation"].update(temperature=0.8, top_p=0.9, max_new_tokens=99, samples_per_prompt=3, concurrency=4,
-                              seed=7, max_prompts=11, prompt_column="instruction", api_key_env="MY_KEY",
-                              api_base_url="http://127.0.0.1:9/v1", api_model="m")
-    data["co_distillation"] = {"teacher_lr": 0.004, "alpha_start": 0.95, "alpha_end": 0.35, "alpha_warmup_steps": 12,
-                               "alpha_schedule": "linear", "mutual": True, "mutual_weight": 0.45}
-    data["hidden"] = {"layer_map": ["0:3", "1:5"], "weight": 3.5, "loss": "cosine"}
-    data["attention"] = {"loss": "mse", "heads": "map"}
+    for section, values in changes.items():
+        data[section].update(values)
     config = DistillConfig.from_dict(data)
     start = SetupForm.from_config(config)
     with gr.Blocks():
         inputs = setup_tab.create_setup_tab(services, config)
-    assert list(inputs) == setup_tab.FIELDS
-    shown = {name: getattr(start, name) for name in setup_tab.FIELDS if getattr(start, name) not in (None, "")}
-    values = [v for v in shown.values() if type(v) is not bool]
-    assert len(set(values)) == len(values)  # all distinct, so a swap shows (bools: a swap with another type)
-    for name, expected in shown.items():
-        value = inputs[name].value
-        assert (type(value) is bool, value) == (type(expected) is bool, expected), name
+    assert list(inputs) == [f.key for f in setup_fields()]
+    changed = [f"{section}.{key}" for section, values in changes.items() for key in values]
+    values = [start.values[key] for key in changed if type(start.values[key]) is not bool]
+    assert len(set(map(str, values))) == len(values)  # all distinct, so a swap shows (bools: a swap with another type)
+    for key, component in inputs.items():
+        expected = start.values[key]
+        assert (type(component.value) is bool, component.value) == (type(expected) is bool, expected), key
+        assert component.elem_id == elem_id(key), key
+        if "." in key and key not in ("loss.teacher_cache", "generation.dataset"):  # those two: their panels' own
+            assert component.label == key, key
 
 
 def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, corpus_files):
@@ -79,33 +85,33 @@ def test_the_form_maps_to_a_config_and_keeps_the_upload(services, tiny_form, cor
     assert config.data.validation_source is None and config.loss.alpha == 0.5
     assert config.evaluation.at_end and config.loss.teacher_cache is None
     cache = services.caches_dir / "k32"
-    cached = form_to_config(dataclasses.replace(tiny_form, teacher_cache=str(cache)), services.gate,
+    cached = form_to_config(tiny_form.replace({"loss.teacher_cache": str(cache)}), services.gate,
                             services.uploads_dir)
     assert cached.config.loss.teacher_cache == str(cache)
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, teacher_cache="/etc/cache"), services.gate,
+        form_to_config(tiny_form.replace({"loss.teacher_cache": "/etc/cache"}), services.gate,
                        services.uploads_dir)
     assert err.value.field == "loss.teacher_cache"
-    quiet = form_to_config(dataclasses.replace(tiny_form, evaluate=False), services.gate, services.uploads_dir)
+    quiet = form_to_config(tiny_form.replace({"evaluation.at_end": False}), services.gate, services.uploads_dir)
     assert not quiet.config.evaluation.at_end
 
 
 def test_bad_form_input_names_every_field(services, tiny_form, tmp_path):
     outside = tmp_path / "elsewhere" / "model"
     outside.mkdir(parents=True)
-    bad = dataclasses.replace(tiny_form, teacher=str(outside), max_steps=2.5, alpha=1.5,
-                              accelerate_config="/etc/fsdp.yaml")
+    bad = tiny_form.replace({"teacher.name_or_path": str(outside), "train.max_steps": 2.5, "loss.alpha": 1.5,
+                             "accelerate_config": "/etc/fsdp.yaml"})
     with pytest.raises(ConfigError) as err:
         form_to_config(bad, services.gate, services.uploads_dir)
     fields = {name for name, _ in err.value.problems}
     assert fields == {"teacher.name_or_path", "train.max_steps", "accelerate_config"}  # checked at the edge, before the config
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, alpha=1.5), services.gate, services.uploads_dir)
+        form_to_config(tiny_form.replace({"loss.alpha": 1.5}), services.gate, services.uploads_dir)
     assert err.value.field == "loss.alpha" and "1.5" in str(err.value)
     wrong = tmp_path / "notes.docx"
     wrong.write_text("x")
     with pytest.raises(ConfigError, match="use a .txt"):
-        form_to_config(dataclasses.replace(tiny_form, upload=str(wrong)), services.gate, services.uploads_dir)
+        form_to_config(tiny_form.replace({"data_upload": str(wrong)}), services.gate, services.uploads_dir)
 
 
 def test_a_public_app_caps_the_steps(services, tiny_form, teacher_dir, monkeypatch):
@@ -113,15 +119,15 @@ def test_a_public_app_caps_the_steps(services, tiny_form, teacher_dir, monkeypat
     assert is_public("127.0.0.1", share=False) and is_public("0.0.0.0", share=False) is True
     public = Gate.for_app(services.runs_dir, teacher_dir.parent, [teacher_dir.parent], public=True)
     with pytest.raises(ConfigError) as err:
-        form_to_config(dataclasses.replace(tiny_form, max_steps=PUBLIC_MAX_STEPS + 1), public, services.uploads_dir)
+        form_to_config(tiny_form.replace({"train.max_steps": PUBLIC_MAX_STEPS + 1}), public, services.uploads_dir)
     assert err.value.field == "train.max_steps"
 
 
 def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_form):
-    text, _ = setup_tab.launch(services, dataclasses.replace(tiny_form, alpha=-0.1, run_name="bad"))
+    text, _ = setup_tab.launch(services, tiny_form.replace({"loss.alpha": -0.1, "output.run_name": "bad"}))
     assert "Not launched" in text and "loss.alpha" in text and services.jobs.jobs() == []
 
-    text, yaml_path = setup_tab.launch(services, dataclasses.replace(tiny_form, run_name="good"))
+    text, yaml_path = setup_tab.launch(services, tiny_form.replace({"output.run_name": "good"}))
     assert "Launched good" in text and "5.0x smaller" in text
     assert DistillConfig.from_dict(yaml.safe_load(open(yaml_path))).train.max_steps == 6  # the CLI runs it
     assert services.jobs.wait("good", timeout=300)["state"] == "succeeded"
@@ -175,7 +181,8 @@ def test_pre_flight_sizes_a_student_pruned_from_the_teacher(teacher_dir, corpus_
 
 
 def test_pruned_student_form_trains_end_to_end(services, tiny_form):
-    form = dataclasses.replace(tiny_form, student_kind=STUDENT_PRUNED, keep_layers=2, student="", run_name="pruned")
+    form = tiny_form.replace({"student_kind": STUDENT_PRUNED, "student.init_from_teacher_layers": 2,
+                              "student.name_or_path": "", "output.run_name": "pruned"})
     text, _ = setup_tab.launch(services, form)
     assert "Launched pruned" in text, text
     assert services.jobs.wait("pruned", timeout=300)["state"] == "succeeded"

@@ -20,15 +20,22 @@ import time
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from workbench.configbase import ConfigError  # noqa: E402
-
-EXIT_CONFIG = 2
-EXIT_FAILED = 1
-EXIT_CANCELLED = 3
+from workbench.config.fields import ConfigError  # noqa: E402
+from workbench.store.rundir import EXIT_CANCELLED, EXIT_CONFIG, EXIT_FAILED  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description="Distill Workbench command line")
+    parser = argparse.ArgumentParser(
+        prog="python -m workbench", description="Distill Workbench command line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="where each command's work lives:\n"
+               "  train, resume, cache       workbench/engine/ (runner, trainer, strategies, teacher cache)\n"
+               "  validate                   workbench/config/ (DistillConfig, its fields and checks)\n"
+               "  evaluate                   workbench/eval/ (held-out metrics, the run card)\n"
+               "  generate                   workbench/hardlabel/ (the teacher writes the data)\n"
+               "  prune                      workbench/models/ (a student cut from the teacher)\n"
+               "  prepare-defaults           workbench/data/ (the offline default)\n"
+               "  ingest                     workbench/store/ (run folders -> the DuckDB store)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("train", "train a student from a YAML or JSON config"),
                            ("validate", "check a config and print it resolved, as YAML")):
@@ -86,7 +93,7 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _prepare_defaults(cache_dir) -> int:
-    from workbench.defaults import prepare_defaults
+    from workbench.data.defaults import prepare_defaults
     start = time.perf_counter()
     root = prepare_defaults(cache_dir, lambda msg, frac: print(
         f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}", flush=True))
@@ -95,8 +102,8 @@ def _prepare_defaults(cache_dir) -> int:
 
 
 def _ingest(args) -> int:
-    from workbench.ingest import rebuild
-    from workbench.store import Store
+    from workbench.store.database import Store
+    from workbench.store.ingest import rebuild
     start = time.perf_counter()
     path, rows = rebuild(args.runs_dir, args.db)
     store = Store(path)
@@ -109,8 +116,8 @@ def _ingest(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from workbench.rundir import RunDir
-    from workbench.run_eval import evaluate_run
+    from workbench.eval.report import evaluate_run
+    from workbench.store.rundir import RunDir
     start = time.perf_counter()
     report = evaluate_run(RunDir(args.run_dir), args.student, RunDir(args.baseline) if args.baseline else None,
                           progress=lambda msg, frac: print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}",
@@ -121,12 +128,12 @@ def _evaluate(args) -> int:
 
 
 def _cache(args) -> int:
-    from workbench.config import DistillConfig
-    from workbench.data import tokenize_datasets
-    from workbench.defaults import resolve_defaults
-    from workbench.models import check_vocab, load_tokenizer, logit_size
-    from workbench.run_models import load_teacher_fp32, student_tokenizer
-    from workbench.teacher_cache import build_cache
+    from workbench.config.schema import DistillConfig
+    from workbench.data.defaults import resolve_defaults
+    from workbench.data.loading import tokenize_datasets
+    from workbench.engine.teacher_cache import build_cache
+    from workbench.models.loading import check_vocab, load_tokenizer, logit_size
+    from workbench.models.students import load_teacher_fp32, student_tokenizer
     config = resolve_defaults(DistillConfig.load(args.config, args.overrides), args.cache_dir)
     tokenizer = student_tokenizer(config)
     teacher = load_teacher_fp32(config)
@@ -141,7 +148,7 @@ def _cache(args) -> int:
     print(f"{args.out_dir}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
           f"{manifest.bytes_per_token} bytes/token; train with --set loss.teacher_cache={args.out_dir}")
     if args.fidelity:
-        from workbench.cache_fidelity import measure_fidelity
+        from workbench.engine.cache_fidelity import measure_fidelity
         del teacher  # the two fidelity runs load their own
         measure_fidelity(config, args.out_dir, args.fidelity, echo=lambda m: print(m, flush=True))
     return 0
@@ -149,10 +156,11 @@ def _cache(args) -> int:
 
 def _generate(args) -> int:
     from pathlib import Path
-    from workbench.callbacks import format_eta
-    from workbench.config import DistillConfig
-    from workbench.defaults import resolve_defaults
-    from workbench.generation import generate_dataset
+
+    from workbench.config.schema import DistillConfig
+    from workbench.data.defaults import resolve_defaults
+    from workbench.engine.callbacks import format_eta
+    from workbench.hardlabel.generation import generate_dataset
     # Generating is hard-label's first stage, whatever the file's strategy: its checks apply.
     config = DistillConfig.load(args.config, [*args.overrides, "strategy=hard_label"])
     config = resolve_defaults(config, args.cache_dir)
@@ -169,10 +177,11 @@ def _generate(args) -> int:
 
 
 def _prune(args) -> int:
-    from workbench.config import ModelSpec
-    from workbench.models import load_model, load_tokenizer
-    from workbench.pruning import student_from_teacher
     import torch
+
+    from workbench.config.schema import ModelSpec
+    from workbench.models.loading import load_model, load_tokenizer
+    from workbench.models.pruning import student_from_teacher
     spec = ModelSpec(name_or_path=args.teacher)
     teacher = load_model(spec, "teacher", torch.float32)
     student = student_from_teacher(teacher, args.keep if args.keep is not None else args.layers)
@@ -185,8 +194,8 @@ def _prune(args) -> int:
 
 
 def _train(config, run_dir, resume: bool, cache_dir=None) -> int:
-    from workbench.runner import default_run_dir, is_main_process, run_training
-    from workbench.rundir import CONFIG, RunDir
+    from workbench.engine.runner import default_run_dir, is_main_process, run_training
+    from workbench.store.rundir import CONFIG, RunDir
     run = RunDir(run_dir) if run_dir else default_run_dir(config)
     # Rank 0 alone: the other ranks would see the config.json rank 0 just wrote. If rank 0 refuses,
     # the launcher stops the other ranks.
@@ -194,7 +203,7 @@ def _train(config, run_dir, resume: bool, cache_dir=None) -> int:
         print(f"error: {run.path} already holds a run; resume it with `python -m workbench resume {run.path}` "
               "or choose another output.run_name", file=sys.stderr)
         return EXIT_CONFIG
-    from workbench.stopping import Cancelled
+    from workbench.engine.stopping import Cancelled
     print(f"run directory: {run.path}", flush=True)
     try:
         final = run_training(config, run, resume=resume, echo=lambda msg: print(msg, flush=True),
@@ -210,7 +219,7 @@ def _train(config, run_dir, resume: bool, cache_dir=None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from workbench.config import DistillConfig
+    from workbench.config.schema import DistillConfig
     try:
         if args.command == "prepare-defaults":
             return _prepare_defaults(args.cache_dir)
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "resume":
-            from workbench.rundir import CONFIG, RunDir
+            from workbench.store.rundir import CONFIG, RunDir
             if RunDir(args.run_dir).read_status().get("state") == "succeeded":
                 print(f"{args.run_dir} already finished; nothing to resume")
                 return 0

@@ -15,9 +15,8 @@ if not CHROMIUM.exists():
         raise RuntimeError("DW_REQUIRE_BROWSER is set but /usr/bin/chromium is missing (apt-get install chromium)")
     pytest.skip("no /usr/bin/chromium (apt-get install chromium) for the browser tests", allow_module_level=True)
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-
 from apphost import running_app  # noqa: E402
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=60_000)
 
@@ -45,18 +44,18 @@ def page(app_url):
 
 def fill_form(page: Page, teacher_dir: Path, student_dir: Path, corpus: Path, alpha: str, run_name: str) -> None:
     page.get_by_role("tab", name="Set up").click()
-    page.locator("#setup-teacher textarea").fill(str(teacher_dir))
-    page.locator("#setup-student textarea").fill(str(student_dir))
-    page.locator("#setup-alpha input").fill(alpha)
-    page.locator("#setup-max_steps input").fill("8")
-    page.locator("#setup-seq_len input").fill("32")
-    page.locator("#setup-run_name textarea").fill(run_name)
-    page.locator("#setup-bf16 input").click()
+    page.locator("#setup-teacher-name_or_path textarea").fill(str(teacher_dir))
+    page.locator("#setup-student-name_or_path textarea").fill(str(student_dir))
+    page.locator("#setup-loss-alpha input").fill(alpha)
+    page.locator("#setup-train-max_steps input").fill("8")
+    page.locator("#setup-train-seq_len input").fill("32")
+    page.locator("#setup-output-run_name textarea").fill(run_name)
+    page.locator("#setup-train-bf16 input").click()
     page.get_by_role("option", name="off").click()
-    if page.locator("#setup-upload").count() == 0:  # the first time: choose upload, then the file
+    if page.locator("#setup-data_upload").count() == 0:  # the first time: choose upload, then the file
         page.locator("#setup-data_kind").get_by_text("upload a file").click()
-        page.locator("#setup-upload input[type=file]").set_input_files(str(corpus))
-    expect(page.locator("#setup-upload").get_by_role("cell", name=corpus.name)).to_be_visible()
+        page.locator("#setup-data_upload input[type=file]").set_input_files(str(corpus))
+    expect(page.locator("#setup-data_upload").get_by_role("cell", name=corpus.name)).to_be_visible()
 
 
 def wait_for_text(page: Page, selector: str, text: str, count: int = 1) -> None:
@@ -134,29 +133,41 @@ def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):
     page.get_by_role("tab", name="Set up").click()
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="hard_label").click()
-    expect(page.locator("#setup-gen_backend")).to_be_visible()
-    expect(page.locator("#setup-gen_prompts textarea")).to_have_value("project:instructions")
-    expect(page.locator("#setup-alpha")).to_be_hidden()
+    expect(page.locator("#setup-generation-backend")).to_be_visible()
+    expect(page.locator("#setup-generation-prompts textarea")).to_have_value("project:instructions")
+    expect(page.locator("#setup-loss-alpha")).to_be_hidden()
     expect(page.locator("#setup-data_kind")).to_be_hidden()
-    expect(page.locator("#setup-gen_api_base_url")).to_be_hidden()
-    page.locator("#setup-gen_backend").get_by_text("openai", exact=True).click()
-    expect(page.locator("#setup-gen_api_key_env textarea")).to_have_value("OPENAI_API_KEY")
+    expect(page.locator("#setup-generation-api_base_url")).to_be_hidden()
+    page.locator("#setup-generation-backend input").click()
+    page.get_by_role("option", name="openai").click()
+    expect(page.locator("#setup-generation-api_key_env textarea")).to_have_value("OPENAI_API_KEY")
     page.screenshot(path=SHOTS / "7-hard-label.png", full_page=True)
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="co_distillation").click()
-    expect(page.locator("#setup-co_teacher_lr")).to_be_visible()
-    expect(page.locator("#setup-alpha")).to_be_hidden()  # α follows its schedule
-    expect(page.locator("#setup-gen_backend")).to_be_hidden()
+    expect(page.locator("#setup-co_distillation-teacher_lr")).to_be_visible()
+    expect(page.locator("#setup-loss-alpha")).to_be_hidden()  # α follows its schedule
+    expect(page.locator("#setup-generation-backend")).to_be_hidden()
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="attention").click()
-    expect(page.locator("#setup-attention_heads")).to_be_visible()
-    expect(page.locator("#setup-hidden_loss")).to_be_hidden()
-    expect(page.locator("#setup-co_teacher_lr")).to_be_hidden()
+    expect(page.locator("#setup-attention-heads")).to_be_visible()
+    expect(page.locator("#setup-hidden-loss")).to_be_hidden()
+    expect(page.locator("#setup-co_distillation-teacher_lr")).to_be_hidden()
     page.screenshot(path=SHOTS / "8-attention.png", full_page=True)
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="soft_label").click()
-    expect(page.locator("#setup-alpha")).to_be_visible()
-    expect(page.locator("#setup-layer_map")).to_be_hidden()
+    expect(page.locator("#setup-loss-alpha")).to_be_visible()
+    expect(page.locator("#setup-hidden-layer_map")).to_be_hidden()
+    expect(page.locator("#setup-attention-layer_map")).to_be_hidden()
+    page.get_by_text("Advanced: every other config field").click()  # every other field, by section
+    expect(page.locator("#setup-train-grad_accum input")).to_have_value("1")
+    expect(page.locator("#setup-advanced")).to_contain_text("Micro-batches accumulated per optimizer step")
+    expect(page.locator("#setup-data-max_examples textarea")).to_have_value("")  # unset: no Number's 0
+    # Every field shown, what the browser sends for each passes: the form's defaults are valid values.
+    page.get_by_role("button", name="Pre-flight check").click()
+    page.wait_for_function("(document.querySelector('#setup-verdict')?.innerText ?? '').match(/^(?!.*Launched)"
+                           "(?=.*(Ready to launch|Not launched))/s)")
+    expect(page.locator("#setup-verdict")).to_contain_text("Ready to launch")
+    page.get_by_text("Advanced: every other config field").click()
 
 
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from workbench.config import DistillConfig
-from workbench.services import Services
+from workbench.config.schema import DistillConfig
 from workbench.ui.compare_tab import create_compare_tab
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
 from workbench.ui.evaluate_tab import create_evaluate_tab
 from workbench.ui.inspect_tab import create_inspect_tab
 from workbench.ui.runs_tab import create_runs_tab
+from workbench.ui.services import Services
 from workbench.ui.setup_tab import create_setup_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from workbench.services import Services
-from workbench.teacher_cache import list_caches
+from workbench.engine.teacher_cache import list_caches
+from workbench.ui.services import Services
 
 NONE = ("none: run the teacher live", "")
 COLUMNS = ["name", "teacher", "k", "blocks", "MB", "bytes/token", "mass kept", "KD vs live", "complete"]
@@ -21,10 +21,9 @@ def cache_table(services: Services) -> pd.DataFrame:
     return pd.DataFrame(list_caches(services.caches_dir), columns=COLUMNS)
 
 
-def create_cache_panel(services: Services, value: str, visible: bool = True) -> tuple[gr.Accordion, gr.Dropdown]:
-    """Inside the Set up tab; returns the panel and the dropdown whose value is loss.teacher_cache."""
-    with gr.Accordion("Teacher cache: train from the teacher's stored top-k, without running it", open=False,
-                      visible=visible) as panel:
+def create_cache_panel(services: Services, value: str) -> gr.Dropdown:
+    """Inside the Set up tab; returns the dropdown whose value is loss.teacher_cache."""
+    with gr.Accordion("Teacher cache: train from the teacher's stored top-k, without running it", open=False):
         gr.Markdown(f"Build one for a config with `python -m workbench cache CONFIG.yaml {services.caches_dir}/NAME "
                     "--k 32 --fidelity 20` (resumable; `--fidelity N` also trains N steps live and from the cache and "
                     "keeps the held-out KL difference, shown as *KD vs live*). It must match this run's tokenizer and training data (source, "
@@ -35,4 +34,4 @@ def create_cache_panel(services: Services, value: str, visible: bool = True) -> 
         refresh = gr.Button("Refresh", size="sm")
     refresh.click(lambda chosen: (gr.Dropdown(choices=cache_choices(services), value=chosen), cache_table(services)),
                   choice, [choice, table])
-    return panel, choice
+    return choice

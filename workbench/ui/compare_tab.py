@@ -7,11 +7,11 @@ import time
 import gradio as gr
 import pandas as pd
 
-from workbench.baseline import baseline_verdict
-from workbench.plots import compare_curves
-from workbench.services import Services
-from workbench.store import QUERY_MAX_ROWS, StoreError, export_frame
-from workbench.escaping import plain
+from workbench.config.escaping import plain
+from workbench.engine.baseline import baseline_verdict
+from workbench.store.database import QUERY_MAX_ROWS, StoreError, export_frame
+from workbench.ui.plots import compare_curves
+from workbench.ui.services import Services
 
 TERMS = ["loss", "ce", "kd", "learning_rate", "grad_norm", "tokens_per_s"]
 EXAMPLE_SQL = ("SELECT run_id, divergence, alpha, temperature, status, steps\nFROM runs\n"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import gradio as gr
 import yaml
 
-from workbench.config import DistillConfig
-from workbench.configbase import MAX_FILE_BYTES, ConfigError, parse_text
-from workbench.escaping import plain
+from workbench.config.escaping import plain
+from workbench.config.fields import MAX_FILE_BYTES, ConfigError, parse_text
+from workbench.config.schema import DistillConfig
 
 
 def check_config(text: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ import html
 
 import gradio as gr
 
-from workbench.defaults import Preparation
+from workbench.data.defaults import Preparation
 
 
 def banner_text(state: dict) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from workbench.plots import reliability
-from workbench.services import Services
-from workbench.escaping import plain
+from workbench.config.escaping import plain
+from workbench.ui.plots import reliability
+from workbench.ui.services import Services
 
 MODELS = ("teacher", "student", "untrained", "baseline")
 POLL_S = 2.0

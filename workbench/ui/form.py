@@ -1,186 +1,91 @@
-"""The set-up form as plain data: its fields, its defaults, and the mapping to a DistillConfig.
+"""The set-up form as plain data: its values by key over the config it started from, and the one mapping
+to a DistillConfig and how to launch it.
 
-No gradio here, so the mapping and its checks are tested without a browser. Checks that belong to the
-UI edge live here too: local paths must be inside the allowed roots, uploads must be a known format
-under the size limit, and a Hugging Face Space caps steps (DESIGN: validate at the edge).
+The keys are the config's field paths (workbench/ui/form_fields.py generates them) and a few UI-only
+choices (UI_FIELDS). No gradio here, so the mapping and its checks are tested without a browser. Checks
+that belong to the UI edge live here too: local paths must be inside the allowed roots, uploads must be a
+known format under the size limit, and a Hugging Face Space caps steps (DESIGN: validate at the edge).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import shutil
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from jobs.spec import MAX_PROCESSES
-from workbench.config import DistillConfig
-from workbench.configbase import ConfigError, show, text_problem
-from workbench.gate import DATA_SUFFIXES, Gate
-from workbench.paths import NAME_MAX, path_problem
+from workbench.config.fields import ConfigError, show, text_problem
+from workbench.config.gate import DATA_SUFFIXES, Gate
+from workbench.config.paths import NAME_MAX, path_problem
+from workbench.config.schema import DistillConfig
+from workbench.ui.form_fields import FormField, config_fields, config_values, text_items
 
-DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
-# Teacher -> student pairs that share a tokenizer, for users who have the hub.
-KNOWN_PAIRS = {
-    DEFAULT_PAIR: ("defaults:teacher", "defaults:student"),
-    "gpt2 → distilgpt2": ("gpt2", "distilgpt2"),
-    "SmolLM2-360M → SmolLM2-135M": ("HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-135M"),
-    "Qwen2.5-1.5B → Qwen2.5-0.5B": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B"),
-}
 DATA_DEFAULT, DATA_UPLOAD, DATA_HUB = "offline default corpus", "upload a file", "hub dataset"
 DATA_KINDS = (DATA_DEFAULT, DATA_UPLOAD, DATA_HUB)
+DEFAULT_SOURCE, DEFAULT_VALIDATION = "defaults:corpus/train.jsonl", "defaults:corpus/validation.jsonl"
 STUDENT_CHECKPOINT, STUDENT_PRUNED = "a checkpoint", "pruned from the teacher"
-@dataclass
+# A strategy's own section applies only when that strategy is chosen (the form shows it only then);
+# otherwise the base config's section stands.
+STRATEGY_SECTIONS = {"generation": "hard_label", "co_distillation": "co_distillation", "hidden": "hidden_state",
+                     "attention": "attention"}
+# The form's choices that are no config field: how a run's data, student and prompts are picked and how it
+# is launched. Each names, in its errors, the field it sets.
+UI_FIELDS = (
+    FormField("student_kind", str, choices=(STUDENT_CHECKPOINT, STUDENT_PRUNED), names="student.name_or_path"),
+    FormField("data_kind", str, choices=DATA_KINDS, names="data.source"),
+    FormField("data_upload", str, optional=True, names="data.source"),
+    FormField("hub_dataset", str, names="data.source"),
+    FormField("prompt_upload", str, optional=True, names="generation.prompts"),
+    FormField("num_processes", int),
+    FormField("accelerate_config", str),  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
+)
+
+
+@cache
+def setup_fields(cls: type = DistillConfig) -> tuple[FormField, ...]:
+    """Every value of the form, in the one order the components and the HTTP endpoints use."""
+    return config_fields(cls) + UI_FIELDS
+
+
+def start_values(config: DistillConfig) -> dict[str, Any]:
+    """The form's values for a config: each field's, and the UI-only choices that say the same."""
+    source = config.data.source.strip()
+    own_data = source not in ("", DEFAULT_SOURCE)
+    choices = {"student_kind": STUDENT_PRUNED if config.student.init_from_teacher_layers else STUDENT_CHECKPOINT,
+               "data_kind": DATA_HUB if own_data else DATA_DEFAULT, "data_upload": None,
+               "hub_dataset": source if own_data else "", "prompt_upload": None, "num_processes": 1,
+               "accelerate_config": ""}
+    return {**config_values(config), **{f.key: choices[f.key] for f in UI_FIELDS}}
+
+
+@dataclass(frozen=True)
 class SetupForm:
-    teacher: str = "defaults:teacher"
-    student_kind: str = STUDENT_CHECKPOINT
-    student: str = "defaults:student"
-    keep_layers: int = 6
-    strategy: str = "soft_label"
-    divergence: str = "forward_kl"
-    alpha: float = 0.5
-    temperature: float = 1.0
-    beta: float = 0.5
-    max_steps: int = 200
-    lr: float = 5e-4
-    batch_size: int = 4
-    seq_len: int = 256
-    data_kind: str = DATA_DEFAULT
-    upload: str | None = None
-    hub_dataset: str = ""
-    lora: bool = False
-    bf16: str = "on"
-    processes: int = 1
-    accelerate_config: str = ""  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
-    run_name: str = ""
-    evaluate: bool = True  # evaluate the student when the job ends (evaluation.at_end)
-    on_nonfinite: str = "stop"  # a NaN/inf step stops the run, or is skipped (train.on_nonfinite)
-    teacher_cache: str = ""  # a teacher-cache folder (loss.teacher_cache); empty = run the teacher live
-    # Hard-label: how the teacher writes the data (the generation section).
-    gen_backend: str = "local"
-    gen_prompts: str = "project:instructions"
-    gen_upload: str | None = None  # an uploaded prompt file, used instead of gen_prompts
-    gen_api_base_url: str = ""
-    gen_api_model: str = ""
-    gen_api_key_env: str = "OPENAI_API_KEY"
-    gen_temperature: float = 0.7
-    gen_top_p: float = 0.95
-    gen_max_new_tokens: int = 128
-    gen_samples: int = 1
-    gen_concurrency: int = 4
-    gen_seed: int = 0
-    gen_prompt_column: str = "prompt"
-    gen_max_prompts: int | None = 0  # 0 (or None): every prompt
-    gen_dataset: str = ""  # completions an earlier run wrote (generation.dataset); empty = generate
-    # Co-distillation (the co_distillation section).
-    co_teacher_lr: float = 5e-5
-    co_alpha_start: float = 1.0
-    co_alpha_end: float = 0.5
-    co_warmup: int = 100
-    co_schedule: str = "linear"
-    co_mutual: bool = False
-    co_mutual_weight: float = 0.5
-    # Hidden-state / attention: the layer map and weight go to the chosen strategy's section.
-    layer_map: str = ""  # "0:1, 1:3"; empty = evenly spaced
-    layer_weight: float = 1.0
-    hidden_loss: str = "mse"
-    attention_loss: str = "kl"
-    attention_heads: str = "average"
-    base: dict = field(default_factory=dict)  # the rest of the config (warm-up, logging, ...) kept as is
+    """What the Set-up form holds: a value per key, over the config it started from (fields the form does
+    not set keep that config's values). Every handler is also an HTTP endpoint: a value may be any JSON."""
+    base: DistillConfig
+    values: dict[str, Any]
 
     @classmethod
-    def from_config(cls, config: DistillConfig) -> "SetupForm":
-        c = config
-        layers = c.attention if c.strategy == "attention" else c.hidden
-        return cls(teacher=c.teacher.name_or_path, student=c.student.name_or_path or "",
-                   student_kind=STUDENT_PRUNED if c.student.init_from_teacher_layers else STUDENT_CHECKPOINT,
-                   keep_layers=c.student.init_from_teacher_layers or 6, strategy=c.strategy,
-                   divergence=c.loss.divergence, alpha=c.loss.alpha, temperature=c.loss.temperature,
-                   beta=c.loss.beta, max_steps=c.train.max_steps, lr=c.train.lr, batch_size=c.train.batch_size,
-                   seq_len=c.train.seq_len, lora=c.student.lora.enabled, bf16=c.train.bf16,
-                   run_name=c.output.run_name or "", evaluate=c.evaluation.at_end,
-                   on_nonfinite=c.train.on_nonfinite,
-                   teacher_cache=c.loss.teacher_cache or "", gen_backend=c.generation.backend,
-                   gen_prompts=c.generation.prompts, gen_api_base_url=c.generation.api_base_url,
-                   gen_api_model=c.generation.api_model, gen_api_key_env=c.generation.api_key_env,
-                   gen_temperature=c.generation.temperature, gen_top_p=c.generation.top_p,
-                   gen_max_new_tokens=c.generation.max_new_tokens, gen_samples=c.generation.samples_per_prompt,
-                   gen_concurrency=c.generation.concurrency, gen_seed=c.generation.seed,
-                   gen_prompt_column=c.generation.prompt_column, gen_max_prompts=c.generation.max_prompts or 0,
-                   gen_dataset=c.generation.dataset or "", co_teacher_lr=c.co_distillation.teacher_lr,
-                   co_alpha_start=c.co_distillation.alpha_start, co_alpha_end=c.co_distillation.alpha_end,
-                   co_warmup=c.co_distillation.alpha_warmup_steps, co_schedule=c.co_distillation.alpha_schedule,
-                   co_mutual=c.co_distillation.mutual, co_mutual_weight=c.co_distillation.mutual_weight,
-                   layer_map=", ".join(layers.layer_map), layer_weight=layers.weight, hidden_loss=c.hidden.loss,
-                   attention_loss=c.attention.loss, attention_heads=c.attention.heads, base=c.to_dict())
+    def from_config(cls, config: DistillConfig) -> SetupForm:
+        return cls(config, start_values(config))
 
+    @classmethod
+    def from_list(cls, base: DistillConfig, values: Sequence) -> SetupForm:
+        """The values Gradio passes, in the order of setup_fields (the inputs list is built from it)."""
+        return cls(base, dict(zip((f.key for f in setup_fields(type(base))), values, strict=True)))
 
-_HINTS = typing.get_type_hints(SetupForm)
+    def replace(self, changes: dict[str, Any]) -> SetupForm:
+        unknown = set(changes) - set(self.values)
+        if unknown:
+            raise KeyError(f"not fields of the set-up form: {', '.join(sorted(unknown))}")
+        return SetupForm(self.base, {**self.values, **changes})
 
-
-def _check_reference(gate: Gate, value: str | None, name: str, problems: list, suffixes=()) -> None:
-    problem = gate.reference_problem(value, suffixes)
-    if problem:
-        problems.append((name, problem))
-
-
-def _as_int(value, name: str, problems: list) -> int | None:
-    """A whole number from what a Number or Slider sends (a float), refused naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        problems.append((name, f"must be a whole number, got {show(value)}"))
-        return None
-    try:
-        number = float(value)
-        whole = int(number)
-    except (ValueError, OverflowError):  # text, NaN, inf, 10**400
-        problems.append((name, f"must be a whole number, got {show(value)}"))
-        return None
-    if number != whole:
-        problems.append((name, f"must be a whole number, got {show(value)}"))
-        return None
-    return whole
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond the float range
-        return False
-
-
-def _typed(form: SetupForm) -> SetupForm:
-    """The form with each value of the type its field declares, or ConfigError naming the field. Every
-    handler is an HTTP endpoint too: a visitor may send any JSON value for any field, not only what the
-    components offer. Text is checked (configbase.text_problem: length, NUL, lone surrogates) before
-    anything looks at it as a path."""
-    problems, values = [], {}
-    for f in dataclasses.fields(SetupForm):
-        value, kind = getattr(form, f.name), _HINTS[f.name]
-        if f.name == "base":
-            values[f.name] = value
-        elif kind in (str, str | None):
-            if value is None:
-                values[f.name] = None if kind != str else ""
-            elif not isinstance(value, str):
-                problems.append((f.name, f"expected text, got {show(value)}"))
-            elif problem := text_problem(value):
-                problems.append((f.name, problem))
-            else:
-                values[f.name] = value
-        elif kind is bool:
-            if not isinstance(value, (bool, type(None))):
-                problems.append((f.name, f"expected true or false, got {show(value)}"))
-            values[f.name] = bool(value)
-        elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-                problems.append((f.name, f"expected a finite number, got {show(value)}"))
-            values[f.name] = value
-        else:  # whole numbers: checked by _as_int where they are read
-            values[f.name] = value
-    if problems:
-        raise ConfigError(problems)
-    return SetupForm(**values)
+    def as_list(self) -> list:
+        return [self.values[f.key] for f in setup_fields(type(self.base))]
 
 
 @dataclass
@@ -190,75 +95,147 @@ class Launch:
     accelerate_config: str | None
 
 
+def _as_int(value: Any) -> tuple[int | None, str | None]:
+    """A whole number from what a Number or Slider sends (a float), or why not."""
+    problem = f"must be a whole number, got {show(value)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None, problem
+    try:
+        number = float(value)
+        whole = int(number)
+    except (ValueError, OverflowError):  # text, NaN, inf, 10**400
+        return None, problem
+    return (whole, None) if number == whole else (None, problem)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _as_type(field: FormField, value: Any) -> tuple[Any, str | None]:
+    """(the value as its field's kind, None) or (None, why not). Text is checked (fields.text_problem:
+    length, NUL, lone surrogates) before anything looks at it as a path; an empty optional one is None."""
+    if value is None and (field.optional or field.kind in (str, list, bool)):
+        return (None if field.optional else {str: "", list: [], bool: False}[field.kind]), None
+    if field.optional and field.kind in (int, float) and isinstance(value, str):  # a Textbox: empty = unset
+        return _number_text(field, value)
+    if field.kind in (str, list):
+        if not isinstance(value, str):
+            return None, f"expected text, got {show(value)}"
+        if problem := text_problem(value):
+            return None, problem
+        text = value.strip()
+        return (text_items(text) if field.kind is list else text or (None if field.optional else "")), None
+    if field.kind is bool:
+        return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {show(value)}")
+    if field.kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            return None, f"expected a finite number, got {show(value)}"
+        return value, None
+    return _as_int(value)
+
+
+def _number_text(field: FormField, text: str) -> tuple[Any, str | None]:
+    """An optional number given as text: empty is None, else the number it reads as."""
+    if problem := text_problem(text):
+        return None, problem
+    if not text.strip():
+        return None, None
+    if field.kind is int:
+        return _as_int(text.strip())
+    try:
+        number = float(text)
+    except ValueError:
+        return None, f"expected a number, got {show(text)}"
+    return (number, None) if math.isfinite(number) else (None, f"expected a finite number, got {show(text)}")
+
+
+def _typed(form: SetupForm, problems: list) -> dict[str, Any]:
+    """Each value as its field's kind. A bad one is named in `problems` and the start value stands in, so
+    the checks after still run and every problem is named at once."""
+    start = start_values(form.base)
+    typed = {}
+    for field in setup_fields(type(form.base)):
+        value, problem = _as_type(field, form.values[field.key])
+        if problem:
+            problems.append((field.field, problem))
+            value, _ = _as_type(field, start[field.key])
+        typed[field.key] = value
+    return typed
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    *sections, name = path.split(".")
+    for section in sections:
+        data = data[section]
+    data[name] = value
+
+
+def _check_reference(gate: Gate, value: str | None, name: str, problems: list, suffixes=()) -> None:
+    problem = gate.reference_problem(value, suffixes)
+    if problem:
+        problems.append((name, problem))
+
+
 def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
     """The config and how to launch it. Raises ConfigError naming every bad field; copies an upload into
     uploads_dir so the job still finds it after the browser's temporary file is gone. Every path and model
-    reference passes the gate (workbench/gate.py), whichever data kind or strategy the form says."""
-    form = _typed(form)
+    reference passes the gate (workbench/config/gate.py), whichever data kind or strategy the form says."""
     problems: list[tuple[str, str]] = []
-    ints = {name: _as_int(getattr(form, name), key, problems) for name, key in
-            (("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"), ("seq_len", "train.seq_len"),
-             ("keep_layers", "student.init_from_teacher_layers"), ("processes", "num_processes"),
-             ("gen_max_new_tokens", "generation.max_new_tokens"), ("gen_samples", "generation.samples_per_prompt"),
-             ("gen_concurrency", "generation.concurrency"), ("gen_seed", "generation.seed"),
-             ("co_warmup", "co_distillation.alpha_warmup_steps"))}
-    max_prompts = _as_int(form.gen_max_prompts, "generation.max_prompts", problems) if form.gen_max_prompts else None
-    if ints["processes"] is not None and not 1 <= ints["processes"] <= MAX_PROCESSES:
-        problems.append(("num_processes", f"must be from 1 to {MAX_PROCESSES}, got {ints['processes']}"))
-    data = dict(form.base)
-    pruned = form.student_kind == STUDENT_PRUNED
-    teacher, student = form.teacher.strip(), "" if pruned else form.student.strip()
-    _check_reference(gate, teacher, "teacher.name_or_path", problems)
-    _check_reference(gate, student, "student.name_or_path", problems)
-    accelerate_config = form.accelerate_config.strip() or None
-    if ints["processes"] is not None:
-        problems.extend(gate.launch_problems(ints["processes"], accelerate_config))
-    data["teacher"] = {**data.get("teacher", {}), "name_or_path": teacher}
-    data["student"] = {**data.get("student", {}), "name_or_path": student,
-                       "init_from_teacher_layers": (ints["keep_layers"] or 0) if pruned else 0,
-                       "lora": {**data.get("student", {}).get("lora", {}), "enabled": bool(form.lora)}}
-    if form.strategy == "hard_label":
+    v = _typed(form, problems)
+    strategy = v["strategy"]
+    data = form.base.to_dict()
+    for field in config_fields(type(form.base)):
+        if STRATEGY_SECTIONS.get(field.key.split(".")[0], strategy) == strategy:
+            _set(data, field.key, v[field.key])
+    pruned = _student(v, data, gate, problems)
+    processes, accelerate_config = v["num_processes"], v["accelerate_config"] or None
+    if not 1 <= processes <= MAX_PROCESSES:
+        problems.append(("num_processes", f"must be from 1 to {MAX_PROCESSES}, got {processes}"))
+    problems.extend(gate.launch_problems(processes, accelerate_config))
+    if strategy == "hard_label":
         # The teacher writes the data: the runner points data.source at its completions.
-        data["data"] = {**data.get("data", {}), "source": "", "validation_source": None, "validation_split": None}
-        data["generation"] = {**_generation_section(form, data.get("generation", {}), ints, gate, uploads_dir,
-                                                    problems), "max_prompts": max_prompts or None}
+        data["data"].update(source="", validation_source=None, validation_split=None)
+        data["generation"]["prompts"] = _prompts(v, gate, uploads_dir, problems)
+        if (dataset := v["generation.dataset"]) and (problem := gate.path_problem(dataset)):
+            problems.append(("generation.dataset", problem))
     else:
-        data["data"] = _data_section(form, data.get("data", {}), gate, uploads_dir, problems)
-    data["strategy"] = form.strategy
-    data["co_distillation"] = {**data.get("co_distillation", {}), "teacher_lr": form.co_teacher_lr,
-                               "alpha_start": form.co_alpha_start, "alpha_end": form.co_alpha_end,
-                               "alpha_warmup_steps": ints["co_warmup"], "alpha_schedule": form.co_schedule,
-                               "mutual": bool(form.co_mutual), "mutual_weight": form.co_mutual_weight}
-    if form.strategy in ("hidden_state", "attention"):
-        section = "hidden" if form.strategy == "hidden_state" else "attention"
-        pairs = [p.strip() for p in (form.layer_map or "").replace(";", ",").split(",") if p.strip()]
-        chosen = {"layer_map": pairs, "weight": form.layer_weight}
-        chosen.update({"loss": form.hidden_loss} if section == "hidden" else
-                      {"loss": form.attention_loss, "heads": form.attention_heads})
-        data[section] = {**data.get(section, {}), **chosen}
+        data["data"] = _data_section(v, data["data"], gate, uploads_dir, problems)
     # Only soft_label reads a cache; the panel is hidden for the others, so its value must not leak in.
-    cache = (form.teacher_cache or "").strip() or None if form.strategy == "soft_label" else None
+    cache = v["loss.teacher_cache"] if strategy == "soft_label" else None
     if cache and (problem := gate.path_problem(cache)):
         problems.append(("loss.teacher_cache", problem))
-    data["loss"] = {**data.get("loss", {}), "divergence": form.divergence, "alpha": form.alpha,
-                    "temperature": form.temperature, "beta": form.beta, "teacher_cache": cache}
-    train = data.get("train", {})
-    # A curve needs points: log at least ~20 times per run, whatever the base config's interval.
-    logging = min(train.get("logging_steps", 10), max(1, (ints["max_steps"] or 0) // 20))
-    data["train"] = {**train, "max_steps": ints["max_steps"], "lr": form.lr, "batch_size": ints["batch_size"],
-                     "seq_len": ints["seq_len"], "bf16": form.bf16, "logging_steps": logging,
-                     "on_nonfinite": form.on_nonfinite}
-    data["output"] = {**data.get("output", {}), "run_name": form.run_name.strip() or None}
-    data["evaluation"] = {**data.get("evaluation", {}), "at_end": bool(form.evaluate)}
-    if gate.max_steps is not None and (ints["max_steps"] or 0) > gate.max_steps:
+    data["loss"]["teacher_cache"] = cache
+    steps = v["train.max_steps"]
+    # A curve needs points: log at least ~20 times per run, whatever the interval the form says.
+    data["train"]["logging_steps"] = min(v["train.logging_steps"], max(1, steps // 20))
+    if gate.max_steps is not None and steps > gate.max_steps:
         problems.append(("train.max_steps", f"this app is reachable by others: at most {gate.max_steps} steps "
                                             "per run"))
     if problems:
         raise ConfigError(problems)
-    config = gate.check(DistillConfig.from_dict(data))
-    if pruned and not teacher:
+    config = gate.check(type(form.base).from_dict(data))
+    if pruned and not v["teacher.name_or_path"]:
         raise ConfigError([("teacher.name_or_path", "is required to prune a student from it")])
-    return Launch(config, ints["processes"], accelerate_config)
+    return Launch(config, processes, accelerate_config)
+
+
+def _student(v: dict, data: dict, gate: Gate, problems: list) -> bool:
+    """Teacher and student references through the gate, the student a checkpoint or the teacher cut to
+    student.init_from_teacher_layers layers; whether it is pruned."""
+    pruned = v["student_kind"] == STUDENT_PRUNED
+    student = "" if pruned else v["student.name_or_path"]
+    _check_reference(gate, v["teacher.name_or_path"], "teacher.name_or_path", problems)
+    _check_reference(gate, student, "student.name_or_path", problems)
+    layers = v["student.init_from_teacher_layers"] if pruned else 0
+    if pruned and layers < 1:
+        problems.append(("student.init_from_teacher_layers", "keep at least one teacher layer to prune a "
+                                                             "student from it"))
+    data["student"].update(name_or_path=student, init_from_teacher_layers=layers)
+    return pruned
 
 
 def _is_file(path: Path) -> bool:
@@ -285,52 +262,44 @@ def _keep_upload(upload: Path, uploads_dir: Path, field: str) -> str:
     return str(kept)
 
 
-def _generation_section(form: SetupForm, section: dict, ints: dict, gate: Gate, uploads_dir: Path,
-                        problems: list) -> dict:
-    prompts = form.gen_prompts.strip()
-    if form.gen_upload:
-        upload = Path(form.gen_upload)
-        if upload.suffix.lower() not in DATA_SUFFIXES:
-            problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
-        elif not _is_file(upload):
-            problems.append(("generation.prompts", f"the upload {upload.name} is not a file"))
-        elif problem := gate.upload_problem(str(upload)):
-            problems.append(("generation.prompts", problem))
-        else:
-            prompts = _keep_upload(upload, uploads_dir, "generation.prompts")
-    else:
+def _prompts(v: dict, gate: Gate, uploads_dir: Path, problems: list) -> str:
+    """generation.prompts: an uploaded prompt file (kept), else the named set through the gate."""
+    prompts = v["generation.prompts"]
+    if not v["prompt_upload"]:
         _check_reference(gate, prompts, "generation.prompts", problems, DATA_SUFFIXES)
-    dataset = (form.gen_dataset or "").strip() or None
-    if dataset and (problem := gate.path_problem(dataset)):
-        problems.append(("generation.dataset", problem))
-    return {**section, "backend": form.gen_backend, "prompts": prompts, "api_base_url": form.gen_api_base_url.strip(),
-            "api_model": form.gen_api_model.strip(), "api_key_env": form.gen_api_key_env.strip(),
-            "temperature": form.gen_temperature, "top_p": form.gen_top_p,
-            "max_new_tokens": ints["gen_max_new_tokens"], "samples_per_prompt": ints["gen_samples"],
-            "concurrency": ints["gen_concurrency"], "seed": ints["gen_seed"],
-            "prompt_column": form.gen_prompt_column.strip() or "prompt", "dataset": dataset}
+        return prompts
+    upload = Path(v["prompt_upload"])
+    if upload.suffix.lower() not in DATA_SUFFIXES:
+        problems.append(("generation.prompts", f"{upload.name}: use a .jsonl, .json, .csv or .parquet file"))
+    elif not _is_file(upload):
+        problems.append(("generation.prompts", f"the upload {upload.name} is not a file"))
+    elif problem := gate.upload_problem(str(upload)):
+        problems.append(("generation.prompts", problem))
+    else:
+        return _keep_upload(upload, uploads_dir, "generation.prompts")
+    return prompts
 
 
-def _data_section(form: SetupForm, section: dict, gate: Gate, uploads_dir: Path, problems: list) -> dict:
-    if form.data_kind == DATA_DEFAULT:
-        return {**section, "source": "defaults:corpus/train.jsonl",
-                "validation_source": "defaults:corpus/validation.jsonl"}
+def _data_section(v: dict, section: dict, gate: Gate, uploads_dir: Path, problems: list) -> dict:
+    """The data section the data choice says: the offline corpus, a hub dataset id, or an upload (kept)."""
+    if v["data_kind"] == DATA_DEFAULT:
+        return {**section, "source": DEFAULT_SOURCE, "validation_source": DEFAULT_VALIDATION}
     section = {**section, "validation_source": None, "validation_split": None}
-    if form.data_kind == DATA_HUB:
-        if not form.hub_dataset.strip():
+    if v["data_kind"] == DATA_HUB:
+        if not v["hub_dataset"]:
             problems.append(("data.source", "name a hub dataset id, e.g. roneneldan/TinyStories"))
-        _check_reference(gate, form.hub_dataset, "data.source", problems, DATA_SUFFIXES)
-        return {**section, "source": form.hub_dataset.strip()}
-    if not form.upload:
+        _check_reference(gate, v["hub_dataset"], "data.source", problems, DATA_SUFFIXES)
+        return {**section, "source": v["hub_dataset"]}
+    if not v["data_upload"]:
         problems.append(("data.source", "choose a file to upload (.txt, .jsonl, .json, .csv or .parquet)"))
         return section
-    upload = Path(form.upload)
+    upload = Path(v["data_upload"])
     limit_mb = min(section.get("max_file_mb", 512), gate.max_upload_mb or float("inf"))
     if upload.suffix.lower() not in DATA_SUFFIXES:
         problems.append(("data.source", f"{upload.name}: use a .txt, .jsonl, .json, .csv or .parquet file"))
     elif not _is_file(upload):
         problems.append(("data.source", f"the upload {upload.name} is not a file"))
-    elif problem := gate.upload_problem(form.upload):
+    elif problem := gate.upload_problem(str(upload)):
         problems.append(("data.source", problem))
     elif upload.stat().st_size > limit_mb * 2**20:
         problems.append(("data.source", f"{upload.name} is {upload.stat().st_size / 2**20:.1f} MiB, over the "

@@ -8,13 +8,13 @@ import json
 import gradio as gr
 import pandas as pd
 
-from workbench.config import BACKENDS
-from workbench.generated_data import VIEW_COLUMNS, dataset_folders, length_stats, list_generated, read_rows
-from workbench.generation import COMPLETIONS, read_manifest
-from workbench.plots import completion_lengths
-from workbench.escaping import plain
-from workbench.services import Services
-from workbench.ui.form import SetupForm
+from workbench.config.escaping import plain
+from workbench.hardlabel.generated import VIEW_COLUMNS, dataset_folders, length_stats, list_generated, read_rows
+from workbench.hardlabel.generation import COMPLETIONS, read_manifest
+from workbench.ui.form import STRATEGY_SECTIONS
+from workbench.ui.form_layout import Group
+from workbench.ui.plots import completion_lengths
+from workbench.ui.services import Services
 
 GENERATE = ("none: the teacher writes new completions", "")
 LIST_COLUMNS = ["name", "teacher", "backend", "rows", "of", "temperature", "complete", "MB"]
@@ -53,48 +53,31 @@ def dataset_view(services: Services, path: str | None) -> tuple[pd.DataFrame, st
     return shown, note if stats["rows"] else "No rows yet.", completion_lengths(frame)
 
 
-def create_generation_fields(start: SetupForm, visible: bool) -> tuple[gr.Group, list]:
-    """The generation fields, in SetupForm's gen_* order (backend ... max_prompts); hidden unless the
-    strategy is hard_label."""
-    with gr.Group(visible=visible) as group:
-        gr.Markdown("**Hard-label: the teacher writes the data.** It answers the prompts first (progress and ETA "
-                    "in Runs), then the student is fine-tuned on the answers, loss on completion tokens only. "
-                    "Teacher and student may use different tokenizers.")
-        with gr.Row():
-            backend = gr.Radio(list(BACKENDS), value=start.gen_backend, label="Teacher runs",
-                               info="local = the teacher checkpoint above; openai = an OpenAI-compatible endpoint")
-            prompts = gr.Textbox(start.gen_prompts, label="Prompts",
-                                 info="project:instructions (120 built in), a hub dataset id, or an allowed file")
-            upload = gr.File(label="…or upload prompts (.jsonl .json .csv .parquet)", type="filepath",
-                             file_types=[".jsonl", ".json", ".csv", ".parquet"], height=110)
-        with gr.Row(visible=start.gen_backend == "openai") as api_row:
-            base_url = gr.Textbox(start.gen_api_base_url, label="Endpoint base URL",
-                                  placeholder="http://127.0.0.1:8000/v1")
-            model = gr.Textbox(start.gen_api_model, label="Model name")
-            key_env = gr.Textbox(start.gen_api_key_env, label="API key environment variable",
-                                 info="its NAME: the key is read from the app's environment, never stored")
-            concurrency = gr.Number(start.gen_concurrency, label="Requests at once", precision=0)
-        with gr.Row():
-            temperature = gr.Number(start.gen_temperature, label="Sampling temperature", step=0.1,
-                                    info="0 = greedy")
-            top_p = gr.Number(start.gen_top_p, label="top_p", step=0.05)
-            max_new_tokens = gr.Number(start.gen_max_new_tokens, label="Max new tokens", precision=0)
-            samples = gr.Number(start.gen_samples, label="Completions per prompt", precision=0)
-            seed = gr.Number(start.gen_seed, label="Sampling seed", precision=0,
-                             info="the same seed writes the same completions")
-        with gr.Row():
-            prompt_column = gr.Textbox(start.gen_prompt_column, label="Prompt column",
-                                       info="used when the prompts have no chat messages column")
-            max_prompts = gr.Number(start.gen_max_prompts, label="At most N prompts (0 = all)", precision=0)
-    backend.change(lambda b: gr.update(visible=b == "openai"), backend, api_row)
-    return group, [backend, prompts, upload, base_url, model, key_env, temperature, top_p, max_new_tokens, samples,
-                   concurrency, seed, prompt_column, max_prompts]
+API_FIELDS = ("generation.api_base_url", "generation.api_model", "generation.api_key_env", "generation.concurrency",
+              "generation.max_retries", "generation.timeout_s")
+# The hard-label group: how the teacher writes the data; the endpoint's fields only for the openai backend.
+GENERATION_GROUP = Group(
+    (("generation.backend", "generation.prompts", "prompt_upload"), API_FIELDS[:3], API_FIELDS[3:],
+     ("generation.temperature", "generation.top_p", "generation.max_new_tokens", "generation.samples_per_prompt",
+      "generation.seed"),
+     ("generation.prompt_column", "generation.split", "generation.max_prompts", "generation.batch_size")),
+    strategies=(STRATEGY_SECTIONS["generation"],), section="generation",
+    note="**Hard-label: the teacher writes the data.** It answers the prompts first (progress and ETA in Runs), "
+         "then the student is fine-tuned on the answers, loss on completion tokens only. Teacher and student may "
+         "use different tokenizers.")
+DATASET_GROUP = Group((("generation.dataset",),), strategies=(STRATEGY_SECTIONS["generation"],))
+SHOWN_WHEN = {key: ("generation.backend", lambda backend: backend == "openai") for key in API_FIELDS}
 
 
-def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple[gr.Accordion, gr.Dropdown]:
+def prompt_upload(_value: None) -> gr.File:
+    """An uploaded prompt file, used instead of generation.prompts."""
+    return gr.File(label="…or upload prompts (.jsonl .json .csv .parquet)", type="filepath",
+                   file_types=[".jsonl", ".json", ".csv", ".parquet"], height=110)
+
+
+def create_dataset_panel(services: Services, value: str) -> gr.Dropdown:
     """The teacher-written datasets: a viewer, and the choice of one as generation.dataset."""
-    with gr.Accordion("Teacher-written datasets: look at one, or train on it instead of generating",
-                      open=False, visible=visible) as panel:
+    with gr.Accordion("Teacher-written datasets: look at one, or train on it instead of generating", open=False):
         found = list_generated(services.runs_dir)  # one scan (it counts every file's rows) serves all three
         choice = gr.Dropdown(dataset_choices(found), value=value or "", label="Train on", allow_custom_value=True)
         table = gr.Dataframe(_table(found), label=f"Datasets in {services.runs_dir}", interactive=False)
@@ -113,4 +96,4 @@ def create_dataset_panel(services: Services, value: str, visible: bool) -> tuple
 
     refresh.click(on_refresh, choice, [choice, look, table])
     look.change(lambda path: dataset_view(services, path), look, [rows, stats, lengths])
-    return panel, choice
+    return choice

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from workbench.heatmap import CLICK_JS, CSS, token_heatmap
-from workbench.inspect import STATS, token_stats, top_k
-from workbench.plots import token_distributions, token_profile, trajectory_figure
-from workbench.run_models import StudentPoint
-from workbench.services import Services
-from workbench.escaping import plain
+from workbench.config.escaping import plain
+from workbench.eval.token_stats import STATS, token_stats, top_k
+from workbench.models.students import StudentPoint
+from workbench.ui.heatmap import CLICK_JS, CSS, token_heatmap
+from workbench.ui.plots import token_distributions, token_profile, trajectory_figure
+from workbench.ui.services import Services
 
 STAT_CHOICES = [(label, key) for key, label in STATS.items()]
 

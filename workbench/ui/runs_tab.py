@@ -5,11 +5,11 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from workbench.callbacks import format_eta
-from workbench.plots import run_curves
-from workbench.rundir import finite_number
-from workbench.services import Services
-from workbench.escaping import plain
+from workbench.config.escaping import plain
+from workbench.engine.callbacks import format_eta
+from workbench.store.rundir import finite_number
+from workbench.ui.plots import run_curves
+from workbench.ui.services import Services
 
 COLUMNS = ["run", "state", "progress", "step", "ETA", "processes", "error"]
 POLL_S = 2.0

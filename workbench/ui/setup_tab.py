@@ -1,27 +1,77 @@
-"""Set up tab: pick teacher and student, strategy and knobs, data; preview T; pre-flight; launch."""
+"""Set up tab: pick teacher and student, strategy and knobs, data; preview T; pre-flight; launch.
+
+The form is generated from the config (workbench/ui/form_fields.py): LAYOUT below says where fields sit,
+every other one shows in the Advanced accordion. Components are keyed by field path, and the one ordered
+list of keys (form.setup_fields) is both the inputs of the check/launch endpoints and the form's mapping."""
 from __future__ import annotations
 
-import dataclasses
 import time
+from functools import partial
 
 import gradio as gr
 import yaml
 
-from workbench.config import DIVERGENCES, NONFINITE, STRATEGIES, DistillConfig, ModelSpec
-from workbench.configbase import ConfigError
-from workbench.defaults import resolve_default
-from workbench.escaping import plain
-from workbench.plots import temperature_preview as preview_figure
-from workbench.preflight import preflight
-from workbench.preview import temperature_preview
-from workbench.services import Services
+from workbench.config.escaping import plain
+from workbench.config.fields import ConfigError
+from workbench.config.schema import STRATEGIES, DistillConfig, ModelSpec
+from workbench.data.defaults import resolve_default
+from workbench.engine.preflight import preflight
+from workbench.eval.preview import temperature_preview
+from workbench.ui import generation_panel
 from workbench.ui.cache_panel import create_cache_panel
-from workbench.ui.generation_panel import create_dataset_panel, create_generation_fields
-from workbench.ui.layers_panel import create_layer_fields
-from workbench.ui.form import (DATA_HUB, DATA_KINDS, DATA_UPLOAD, KNOWN_PAIRS, STUDENT_CHECKPOINT, STUDENT_PRUNED,
-                               Launch, SetupForm, form_to_config)
+from workbench.ui.form import (
+    DATA_HUB,
+    DATA_KINDS,
+    DATA_UPLOAD,
+    STUDENT_CHECKPOINT,
+    STUDENT_PRUNED,
+    UI_FIELDS,
+    Launch,
+    SetupForm,
+    form_to_config,
+    setup_fields,
+)
+from workbench.ui.form_layout import Group, build_form, wire_visibility
+from workbench.ui.layers_panel import LAYER_GROUPS
+from workbench.ui.plots import temperature_preview as preview_figure
+from workbench.ui.services import Services
 
-FIELDS = [f.name for f in dataclasses.fields(SetupForm) if f.name != "base"]
+DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
+# Teacher -> student pairs that share a tokenizer, for users who have the hub.
+KNOWN_PAIRS = {
+    DEFAULT_PAIR: ("defaults:teacher", "defaults:student"),
+    "gpt2 → distilgpt2": ("gpt2", "distilgpt2"),
+    "SmolLM2-360M → SmolLM2-135M": ("HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-135M"),
+    "Qwen2.5-1.5B → Qwen2.5-0.5B": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B"),
+}
+PRUNED_LAYERS = 6  # the layers a student pruned from the teacher keeps when the config names none
+LIVE_TEACHER = tuple(s for s in STRATEGIES if s != "hard_label")  # the strategies that train on data.source
+# Where each field sits, group by group (rows of keys); a field named nowhere shows in Advanced.
+LAYOUT = (
+    Group((("pair", "teacher.name_or_path"),
+           ("student_kind", "student.name_or_path", "student.init_from_teacher_layers"), ("strategy",))),
+    Group((("loss.divergence", "loss.alpha", "loss.temperature", "loss.beta", "loss.skew_lambda"),),
+          strategies=LIVE_TEACHER),
+    Group((("train.max_steps", "train.lr", "train.batch_size", "train.seq_len"),)),
+    *LAYER_GROUPS,
+    generation_panel.GENERATION_GROUP,
+    generation_panel.DATASET_GROUP,
+    Group((("data_kind", "data_upload", "hub_dataset"),), strategies=LIVE_TEACHER),
+    Group((("student.lora.enabled", "train.bf16", "num_processes", "accelerate_config", "output.run_name",
+            "evaluation.at_end", "train.on_nonfinite"),)),
+    Group((("loss.teacher_cache",),), strategies=("soft_label",)),
+)
+# Fields shown only while another key's value passes a test: key -> (controlling key, test).
+SHOWN_WHEN = {
+    "student.name_or_path": ("student_kind", lambda kind: kind != STUDENT_PRUNED),
+    "student.init_from_teacher_layers": ("student_kind", lambda kind: kind == STUDENT_PRUNED),
+    "loss.alpha": ("strategy", lambda strategy: strategy != "co_distillation"),  # its α is scheduled
+    "loss.beta": ("loss.divergence", lambda divergence: divergence == "jsd"),
+    "loss.skew_lambda": ("loss.divergence", lambda divergence: str(divergence).startswith("skew")),
+    "data_upload": ("data_kind", lambda kind: kind == DATA_UPLOAD),
+    "hub_dataset": ("data_kind", lambda kind: kind == DATA_HUB),
+    **generation_panel.SHOWN_WHEN,
+}
 PREVIEW_TEXT = "In the beginning God created the heavens and the"
 
 
@@ -79,54 +129,32 @@ def preview(services: Services, teacher, text, temperature) -> tuple[object, str
                     "tokens, so the student sees more of the teacher's ranking of wrong answers.")
 
 
+def _makers(services: Services) -> dict:
+    """The components of the UI-only keys and of the fields a panel holds."""
+    return {
+        "pair": lambda _: gr.Dropdown(list(KNOWN_PAIRS), value=None, label="Known teacher → student pairs",
+                                      info="fills in both; hub pairs need the Hugging Face hub"),
+        "student_kind": lambda kind: gr.Radio([STUDENT_CHECKPOINT, STUDENT_PRUNED], value=kind, label="Student"),
+        "data_kind": lambda kind: gr.Radio(list(DATA_KINDS), value=kind, label="Data"),
+        "data_upload": lambda _: gr.File(label="Training file (.txt .jsonl .json .csv .parquet)", type="filepath",
+                                         file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"]),
+        "hub_dataset": lambda name: gr.Textbox(name, label="Hub dataset id", info="→ data.source"),
+        "prompt_upload": generation_panel.prompt_upload,
+        "num_processes": lambda n: gr.Number(n, label="Processes", precision=0, info="> 1: accelerate launch"),
+        "accelerate_config": lambda path: gr.Textbox(path, label="accelerate config file (optional)",
+                                                     info="FSDP / DeepSpeed on GPUs; `accelerate config` writes one"),
+        "loss.teacher_cache": partial(create_cache_panel, services),
+        "generation.dataset": partial(generation_panel.create_dataset_panel, services),
+    }
+
+
 def create_setup_tab(services: Services, default: DistillConfig) -> dict:
+    """The tab, its form generated from `default`'s class and started from its values; key -> component."""
     start = SetupForm.from_config(default)
+    fields = setup_fields(type(default))
     with gr.Tab("Set up", id="setup"):
-        with gr.Row():
-            pair = gr.Dropdown(list(KNOWN_PAIRS), value=None, label="Known teacher → student pairs",
-                               info="fills in both; hub pairs need the Hugging Face hub")
-            teacher = gr.Textbox(start.teacher, label="Teacher", info="hub id, local folder, or defaults:teacher")
-        with gr.Row():
-            student_kind = gr.Radio([STUDENT_CHECKPOINT, STUDENT_PRUNED], value=start.student_kind, label="Student")
-            student = gr.Textbox(start.student, label="Student checkpoint", info="hub id or local folder")
-            keep_layers = gr.Slider(1, 64, value=start.keep_layers, step=1, label="Keep N teacher layers",
-                                    visible=start.student_kind == STUDENT_PRUNED)
-        hard = start.strategy == "hard_label"
-        with gr.Row():
-            strategy = gr.Dropdown(list(STRATEGIES), value=start.strategy, label="Strategy",
-                                   info="soft_label: match the teacher's distributions; hard_label: learn its text")
-        with gr.Row(visible=not hard) as soft_row:
-            divergence = gr.Dropdown(list(DIVERGENCES), value=start.divergence, label="Divergence")
-            alpha = gr.Number(start.alpha, label="α (CE weight)", info="0 = pure KD, 1 = plain fine-tuning", step=0.05,
-                              visible=start.strategy != "co_distillation")
-            temperature = gr.Number(start.temperature, label="Temperature T", step=0.5)
-            beta = gr.Number(start.beta, label="β (JSD)", step=0.1, visible=start.divergence == "jsd")
-        with gr.Row():
-            max_steps = gr.Number(start.max_steps, label="Steps", precision=0)
-            lr = gr.Number(start.lr, label="Learning rate")
-            batch_size = gr.Number(start.batch_size, label="Batch size", precision=0)
-            seq_len = gr.Number(start.seq_len, label="Sequence length", precision=0)
-        layer_fields, layer_groups, show_layers = create_layer_fields(start)
-        generation, generation_fields = create_generation_fields(start, hard)
-        datasets, gen_dataset = create_dataset_panel(services, start.gen_dataset, hard)
-        with gr.Row(visible=not hard) as data_row:
-            data_kind = gr.Radio(list(DATA_KINDS), value=start.data_kind, label="Data")
-            upload = gr.File(label="Training file (.txt .jsonl .json .csv .parquet)", visible=False, type="filepath",
-                             file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"])
-            hub_dataset = gr.Textbox(label="Hub dataset id", visible=False)
-        with gr.Row():
-            lora = gr.Checkbox(start.lora, label="LoRA adapters")
-            bf16 = gr.Dropdown(["auto", "on", "off"], value=start.bf16, label="bf16")
-            processes = gr.Number(start.processes, label="Processes", precision=0, info="> 1: accelerate launch")
-            accelerate_config = gr.Textbox(label="accelerate config file (optional)",
-                                           info="FSDP / DeepSpeed on GPUs; `accelerate config` writes one")
-            run_name = gr.Textbox(start.run_name, label="Run name (optional)")
-            evaluate = gr.Checkbox(start.evaluate, label="Evaluate at the end",
-                                   info="perplexity, agreement, calibration, speed, generations: the run card")
-            on_nonfinite = gr.Dropdown(list(NONFINITE), value=start.on_nonfinite, label="If a step's loss is NaN/inf",
-                                       info="stop: the run fails, its checkpoints stay finite; skip: no update, "
-                                            "counted in the metrics")
-        cache_panel, teacher_cache = create_cache_panel(services, start.teacher_cache, start.strategy == "soft_label")
+        components, boxes = build_form(LAYOUT, fields, tuple(f.key for f in UI_FIELDS), start.values,
+                                       _makers(services), type(default))
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -137,41 +165,30 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             launch_button = gr.Button("Launch", variant="primary")
             download = gr.DownloadButton("Download config (YAML)", visible=False)
         verdict = gr.Markdown(elem_id="setup-verdict")
-
-    # strict: a field added to SetupForm without its component (or the reverse) fails when the app builds.
-    inputs = dict(zip(FIELDS, [teacher, student_kind, student, keep_layers, strategy, divergence, alpha, temperature,
-                               beta, max_steps, lr, batch_size, seq_len, data_kind, upload, hub_dataset, lora, bf16,
-                               processes, accelerate_config, run_name, evaluate, on_nonfinite, teacher_cache,
-                               *generation_fields,
-                               gen_dataset, *layer_fields], strict=True))
-    for name, component in inputs.items():
-        component.elem_id = f"setup-{name}"  # stable handles for browser tests and custom CSS
-    base = default.to_dict()
-
-    def form(values) -> SetupForm:
-        return SetupForm(**dict(zip(FIELDS, values)), base=base)
+    inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
+    rules = [(components[key], control, test) for key, (control, test) in SHOWN_WHEN.items()]
+    rules += [(box, "strategy", lambda chosen, group=group: chosen in group.strategies)
+              for group, box in zip(LAYOUT, boxes) if group.strategies]
+    wire_visibility(rules, components, start.values)
 
     def on_check(*values):
-        text, path, _ = check(services, form(values))
+        text, path, _ = check(services, SetupForm.from_list(default, values))
         return text, gr.DownloadButton(value=path, visible=path is not None)
 
     def on_launch(request: gr.Request, *values):
-        text, path = launch(services, form(values), getattr(request, "session_hash", None))
+        text, path = launch(services, SetupForm.from_list(default, values), getattr(request, "session_hash", None))
         return text, gr.DownloadButton(value=path, visible=path is not None)
 
-    pair.change(lambda name: KNOWN_PAIRS.get(name, (gr.skip(), gr.skip())), pair, [teacher, student])
-    student_kind.change(lambda kind: (gr.update(visible=kind == STUDENT_PRUNED), gr.update(visible=kind != STUDENT_PRUNED)),
-                        student_kind, [keep_layers, student])
-    divergence.change(lambda d: gr.update(visible=d == "jsd"), divergence, beta)
-    strategy.change(lambda chosen: [gr.update(visible=chosen != "hard_label"), gr.update(visible=chosen != "hard_label"),
-                                    gr.update(visible=chosen == "soft_label"), gr.update(visible=chosen == "hard_label"),
-                                    gr.update(visible=chosen == "hard_label"), *show_layers(chosen),
-                                    gr.update(visible=chosen != "co_distillation")],  # its α is scheduled
-                    strategy, [soft_row, data_row, cache_panel, generation, datasets, *layer_groups, alpha])
-    data_kind.change(lambda k: (gr.update(visible=k == DATA_UPLOAD), gr.update(visible=k == DATA_HUB)),
-                     data_kind, [upload, hub_dataset])
+    teacher, student, layers = (components[key] for key in ("teacher.name_or_path", "student.name_or_path",
+                                                            "student.init_from_teacher_layers"))
+    components["pair"].change(lambda name: KNOWN_PAIRS.get(name, (gr.skip(), gr.skip())), components["pair"],
+                              [teacher, student])
+    components["student_kind"].change(
+        lambda kind, kept: PRUNED_LAYERS if kind == STUDENT_PRUNED and not kept else gr.skip(),
+        [components["student_kind"], layers], layers)
     check_button.click(on_check, list(inputs.values()), [verdict, download], api_name="check")
     launch_button.click(on_launch, list(inputs.values()), [verdict, download], api_name="launch")
-    preview_button.click(lambda t, x, temp: preview(services, t, x, temp), [teacher, preview_text, temperature],
-                         [preview_plot, preview_note], api_name="preview")
+    preview_button.click(lambda t, x, temp: preview(services, t, x, temp),
+                         [teacher, preview_text, components["loss.temperature"]], [preview_plot, preview_note],
+                         api_name="preview")
     return inputs

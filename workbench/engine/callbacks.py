@@ -1,0 +1,84 @@
+"""Trainer callbacks that turn training events into run-directory files and console progress.
+Only the main process (rank 0) writes: the other ranks of a multi-process job stay silent."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Callable
+
+from transformers import TrainerCallback
+
+from workbench.store.rundir import RunDir
+
+# Keys whose values Trainer computes for its own summary; they duplicate what we log per step.
+STATUS_INTERVAL_S = 1.0
+_SKIP = {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+         "eval_model_preparation_time"}
+
+
+def format_eta(seconds: float | None) -> str:
+    return "?" if seconds is None else str(timedelta(seconds=int(seconds)))
+
+
+class EtaClock:
+    """ETA from the pace of this process's own steps, so a resumed run is not credited with old steps."""
+
+    def __init__(self):
+        self.start_time = None
+        self.start_step = 0
+
+    def start(self, step: int) -> None:
+        self.start_time, self.start_step = time.perf_counter(), step
+
+    def eta(self, step: int, total: int) -> float | None:
+        done = step - self.start_step
+        if self.start_time is None or done <= 0:
+            return None
+        return (time.perf_counter() - self.start_time) / done * max(total - step, 0)
+
+
+class RunFilesCallback(TrainerCallback):
+    """metrics.jsonl gets every log event; status.json the current step, total and ETA."""
+
+    def __init__(self, run_dir: RunDir, echo: Callable[[str], None] | None = None):
+        self.run_dir = run_dir
+        self.echo = echo
+        self.clock = EtaClock()
+        self.last_status = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.clock.start(state.global_step)
+        # A resumed run replays the steps after its checkpoint: drop their old records first.
+        self.run_dir.truncate_metrics_after(state.global_step)
+        self.run_dir.write_status("running", step=state.global_step, total_steps=state.max_steps, eta_s=None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3),
+                  **{k: v for k, v in logs.items() if k not in _SKIP}}
+        self.run_dir.append_metrics(record)
+        if logs.get("nonfinite_skipped"):  # shown in the Runs tab while the run goes on
+            self.run_dir.write_status("running", nonfinite_skipped=logs["nonfinite_skipped"])
+        if self.echo and "loss" in logs:
+            self.echo(self._progress_line(state, logs))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        # Throttled: status.json is fsynced, and tiny models take milliseconds per step.
+        now = time.perf_counter()
+        if now - self.last_status >= STATUS_INTERVAL_S or state.global_step >= state.max_steps:
+            self.last_status = now
+            eta = self.clock.eta(state.global_step, state.max_steps)
+            self.run_dir.write_status("running", step=state.global_step, total_steps=state.max_steps,
+                                      eta_s=None if eta is None else round(eta, 1))
+
+    def _progress_line(self, state, logs: dict) -> str:
+        terms = " ".join(f"{k}={logs[k]:.4g}" for k in ("loss", "ce", "kd") if logs.get(k) is not None)
+        speed = f" {logs['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in logs else ""
+        pct = 100 * state.global_step / max(state.max_steps, 1)
+        eta = format_eta(self.clock.eta(state.global_step, state.max_steps))
+        return f"step {state.global_step}/{state.max_steps} ({pct:.0f}%) {terms}{speed} eta {eta}"

@@ -1,0 +1,96 @@
+"""Soft-label KD (Hinton et al.): the student matches the teacher's softened next-token distribution.
+
+total = alpha * CE(student, data) + (1 - alpha) * T^2 * D(teacher_T || student_T)
+
+With loss.chunk_size > 0 the models return their last hidden states instead of full logits and the loss
+runs fused with their LM heads, chunk_size positions at a time (workbench/losses/fused.py); models whose
+head does more than a linear map (logit soft-capping) use the plain path. With loss.teacher_cache the
+teacher signal is the cache's stored top-k rows (losses.sparse_kd_loss), fused the same way: both losses
+take the signal (workbench/losses/signal.py) and never ask where it came from.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from workbench.engine.strategies.base import Strategy
+from workbench.losses.distill import distill_loss
+from workbench.losses.fused import fused_distill_loss
+from workbench.losses.signal import CachedTopK, LiveHead, LiveLogits, TeacherSignal
+
+
+def _unwrap(model):
+    """The model inside DDP (.module) and torch.compile (._orig_mod) wrappers; forward still goes
+    through the wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
+    return model
+
+
+def _fusable(model) -> bool:
+    inner = _unwrap(model)
+    config = getattr(inner, "config", None)
+    forward = getattr(type(inner), "forward", None)
+    text = config.get_text_config() if config is not None else None
+    return (forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+            and not getattr(text, "final_logit_softcapping", None) and inner.get_output_embeddings() is not None)
+
+
+def _hidden(model, input_ids, attention_mask):
+    """(B, L-1, H) final hidden states (after the last norm: what the LM head reads) for positions
+    0..L-2; logits only for the last position, which costs nothing."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1][:, :-1]
+
+
+class SoftLabelStrategy(Strategy):
+    name = "soft_label"
+
+    @classmethod
+    def uses_teacher(cls, config) -> bool:
+        # alpha = 1 is plain fine-tuning (the CE-only baseline): the teacher would never run; with a
+        # teacher cache its stored top-k stands in for it.
+        return config.loss.alpha < 1.0 and not config.loss.teacher_cache
+
+    def compute_loss(self, model, inputs, num_items_in_batch):
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        # Causal shift: position i predicts token i+1. (B, L-1) labels against (B, L-1, ...) outputs.
+        labels = inputs["labels"][:, 1:]
+        spec = self.config.loss
+        fused = bool(spec.chunk_size) and _fusable(model) and (self.cache is not None or not self._live()
+                                                               or _fusable(self.teacher))
+        teacher = self.teacher_signal(inputs, fused)
+        if fused:
+            head = _unwrap(model).get_output_embeddings()
+            return fused_distill_loss(_hidden(model, input_ids, attention_mask), head.weight, labels, spec, teacher,
+                                      student_bias=head.bias, num_items_in_batch=num_items_in_batch,
+                                      chunk=spec.chunk_size)
+        student_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        return distill_loss(student_logits, teacher, labels, spec, num_items_in_batch=num_items_in_batch)
+
+    def _live(self) -> bool:
+        """Whether the teacher model runs: it is loaded and KD has weight (the hard-label strategy and the
+        CE-only baseline train on CE alone)."""
+        return self.teacher is not None and self.config.loss.alpha < 1.0
+
+    def teacher_signal(self, inputs, fused: bool) -> TeacherSignal | None:
+        """The teacher's side of this batch's KD term, or None for CE alone. From the cache: its stored rows
+        for the batch's blocks (training batches carry their block index; held-out ones have none), over
+        the cache teacher's vocabulary so the student's padding logits stay out of KD, as against a live
+        teacher. Live: the teacher's hidden states and head for the fused loss, else its logits."""
+        if self.cache is not None:
+            if "block" not in inputs or self.config.loss.alpha >= 1.0:
+                return None
+            device = inputs["input_ids"].device
+            return CachedTopK(*(t.to(device) for t in self.cache.rows(inputs["block"].tolist())),
+                              kd_vocab=self.cache.manifest.vocab)
+        if not self._live():
+            return None
+        with torch.no_grad():
+            if fused:
+                head = self.teacher.get_output_embeddings()
+                return LiveHead(_hidden(self.teacher, inputs["input_ids"], inputs["attention_mask"]), head.weight,
+                                head.bias, self.shared_vocab)
+            logits = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        return LiveLogits(logits[:, :-1], self.shared_vocab)

@@ -1,0 +1,126 @@
+"""Held-out evaluation of a student against its teacher: perplexity, agreement, KL and calibration.
+
+Metrics are accumulated batch by batch as sums over target tokens (token-weighted, like the trainer's
+held-out terms), so nothing holds more than one batch of logits. Definitions, per target position
+(labels[i] != -100; p = teacher, q = student, T = 1):
+  *_ce, *_perplexity   mean -log prob of the actual token, and exp of it
+  top1_agreement       argmax q == argmax p
+  top5_agreement       argmax p is among the 5 tokens q ranks highest
+  forward_kl           KL(p || q)
+  *_ece                expected calibration error of next-token confidence: the max probability is the
+                       confidence, "correct" means the argmax is the actual token; |accuracy - confidence|
+                       per confidence bin, weighted by the bin's share of tokens (Guo et al. 2017)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from workbench.losses.divergences import IGNORE_INDEX, forward_kl
+
+ECE_BINS = 15
+
+
+def calibration_bins(confidence: Tensor, correct: Tensor, bins: int = ECE_BINS) -> Tensor:
+    """(bins, 3) per equal-width confidence bin: [count, sum of confidence, sum of correct]. Bin b holds
+    confidences in (b/bins, (b+1)/bins]; confidence 0 goes to the first bin."""
+    index = (confidence.float() * bins).ceil().long().clamp(1, bins) - 1
+    out = torch.zeros(bins, 3, dtype=torch.float64, device=confidence.device)
+    out[:, 0].index_add_(0, index, torch.ones_like(confidence, dtype=torch.float64))
+    out[:, 1].index_add_(0, index, confidence.double())
+    out[:, 2].index_add_(0, index, correct.double())
+    return out.cpu()
+
+
+def ece_from_bins(table: Tensor) -> float:
+    count, conf, correct = table[:, 0], table[:, 1], table[:, 2]
+    total = count.sum()
+    if total == 0:
+        return float("nan")
+    used = count > 0
+    gap = (correct[used] / count[used] - conf[used] / count[used]).abs()
+    return float((gap * count[used]).sum() / total)
+
+
+@dataclass
+class HeldoutMetrics:
+    """Running sums over target tokens of every metric in the module docstring."""
+    tokens: int = 0
+    nll: dict[str, float] = field(default_factory=dict)        # model name -> summed -log p(actual)
+    calibration: dict[str, Tensor] = field(default_factory=dict)
+    top1: float = 0.0
+    top5: float = 0.0
+    kl: float = 0.0
+
+    def add(self, logits: dict[str, Tensor], labels: Tensor, vocab: int | None = None) -> None:
+        """logits: model name -> (B, L, V_model) already aligned with labels (B, L). Each model's CE and
+        calibration use its own full logits, as its training CE does; "teacher" vs "student" agreement
+        and KL compare the first `vocab` logits (the rows both have), as the KD term does."""
+        mask = labels != IGNORE_INDEX
+        targets = labels[mask]                                       # (N,)
+        self.tokens += int(targets.numel())
+        rows = {name: x[mask].float() for name, x in logits.items()}  # (N, V_model)
+        for name, x in rows.items():
+            lp = torch.log_softmax(x, -1)
+            self.nll[name] = self.nll.get(name, 0.0) - float(lp.gather(-1, targets[:, None]).sum())
+            confidence, guess = lp.max(-1)
+            bins = calibration_bins(confidence.exp(), (guess == targets).float())
+            self.calibration[name] = self.calibration.get(name, 0) + bins
+        if "teacher" in rows and "student" in rows:
+            t = torch.log_softmax(rows["teacher"][:, :vocab], -1)
+            s = torch.log_softmax(rows["student"][:, :vocab], -1)
+            t_best = t.argmax(-1)
+            self.top1 += float((s.argmax(-1) == t_best).sum())
+            top5 = s.topk(min(5, s.shape[-1]), -1).indices
+            self.top5 += float((top5 == t_best[:, None]).any(-1).sum())
+            self.kl += float(forward_kl(s, t).sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.tokens, 1)
+        out: dict[str, float] = {"heldout_tokens": float(self.tokens)}
+        for name, total in self.nll.items():
+            out[f"{name}_ce"] = total / n
+            out[f"{name}_perplexity"] = float(torch.tensor(total / n).exp())
+            out[f"{name}_ece"] = ece_from_bins(self.calibration[name])
+        if "teacher" in self.nll and "student" in self.nll:
+            out.update(top1_agreement=self.top1 / n, top5_agreement=self.top5 / n, forward_kl=self.kl / n)
+        return out
+
+    def reliability(self, name: str) -> list[dict]:
+        """Per non-empty bin: mean confidence, accuracy, token count (a reliability diagram's points)."""
+        table = self.calibration.get(name)
+        if table is None:
+            return []
+        return [{"confidence": float(c / n), "accuracy": float(k / n), "tokens": int(n)}
+                for n, c, k in table.tolist() if n > 0]
+
+
+def heldout_metrics(models: dict[str, torch.nn.Module], dataset, collator, batch_size: int, vocab: int,
+                    progress=None) -> HeldoutMetrics:
+    """Run every model over the held-out blocks (on the device of the models); `vocab` = the logit rows
+    teacher and student share (HeldoutMetrics.add)."""
+    metrics = HeldoutMetrics()
+    device = next(iter(models.values())).device
+    total = len(dataset)
+    for start in range(0, total, batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, total))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch["labels"][:, 1:]  # causal shift: logits at i predict token i + 1
+        with torch.no_grad():
+            logits = {name: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                  ).logits[:, :-1] for name, model in models.items()}
+        metrics.add(logits, labels, vocab)
+        if progress:
+            progress(f"held-out text: {min(start + batch_size, total)}/{total} blocks",
+                     min(start + batch_size, total) / total)
+    return metrics
+
+
+def quality_retained(untrained_ce: float, student_ce: float, teacher_ce: float) -> float | None:
+    """The share of the teacher's held-out CE advantage over the untrained student that the trained
+    student recovers: 1 = as good as the teacher, 0 = no better than before training. None when the
+    untrained student was already at least as good as the teacher (nothing to recover)."""
+    gap = untrained_ce - teacher_ce
+    return (untrained_ce - student_ce) / gap if gap > 0 else None

@@ -1,0 +1,154 @@
+"""The dark-knowledge inspector: teacher vs student next-token distributions, token by token, for a text.
+
+Both models run once per (student, text) and their logits are kept, so the temperature, top-k, the
+position shown and the statistic coloured are re-read from memory without running a model again.
+Everything here is a pure function of logits except `analyse`, which runs the models; the divergences
+are those of workbench/losses/divergences.py, so what the inspector shows is what training optimises.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from workbench.losses.divergences import forward_kl, generalized_jsd, reverse_kl
+from workbench.models.loading import shared_logit_size
+
+MAX_TOKENS = 256
+
+# Per-position statistics, in the order the UI offers them to colour the text by.
+STATS = {
+    "forward_kl": "KL(teacher ‖ student)",
+    "reverse_kl": "KL(student ‖ teacher)",
+    "jsd": "JSD (symmetric)",
+    "dark_mass": "teacher mass outside its top token",
+    "teacher_entropy": "teacher entropy (nats)",
+    "student_entropy": "student entropy (nats)",
+    "student_nll": "student surprise at the actual token (nats)",
+}
+
+
+@dataclass
+class TokenAnalysis:
+    """Row i of each logits tensor is the distribution over the token after tokens[:i+1], so it is
+    compared with token i+1: L tokens give L-1 rows."""
+    token_ids: list[int]        # (L,)
+    tokens: list[str]           # (L,) each token decoded on its own
+    teacher_logits: Tensor      # (L-1, V) float32, V = the logit rows both models share
+    student_logits: Tensor      # (L-1, V)
+    seconds: float              # time spent running the two models
+    # token_stats per temperature: moving the position, k or the colouring reuses them
+    stats_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.token_ids) - 1
+
+
+@dataclass
+class TopK:
+    """The union of the teacher's and the student's k most likely tokens at one position, ordered by
+    the teacher's probability, with the mass each model puts on everything else."""
+    ids: list[int]
+    tokens: list[str]
+    teacher: list[float]
+    student: list[float]
+    teacher_rest: float
+    student_rest: float
+    actual: str                 # the token that really came next
+
+
+def analyse(teacher, student, tokenizer, text: str, max_tokens: int = MAX_TOKENS,
+            teacher_logits: Tensor | None = None) -> TokenAnalysis:
+    """Run both models over the first `max_tokens` tokens of `text` (fp32, no gradients).
+    `teacher_logits` (L-1, V_teacher): the teacher's rows for this text from an earlier analysis, so
+    comparing several students with one teacher runs the teacher once."""
+    if not text or not text.strip():
+        raise ValueError("inspector text: write or pick a text first")
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]  # (1, L)
+    if ids.shape[1] < 2:
+        raise ValueError("inspector text: needs at least two tokens (one to predict from, one to predict)")
+    vocab = shared_logit_size(teacher, student)
+    start = time.perf_counter()
+    with torch.no_grad():
+        if teacher_logits is None:
+            teacher_logits = teacher(input_ids=ids).logits[0, :-1].float()
+        s_logits = student(input_ids=ids).logits[0, :-1, :vocab].float()
+    seconds = time.perf_counter() - start
+    token_ids = ids[0].tolist()
+    return TokenAnalysis(token_ids, [tokenizer.decode([i]) for i in token_ids], teacher_logits[:, :vocab], s_logits,
+                         seconds)
+
+
+def softened(logits: Tensor, temperature: float) -> Tensor:
+    """softmax(logits / T) over the last dim, in float32."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """Entropy in nats of distributions over the last dim: (..., V) -> (...)."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def token_stats(analysis: TokenAnalysis, temperature: float = 1.0) -> dict[str, Tensor]:
+    """Each STATS entry per position (L-1,), plus "agree" (1.0 where both argmaxes match)."""
+    if temperature not in analysis.stats_cache:
+        analysis.stats_cache[temperature] = _token_stats(analysis, temperature)
+    return analysis.stats_cache[temperature]
+
+
+def _token_stats(analysis: TokenAnalysis, temperature: float) -> dict[str, Tensor]:
+    t, s = analysis.teacher_logits, analysis.student_logits
+    p, q = softened(t, temperature), softened(s, temperature)
+    nxt = torch.tensor(analysis.token_ids[1:])
+    return {
+        "forward_kl": forward_kl(s, t, temperature),
+        "reverse_kl": reverse_kl(s, t, temperature),
+        "jsd": generalized_jsd(s, t, temperature, beta=0.5),
+        "dark_mass": 1 - p.max(-1).values,
+        "teacher_entropy": entropy(p),
+        "student_entropy": entropy(q),
+        "student_nll": -q.gather(-1, nxt[:, None]).squeeze(-1).clamp_min(1e-30).log(),
+        "agree": (p.argmax(-1) == q.argmax(-1)).float(),
+    }
+
+
+def top_k(analysis: TokenAnalysis, tokenizer, position: int, temperature: float = 1.0, k: int = 10) -> TopK:
+    """The distributions at row `position` (predicting token position + 1)."""
+    if not 0 <= position < len(analysis):
+        raise ValueError(f"position must be in [0, {len(analysis) - 1}], got {position}")
+    p = softened(analysis.teacher_logits[position], temperature)
+    q = softened(analysis.student_logits[position], temperature)
+    k = min(k, p.numel())
+    union = list(dict.fromkeys(p.topk(k).indices.tolist() + q.topk(k).indices.tolist()))
+    union.sort(key=lambda i: (-float(p[i]), -float(q[i])))
+    chosen = torch.tensor(union)
+    return TopK(ids=union, tokens=[tokenizer.decode([i]) for i in union], teacher=p[chosen].tolist(),
+                student=q[chosen].tolist(), teacher_rest=float(1 - p[chosen].sum().clamp(max=1)),
+                student_rest=float(1 - q[chosen].sum().clamp(max=1)), actual=analysis.tokens[position + 1])
+
+
+@dataclass
+class Trajectory:
+    """One position across training: the student's probability of the teacher's top tokens per step."""
+    steps: list[int]
+    tokens: list[str]           # the teacher's top-k at the position
+    teacher: list[float]        # (k,)
+    student: list[list[float]]  # (steps, k)
+    forward_kl: list[float]     # (steps,)
+
+
+def trajectory(teacher_row: Tensor, student_rows: list[tuple[int, Tensor]], tokenizer, temperature: float = 1.0,
+               k: int = 5) -> Trajectory:
+    """teacher_row (V,) and, per step, the student's logits (V,) at one position."""
+    p = softened(teacher_row, temperature)
+    top = p.topk(min(k, p.numel())).indices
+    steps, student, kl = [], [], []
+    for step, row in student_rows:
+        steps.append(step)
+        student.append(softened(row, temperature)[top].tolist())
+        kl.append(float(forward_kl(row, teacher_row, temperature)))
+    return Trajectory(steps, [tokenizer.decode([int(i)]) for i in top], p[top].tolist(), student, kl)

@@ -1,0 +1,78 @@
+"""What the teacher gives a loss (DistillKit's dense and sparse signals): its logits, its last hidden states
+and head (logits made on demand, chunk by chunk, by the fused loss), or its stored top-k rows. No teacher
+is None. Every signal answers one question, the KD term against the student's logits for some of its
+positions, so the plain loss and the fused loss never ask where the teacher came from.
+
+Positions: a signal's leading dims match the student's logits without their last dim, usually (B, L-1).
+The fused loss works on positions flattened to (N,): `flat()` gives that view. kd_vocab: compare only the
+first kd_vocab logits (models whose logit counts differ by padding rows, or a cache over a smaller vocabulary).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from workbench.losses.divergences import kd_loss, sparse_kd_loss
+
+ALL = slice(None)
+
+
+@dataclass(frozen=True)
+class LiveLogits:
+    """Dense: the teacher's logits (..., V_t), as a forward pass returns them."""
+    logits: Tensor
+    kd_vocab: int | None = None
+
+    def flat(self) -> "LiveLogits":
+        return LiveLogits(self.logits.reshape(-1, self.logits.shape[-1]).detach(), self.kd_vocab)
+
+    def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
+        """kd_loss of student_logits (..., V) against this signal's positions `rows`."""
+        v = self.kd_vocab
+        return kd_loss(student_logits[..., :v], self.logits[rows][..., :v], labels, spec.divergence,
+                       spec.temperature, spec.beta, spec.skew_lambda, num_items_in_batch)
+
+
+@dataclass(frozen=True)
+class LiveHead:
+    """Dense, made on demand: the teacher's last hidden states (..., H_t) and its LM head (V_t, H_t), so
+    the fused loss builds (c, V_t) logits for c positions at a time instead of (N, V_t) at once."""
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+    kd_vocab: int | None = None
+
+    def flat(self) -> "LiveHead":
+        return LiveHead(self.hidden.reshape(-1, self.hidden.shape[-1]).detach(), self.weight.detach(),
+                        None if self.bias is None else self.bias.detach(), self.kd_vocab)
+
+    def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
+        v = self.kd_vocab
+        logits = F.linear(self.hidden[rows], self.weight, self.bias).float()
+        return kd_loss(student_logits[..., :v], logits[..., :v], labels, spec.divergence, spec.temperature,
+                       spec.beta, spec.skew_lambda, num_items_in_batch)
+
+
+@dataclass(frozen=True)
+class CachedTopK:
+    """Sparse: teacher-cache rows (workbench/engine/teacher_cache.py): top-k log-probs and ids (..., k) at
+    T = 1 and the log of the mass outside them (...); the KD term is sparse_kd_loss's."""
+    top_logp: Tensor
+    top_ids: Tensor
+    tail: Tensor
+    kd_vocab: int | None = None
+
+    def flat(self) -> "CachedTopK":
+        k = self.top_logp.shape[-1]
+        return CachedTopK(self.top_logp.reshape(-1, k), self.top_ids.reshape(-1, k), self.tail.reshape(-1),
+                          self.kd_vocab)
+
+    def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
+        return sparse_kd_loss(student_logits[..., :self.kd_vocab], self.top_logp[rows], self.top_ids[rows],
+                              self.tail[rows], labels, spec.divergence, spec.temperature, spec.beta,
+                              spec.skew_lambda, num_items_in_batch)
+
+
+TeacherSignal = LiveLogits | LiveHead | CachedTopK

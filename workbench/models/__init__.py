@@ -1,0 +1,4 @@
+"""Checkpoints: `loading` (teacher, student and tokenizer from the hub, a folder or a GGUF file; LoRA;
+the vocabulary check; the tokenizer hash), `students` (a run's student at step 0, each checkpoint and the
+end), `pruning` (a student cut from the teacher's layers) and `sizing` (parameter counts and memory).
+Imports `config` and `store`."""

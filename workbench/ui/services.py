@@ -1,0 +1,141 @@
+"""What the app's handlers call: the job manager, the results store and its ingest thread, the
+offline-default preparation. Built once by app.py; the UI never trains or opens run files itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.manager import JobManager
+from jobs.spec import JobSpec
+from workbench.config.fields import ConfigError
+from workbench.config.gate import Gate, upload_folders
+from workbench.config.schema import DistillConfig
+from workbench.data.defaults import Preparation, default_cache_dir
+from workbench.engine.baseline import ce_baseline_config
+from workbench.eval.inspector import Inspector
+from workbench.eval.queue import EvaluationQueue
+from workbench.store.database import DB_NAME, Store
+from workbench.store.ingest import IngestLoop, Ingestor
+from workbench.store.rundir import CONFIG, SPEC, run_in
+
+ACTIVE = ("queued", "starting", "running", "cancelling")
+
+
+@dataclass
+class Services:
+    runs_dir: Path
+    jobs: JobManager
+    store: Store
+    ingest: IngestLoop
+    preparation: Preparation | None = None
+    cache_dir: Path | None = None
+    # What this app instance allows: every path and model reference of a config it accepts passes it.
+    gate: Gate | None = None
+    inspector: Inspector | None = None
+    evaluations: EvaluationQueue | None = None
+    # Public mode: the runs each browser session launched, so a visitor's queue can be capped.
+    sessions: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        return list(self.gate.roots)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.runs_dir / "uploads"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.runs_dir / "exports"
+
+    @property
+    def caches_dir(self) -> Path:
+        """Where teacher caches live by default (python -m workbench cache CONFIG RUNS/caches/NAME)."""
+        return self.runs_dir / "caches"
+
+    @classmethod
+    def start(cls, runs_dir: str | Path, *, max_jobs: int = 1, db_path: str | Path | None = None,
+              cache_dir: str | Path | None = None, preparation: Preparation | None = None,
+              grace_s: float = 60.0, allowed_roots: list[str | Path] = (), public: bool = False,
+              allow_remote_code: bool = False, key_envs: list[str] | None = None,
+              api_base_urls: list[str] = ()) -> "Services":
+        """Re-attach to jobs still running from a previous app, start polling them, and start ingesting
+        every run directory into the store (the app is the store's only writer). The gate is fixed here,
+        for the app's life: allowed folders, public mode, remote code, the variables keys may come from."""
+        runs_dir = Path(runs_dir).expanduser().resolve()
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        cache = Path(cache_dir).expanduser().resolve() if cache_dir else None
+        gate = Gate.for_app(runs_dir, cache or default_cache_dir(), list(allowed_roots), public=public,
+                            allow_remote_code=allow_remote_code, key_envs=key_envs, upload_dirs=upload_folders(),
+                            api_base_urls=list(api_base_urls))
+        store = Store(db_path or runs_dir / DB_NAME)
+        jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir, gate=gate).start()
+        ingest = IngestLoop(Ingestor(store, runs_dir)).start()
+        return cls(runs_dir, jobs, store, ingest, preparation, cache, gate, Inspector(runs_dir, gate=gate),
+                   EvaluationQueue(runs_dir, on_done=ingest.wake, gate=gate))
+
+    def submit(self, config: DistillConfig, session: str | None = None, **launch) -> str:
+        """Queue a job. In public mode a browser session may have at most gate.max_jobs_per_session runs
+        queued or running, and the whole app gate.max_active_jobs (a visitor can open new sessions at will),
+        enforced here whatever the form shows."""
+        self._check_capacity(session)
+        run_id = self.jobs.submit(config, **launch)
+        if session is not None:
+            self.sessions.setdefault(session, []).append(run_id)
+        return run_id
+
+    def resume(self, run_id: str, session: str | None = None) -> None:
+        """Queue a stopped job again, counted against the same limits as a new one."""
+        self._check_capacity(session)
+        self.jobs.resume(run_id)
+        if session is not None:
+            self.sessions.setdefault(session, []).append(run_id)
+
+    def _check_capacity(self, session: str | None) -> None:
+        if self.gate.max_active_jobs is None:
+            return
+        states = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
+        active = [r for r, state in states.items() if state in ACTIVE]
+        if len(active) >= self.gate.max_active_jobs:
+            raise ConfigError([("session", f"this app is shared and busy: {len(active)} runs are waiting or "
+                                           "training; try again when one has finished")])
+        mine = [r for r in self.sessions.get(session, []) if states.get(r) in ACTIVE]
+        if session is not None and len(mine) >= self.gate.max_jobs_per_session:
+            raise ConfigError([("session", f"this app is shared: at most {self.gate.max_jobs_per_session} runs of "
+                                           f"yours may be queued or running at once; wait for {', '.join(mine)}")])
+
+    def add_baseline(self, run_id: str, session: str | None = None) -> str:
+        """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
+        run = run_in(self.runs_dir, run_id)
+        name = f"{run_id}-ce-baseline"
+        if (self.runs_dir / name).exists():
+            raise ValueError(f"{run_id} already has its CE-only baseline: {name}")
+        if run.file(SPEC).exists():
+            spec = JobSpec.read(run.path)
+            config, processes, accelerate = spec.config, spec.num_processes, spec.accelerate_config
+        else:  # a run started from the command line
+            config, processes, accelerate = DistillConfig.load(run.file(CONFIG)), 1, None
+        return self.submit(ce_baseline_config(config), session, run_name=name, num_processes=processes,
+                           accelerate_config=accelerate, baseline_of=run_id)
+
+    def baseline_of(self, run_id: str) -> str | None:
+        """The finished CE-only baseline run of `run_id`, if any."""
+        found = self.store.cursor().execute(
+            "SELECT run_id FROM runs WHERE baseline_of = ? AND status = 'succeeded' ORDER BY created DESC LIMIT 1",
+            [run_id]).fetchone()
+        return found[0] if found else None
+
+    def evaluation_reports(self, run_id: str) -> list[dict]:
+        return run_in(self.runs_dir, run_id).read_evaluations()
+
+    def __enter__(self) -> "Services":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops polling and ingesting; running jobs go on and a later start re-attaches to them."""
+        self.jobs.close()
+        self.ingest.close()
+        self.store.close()
