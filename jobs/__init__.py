@@ -1,5 +1,6 @@
 """Background jobs: `spec` (the JobSpec written as spec.json before anything runs), `launcher` (the
 command and the minimal environment of a worker, under accelerate for several processes), `process` (a
-started worker: its pid, group and exit), `manager` (the queue, cancel, resume, the jobs found at start)
-and `worker` (the process itself: runs the engine into the run folder). Imports `workbench` packages up to
+started worker: its pid, group and exit), `manager` (the queue and its order, cancel, resume, delete, the
+jobs found at start), `monitor` (CPU, memory and GPU memory of the machine and of each worker) and
+`worker` (the process itself: runs the engine into the run folder). Imports `workbench` packages up to
 `engine`; only `workbench.ui` and the CLI import it."""

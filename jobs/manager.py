@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +23,21 @@ from jobs.spec import JobSpec
 from workbench.config.fields import ConfigError
 from workbench.config.gate import Gate
 from workbench.config.schema import DistillConfig
-from workbench.store.rundir import CONFIG, FINAL_STATES, LOG, SPEC, WORKER, RunDir, finite_number, is_run_dir, run_in
+from workbench.store.rundir import (
+    CONFIG,
+    FINAL_STATES,
+    LOG,
+    SPEC,
+    WORKER,
+    RunDir,
+    finite_number,
+    is_run_dir,
+    run_in,
+)
 
 RESUMABLE = ("cancelled", "failed", "interrupted")
+# Runs that may be deleted: ended, or with a status nobody can read (listed as unknown with the reason).
+DELETABLE = (*FINAL_STATES, "unknown")
 LOG_TAIL_LINES = 40
 
 
@@ -42,6 +56,16 @@ def log_tail(run: RunDir, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:  # no log yet, or something that is not a file in its place
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _has_live_process(run: RunDir, status: dict) -> bool:
+    """Whether the run's recorded worker (worker.json) or its trainer (the pid status.json names, also for a
+    run started from the command line) is still alive."""
+    recorded = [WorkerProcess.read(run)]
+    pid, started = finite_number(status.get("pid")), finite_number(status.get("pid_started"))
+    if pid is not None and started is not None:
+        recorded.append(WorkerProcess(int(pid), started))
+    return any(process is not None and process.alive() for process in recorded)
 
 
 class JobManager:
@@ -116,6 +140,46 @@ class JobManager:
             dataclasses.replace(spec, resume=True).write()
             self._enqueue(run_id, spec.config.train.max_steps)
             self.poll()
+
+    def move(self, run_id: str, offset: int) -> int:
+        """Move a queued job `offset` places (negative: sooner, clamped to the queue's ends); its new
+        position, 1 being next. The order is kept in the jobs' queued_at, so a restarted app keeps it."""
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ValueError(f"move by a whole number of places, not {str(offset)[:40]!r}")
+        with self._lock:
+            if run_id not in self._queue:
+                raise ValueError(f"{run_id} is not waiting in the queue")
+            old = self._queue.index(run_id)
+            new = min(max(old + offset, 0), len(self._queue) - 1)
+            self._queue.insert(new, self._queue.pop(old))
+            self._stamp_queue()
+            return new + 1
+
+    def delete(self, run_id: str) -> None:
+        """Remove an ended run's folder. It is first renamed to a hidden name (atomic: from then on nothing
+        lists, ingests or starts it), then removed; KeyError for no such run, ValueError for one that is
+        queued or running."""
+        with self._lock:
+            run = self._run(run_id)
+            status = run.read_status()
+            state = status.get("state")
+            if run_id in self._live or run_id in self._queue or state not in DELETABLE:
+                raise ValueError(f"{run_id} is {state or 'not started'}: only ended runs ({', '.join(FINAL_STATES)}) "
+                                 "can be deleted; cancel it first")
+            if _has_live_process(run, status):  # a worker this app does not follow: a CLI run, a damaged status
+                raise ValueError(f"{run_id} still has a live process (it may be evaluating its student); "
+                                 "wait for it to end")
+            trash = self.runs_dir / f".deleting-{uuid.uuid4().hex}"
+            run.path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        if trash.exists():
+            raise OSError(f"{run_id} is deleted from the runs, but some of its files could not be removed: "
+                          f"{trash.name} in the runs folder")
+
+    def workers(self) -> dict[str, WorkerProcess]:
+        """The live jobs' worker processes, by run id."""
+        with self._lock:
+            return {run_id: live.process for run_id, live in self._live.items()}
 
     def poll(self) -> None:
         """Reap ended workers, escalate overdue cancels to SIGKILL, start queued jobs in free slots."""
@@ -197,6 +261,17 @@ class JobManager:
         RunDir(self.runs_dir / run_id).write_status("queued", queued_at=time.time(), total_steps=total_steps,
                                                     error=None, traceback=None, log_tail=None, exit_code=None)
         self._queue.append(run_id)
+
+    def _stamp_queue(self) -> None:
+        """Give the queued jobs their queued_at times again, in queue order: the same times, so the first
+        stays the oldest and a restart (_reattach sorts by queued_at) finds the order the user chose."""
+        runs = [RunDir(self.runs_dir / run_id) for run_id in self._queue]
+        stamps = sorted(finite_number(run.read_status().get("queued_at")) or time.time() for run in runs)
+        for i in range(1, len(stamps)):  # strictly increasing: equal times would leave the order to chance
+            stamps[i] = max(stamps[i], stamps[i - 1] + 1e-3)
+        for run, stamp in zip(runs, stamps):
+            if finite_number(run.read_status().get("queued_at")) != stamp:
+                run.write_status("queued", queued_at=stamp)
 
     def _spawn(self, run_id: str) -> None:
         run = RunDir(self.runs_dir / run_id)

@@ -67,6 +67,16 @@ class WorkerProcess:
         except psutil.NoSuchProcess:
             return False
 
+    def tree(self) -> list[psutil.Process]:
+        """The worker and every process under it (the ranks of a multi-process job); [] once it is gone."""
+        proc = self._process()
+        if proc is None:
+            return []
+        try:
+            return [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            return [proc]
+
     @property
     def returncode(self) -> int | None:
         """Exit code (negative: killed by that signal); None while running or when not our child."""

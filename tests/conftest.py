@@ -35,6 +35,7 @@ MARKERS = {
 ALL = "*"
 SLOW_TESTS = {
     "test_browser.py": ALL,
+    "test_daily_use.py": ALL,
     "test_hostile_visitor.py": ALL,  # every test talks to the running app
     "test_fuzz.py": {"test_config_mappings", "test_config_files", "test_set_overrides", "test_form_handler",
                      "test_config_tab"},
@@ -49,7 +50,7 @@ SLOW_TESTS = {
     "test_gate.py": {"test_a_planted_run_is_neither_inspected_nor_evaluated",
                      "test_a_planted_run_folder_links_to_nothing_outside_it"},
 }
-BROWSER_MODULES = {"test_browser.py"}
+BROWSER_MODULES = {"test_browser.py", "test_daily_use.py"}
 NETWORK_FIXTURES = {"defaults_root"}  # fetched from PyPI on a machine that has not cached it
 
 

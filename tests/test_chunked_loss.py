@@ -197,3 +197,41 @@ def test_every_signal_gives_both_losses_the_same_kd(divergence):
         assert distill_loss(hs @ ws.T, signal, labels, spec)["kd"].item() == pytest.approx(reference, rel=1e-4), name
         fused = fused_distill_loss(hs, ws, labels, spec, signal, chunk=4)["kd"].item()
         assert fused == pytest.approx(reference, rel=1e-4), name
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_the_teacher_runs_once_per_held_out_batch(teacher_dir, student_dir, chunk):
+    """Held-out batches meet a frozen teacher at every evaluation: its answer is kept, so later evaluations
+    run only the student, with the same numbers. Training batches always run the teacher."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.config.schema import DistillConfig
+    from workbench.engine.strategies.soft import SoftLabelStrategy
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(5, 300, (2, 12), generator=g) for _ in range(2)]
+    config = DistillConfig.from_dict({"teacher": {"name_or_path": "t"}, "student": {"name_or_path": "s"},
+                                      "data": {"source": "d"}, "loss": {"alpha": 0.5, "chunk_size": chunk}})
+    strategy = SoftLabelStrategy(config, teacher, None)
+
+    def terms(ids):
+        with torch.no_grad():
+            return strategy.compute_loss(student, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                                   "labels": ids}, None)
+
+    strategy.evaluating = True  # as DistillTrainer.evaluate sets it
+    first = [terms(ids) for ids in batches]
+    again = [terms(ids) for ids in batches]
+    assert len(calls) == 2 and all(a[k].item() == b[k].item() for a, b in zip(first, again) for k in a)
+    other = batches[0].clone()
+    other[0, 3] += 1  # one token differs: another batch
+    terms(other)
+    assert len(calls) == 3
+    strategy.evaluating = False  # training batches, even with the student in eval mode (a benchmark's)
+    student.eval()
+    terms(batches[0])
+    terms(batches[0])
+    assert len(calls) == 5

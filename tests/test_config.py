@@ -143,3 +143,11 @@ def test_every_field_has_help_and_names_match_registries():
     assert "in [0, 1]" in help_text(LossSpec)["alpha"]
     assert set(STRATEGIES) == set(strategies.STRATEGIES)
     assert set(DIVERGENCES) == set(LOSS_FNS)
+
+
+def test_held_out_evaluations_default_to_four_a_run_of_a_hundred_steps_or_more():
+    def interval(**train):
+        return DistillConfig.from_dict({"teacher": {"name_or_path": "a"}, "student": {"name_or_path": "b"},
+                                        "data": {"source": "x"}, "train": train}).train.eval_interval()
+    assert interval(max_steps=200) == 50 and interval(max_steps=99) == 0  # a short run: before and at the end
+    assert interval(max_steps=200, eval_steps=0) == 0 and interval(max_steps=200, eval_steps=20) == 20

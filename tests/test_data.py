@@ -313,5 +313,12 @@ def test_hub_id_offline_fails_fast():
 
 def test_validation_fraction_too_large_for_tiny_data(tmp_path):
     path = write_lines(tmp_path / "one.txt", ["the cat."])
-    assert_data_error(path, "data.validation_fraction", "0.5", "1 rows", validation_fraction=0.5)
+    assert_data_error(path, "data.validation_fraction", "0.5", "has 1 row:", validation_fraction=0.5)
+    # The default fraction on a one-row upload: said in our words, not the splitter's ("n_samples=1, test_size")
+    with pytest.raises(DataError) as err:
+        load_raw(spec(path, validation_fraction=0.05), seed=0)
+    assert "leaves none to train on" in str(err.value) and "n_samples" not in str(err.value)
+    train, held = load_raw(spec(write_lines(tmp_path / "two.txt", ["a cat.", "a dog."]), validation_fraction=0.05),
+                           seed=0)
+    assert (len(train), len(held)) == (1, 1)
     assert math.isclose(DataSpec().validation_fraction, 0.05)  # the default still splits normal data

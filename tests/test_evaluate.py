@@ -118,6 +118,25 @@ def test_baseline_verdict_answers_with_the_numbers():
     assert baseline_verdict(table.iloc[:1]) == ""
 
 
+def test_no_verdict_before_both_runs_finished():
+    """A baseline at step 20 of 200 has only its untrained step-0 number: comparing with it would call
+    distillation '100% lower'. The verdict waits and says where each run stands."""
+    table = pd.DataFrame([
+        {"run_id": "kd", "status": "succeeded", "step": 200, "steps": 200, "heldout_perplexity": 102.4,
+         "alpha": 0.5, "temperature": 1.0, "baseline_of": None},
+        {"run_id": "kd-ce-baseline", "status": "running", "step": 20, "steps": 200,
+         "heldout_perplexity": 4652282.01, "alpha": 1.0, "temperature": 1.0, "baseline_of": "kd"}])
+    text = baseline_verdict(table)
+    assert "baseline still training (step 20/200)" in text and "Yes" not in text and "lower" not in text
+    queued = table.assign(status=["running", "queued"], step=[50, 0])
+    text = baseline_verdict(queued)
+    assert "distilled run still training (step 50/200)" in text and "baseline still queued" in text
+    failed = table.assign(status=["succeeded", "failed"])
+    assert "failed: no final numbers" in baseline_verdict(failed) and "Yes" not in baseline_verdict(failed)
+    done = table.assign(status="succeeded", heldout_perplexity=[102.4, 115.1])
+    assert "**Yes.**" in baseline_verdict(done)
+
+
 @pytest.mark.slow
 def test_a_pruned_student_and_a_lora_checkpoint_are_evaluated(teacher_dir, corpus_files, tmp_path):
     """The default config's kind of student (layers kept from the teacher) and a LoRA run, whose

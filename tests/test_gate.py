@@ -164,6 +164,11 @@ def test_the_sql_console_caps_rows_and_time(tmp_path):
 
 def test_text_that_is_not_ours_is_escaped():
     assert "<" not in plain(HOSTILE) and "`" not in plain("`x`")
+    # Markdown's formatting characters come out as entities: an error quoting glob('/*') stays literal.
+    formatted = plain("glob('/*') *a* _b_ ~~c~~ \\* # h | t")
+    assert not set("*~#|\\") & set(formatted.replace("&#", "")) and "_b" not in formatted
+    assert plain("generation.api_key_env") == "generation.api_key_env"  # no emphasis inside a word
+    assert "_" not in plain("__init__") and "_" not in plain("a__b")  # these could be emphasis
     report = Preflight(problems=[("data.source", f"no such file: {HOSTILE}")], notes=[f"teacher {HOSTILE}"])
     assert "<img" not in report.markdown() and "&lt;img" in report.markdown()
     from workbench.ui.config_tab import check_config
@@ -309,11 +314,11 @@ def test_shared_capacity_counts_every_session_and_resumes(tmp_path, teacher_dir,
             assert "Launched" in setup_tab.launch(services, form, session=session)[0]
         busy, _ = setup_tab.launch(services, form, session="c")  # a new session is no way around it
         assert "Not launched" in busy and "busy" in busy
-        first = services.jobs.jobs()[-1]["run_id"]
+        first = services.sessions["a"][0]
         services.jobs.cancel(first)
         assert "Launched" in setup_tab.launch(services, form, session="d")[0]
-        with pytest.raises(ConfigError, match="busy"):
-            services.resume(first, "e")
+        with pytest.raises(ConfigError, match="busy"):  # a resume is a run more: it counts too
+            services.resume(first, "a")
     finally:
         services.close()
 

@@ -116,7 +116,7 @@ def test_paths_outside_the_allowed_folders_are_refused_in_every_field(site, teac
     ]
     for field, changes in attacks:
         for endpoint in ("/check", "/launch"):
-            verdict = client.predict(*form_values(**changes), api_name=endpoint)[0]
+            verdict = client.predict(*form_values(**changes), api_name=endpoint)
             assert refused(verdict, field), (field, changes, verdict)
             assert "host secret" not in verdict
     assert sorted(p.name for p in runs.iterdir() if (p / "spec.json").exists()) == ["planted-queued"]
@@ -148,12 +148,12 @@ def test_host_secrets_never_reach_a_server_the_visitor_chose(site, recorder, stu
                generation__api_model="m", generation__max_prompts=3, student__name_or_path=str(student_dir),
                train__max_steps=2, train__seq_len=32, train__bf16="off", evaluation__at_end=False)
     for variable in SECRETS:
-        verdict = client.predict(*form_values(**api, generation__api_key_env=variable), api_name="/launch")[0]
+        verdict = client.predict(*form_values(**api, generation__api_key_env=variable), api_name="/launch")
         assert refused(verdict, "generation.api_key_env"), verdict
     assert Recorder.seen == []
     # The one variable the app hands out (OPENAI_API_KEY by default) reaches the endpoint, and nothing else.
     verdict = client.predict(*form_values(**api, generation__api_key_env="OPENAI_API_KEY",
-                                          output__run_name="api-run"), api_name="/launch")[0]
+                                          output__run_name="api-run"), api_name="/launch")
     assert "Launched" in verdict, verdict
     deadline = time.time() + 300
     while time.time() < deadline and json.loads((runs / "api-run" / "status.json").read_text()).get("state") not in (
@@ -212,7 +212,7 @@ def test_script_in_a_run_name_or_a_config_comes_back_as_text(site, corpus_files,
                                           student__name_or_path=str(student_dir), data_kind=DATA_HUB,
                                           hub_dataset=str(corpus_files[0]), output__run_name=HOSTILE,
                                           train__max_steps=2, train__seq_len=32, train__bf16="off",
-                                          evaluation__at_end=False), api_name="/launch")[0]
+                                          evaluation__at_end=False), api_name="/launch")
     assert "Launched" in verdict and "<img" not in verdict, verdict
     verdict, _ = client.predict(f"teacher:\n  name_or_path: '{HOSTILE}'\n{HOSTILE}: 1\n", api_name="/check_config")
     assert "Invalid config" in verdict and "<img" not in verdict

@@ -110,6 +110,7 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes_the_planned_steps(tmp_pat
 
     manager.resume(run_id)
     assert manager.wait(run_id)["state"] == "succeeded"
+    assert f"resumed from checkpoint {status['step']}" in run.file("worker.log").read_text()
     assert logged_steps(run) == list(range(1, 601))  # each step once, none missing
     assert sum(1 for r in run.read_metrics() if "eval_loss" in r and r["step"] == 0) == 1
 

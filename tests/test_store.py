@@ -204,3 +204,36 @@ def test_cli_ingest_rebuilds_the_store(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "workbench", "ingest", str(tmp_path / "nope")], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "runs folder not found" in missing.stderr
+
+
+def test_notes_are_ingested_followed_when_edited_and_queryable(tmp_path, store):
+    run = make_run(tmp_path, "a", 3)
+    ingestor = Ingestor(store, tmp_path)
+    ingestor.ingest_all()
+    assert store.runs().loc[0, ["name", "tags", "notes"]].tolist() == ["", "", ""]
+    run.write_notes("First try", ["kd", "T=2"], "lr too high?")
+    assert ingestor.ingest_all() == 0 and store.runs().loc[0, ["name", "tags", "notes"]].tolist() == \
+        ["First try", "kd, T=2", "lr too high?"]  # notes.json is in the signature: an edit is ingested
+    found = store.query("SELECT run_id FROM runs WHERE list_contains(string_split(tags, ', '), 'T=2')")
+    assert found.run_id.tolist() == ["a"]
+    (run.path / "notes.json").write_text('{"name": 7, "tags": "x"}')  # damaged: read as no notes, not an error
+    ingestor.ingest_all()
+    assert store.runs().loc[0, ["name", "status"]].tolist() == ["", "succeeded"]
+    with pytest.raises(ValueError, match="tags"):
+        run.write_notes("x", "a" * 41, "")
+    with pytest.raises(ValueError, match="name"):
+        run.write_notes(None, "", "")
+
+
+def test_a_deleted_run_folder_is_never_ingested_back(tmp_path, store):
+    """A pass that listed the folder just before it was deleted must not write its rows again."""
+    run = make_run(tmp_path, "gone", 3)
+    ingestor = Ingestor(store, tmp_path)
+    ingestor.ingest_all()
+    assert len(store.metrics(["gone"])) == 3
+    shutil.rmtree(run.path)
+    assert ingestor.ingest_run(run.path) == 0
+    assert store.runs().empty and store.metrics().empty and store.run_ids() == []
+    hidden = make_run(tmp_path, ".deleting-123", 2)  # the manager's name for a folder it is deleting
+    ingestor.ingest_all()
+    assert store.runs().empty and hidden.path.exists()

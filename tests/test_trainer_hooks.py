@@ -19,7 +19,7 @@ from workbench.store.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
-HOOKS = ["train", "get_batch_samples", "compute_loss", "log", "create_optimizer", "_clip_grad_norm",
+HOOKS = ["train", "get_batch_samples", "compute_loss", "evaluate", "log", "create_optimizer", "_clip_grad_norm",
          "_get_grad_norm", "_save_checkpoint", "_save", "_load_from_checkpoint", "save_model"]
 
 

@@ -127,9 +127,13 @@ def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_for
     text, _ = setup_tab.launch(services, tiny_form.replace({"loss.alpha": -0.1, "output.run_name": "bad"}))
     assert "Not launched" in text and "loss.alpha" in text and services.jobs.jobs() == []
 
-    text, yaml_path = setup_tab.launch(services, tiny_form.replace({"output.run_name": "good"}))
-    assert "Launched good" in text and "5.0x smaller" in text
+    assert "Ready to launch" in setup_tab.check(services, tiny_form)[0]
+    text, run_id = setup_tab.launch(services, tiny_form.replace({"output.run_name": "good"}))
+    assert "Launched good" in text and "5.0x smaller" in text and run_id == "good"
+    assert not services.exports_dir.exists()  # checking and launching write no file: the YAML only when asked
+    yaml_path, saved = setup_tab.save_yaml(services, tiny_form)
     assert DistillConfig.from_dict(yaml.safe_load(open(yaml_path))).train.max_steps == 6  # the CLI runs it
+    assert "python -m workbench train" in saved and len(list(services.exports_dir.iterdir())) == 1
     assert services.jobs.wait("good", timeout=300)["state"] == "succeeded"
     table = runs_tab.jobs_table(services)
     assert table.loc[0, "run"] == "good" and table.loc[0, "state"] == "succeeded" and table.loc[0, "progress"] == "100%"
@@ -229,7 +233,9 @@ def test_inspect_and_evaluate_views_of_a_finished_run(distilled_run, teacher_dir
 
         card, table, diagram, generations = evaluate_tab.report_view(services, "distilled", 30)
         assert "× smaller" in card and list(table.model) == ["teacher", "student", "untrained"]
-        assert len(generations) == 2 and {t.name for t in diagram.data} >= {"teacher", "student"}
+        assert {t.name for t in diagram.data} >= {"teacher", "student"}
+        # Two prompts, each followed by the teacher's and the student's continuation, one per row.
+        assert list(generations.model) == ["teacher", "student"] * 2 and list(generations.prompt)[1::2] == ["", ""]
 
         student = "checkpoint-20 (step 20)"
         assert "queued" in services.evaluations.request("distilled", student)

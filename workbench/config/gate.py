@@ -232,7 +232,7 @@ class Gate:
                 if value > cap:
                     check(name, f"this app is reachable by others: at most {cap}")
             t = config.train
-            if t.eval_steps and t.max_steps // t.eval_steps > PUBLIC_MAX_EVALUATIONS:
+            if t.eval_interval() and t.max_steps // t.eval_interval() > PUBLIC_MAX_EVALUATIONS:
                 check("train.eval_steps", f"this app is reachable by others: at most {PUBLIC_MAX_EVALUATIONS} "
                                           f"evaluations per run, so 0 or at least "
                                           f"{-(-t.max_steps // PUBLIC_MAX_EVALUATIONS)}")

@@ -35,6 +35,8 @@ ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 NONFINITE = ("stop", "skip")
+# Runs of at least this many steps get held-out evaluations between the first and the last by default.
+AUTO_EVAL_MIN_STEPS = 100
 # Fields that may name a file or folder: each must be a path the system can look up (paths.path_problem).
 PATH_FIELDS = ("teacher.name_or_path", "student.name_or_path", "teacher.gguf_file", "student.gguf_file", "data.source",
                "data.validation_source", "generation.prompts", "generation.dataset", "loss.teacher_cache",
@@ -128,8 +130,10 @@ class TrainSpec:
                                       "compiles; it can pay on long runs (benchmarks/strategy_steps.py --settings "
                                       "soft_label,compiled measures it)")
     logging_steps: int = knob(10, "Log metrics every N steps", low=1, high=10_000_000)
-    eval_steps: int = knob(0, "Evaluate on held-out data every N steps (0 = only at the end)", low=0,
-                           high=10_000_000)
+    eval_steps: int | None = knob(None, "Evaluate on held-out data every N steps, besides before training and at "
+                                        "the end (0 = only those two); empty = 4 times a run of 100 steps or "
+                                        "more (every max_steps // 4), else only those two",
+                                  low=0, high=10_000_000)
     save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1, high=10_000_000)
     save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1, high=10_000)
     on_nonfinite: str = knob("stop", "A step whose loss, a loss term or the gradient is NaN or inf: stop = the run "
@@ -139,6 +143,13 @@ class TrainSpec:
                              choices=NONFINITE)
     max_skipped_steps: int = knob(10, "With on_nonfinite skip: the run fails once more steps than this were skipped",
                                   low=0, high=10_000_000)
+
+    def eval_interval(self) -> int:
+        """Steps between held-out evaluations during training (0: none between the first and the last). A
+        short run gets none: its evaluations would cost more than its training."""
+        if self.eval_steps is not None:
+            return self.eval_steps
+        return self.max_steps // 4 if self.max_steps >= AUTO_EVAL_MIN_STEPS else 0
 
 
 @dataclass

@@ -6,6 +6,7 @@ Every problem a user can cause raises DataError, which names the config field, t
 from __future__ import annotations
 
 import codecs
+import math
 import os
 from pathlib import Path
 
@@ -127,13 +128,16 @@ def _split_off(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datase
     teacher-written dataset are held out by prompt: other samples of a held-out prompt must not train."""
     if GROUP_COLUMN in ds.column_names:
         return _split_off_groups(ds, fraction, seed)
-    try:
-        # No keep_in_memory here: datasets 5.2 then clashes with its own indices cache file name.
-        parts = ds.train_test_split(test_size=fraction, seed=seed)
-    except ValueError as err:
-        raise DataError("data.validation_fraction", f"cannot hold out {fraction} of {len(ds)} rows ({err}); set "
-                                                    "data.validation_fraction to 0 or give more data or a "
-                                                    "data.validation_source") from err
+    rows = len(ds)
+    # As datasets rounds a fractional split: ceil for the held-out rows, floor for the training rows.
+    held, kept = math.ceil(fraction * rows), math.floor((1 - fraction) * rows)
+    if held < 1 or kept < 1:
+        raise DataError("data.validation_fraction",
+                        f"the data has {rows} row{'s' if rows != 1 else ''}: holding out {fraction:g} of them leaves "
+                        f"{'none' if kept < 1 else kept} to train on and {held} to evaluate on. Give at least 2 "
+                        "rows (better, dozens), a data.validation_source, or set data.validation_fraction to 0")
+    # No keep_in_memory here: datasets 5.2 then clashes with its own indices cache file name.
+    parts = ds.train_test_split(test_size=fraction, seed=seed)
     return parts["train"], parts["test"]
 
 

@@ -10,8 +10,12 @@ from transformers import TrainerCallback
 
 from workbench.store.rundir import RunDir
 
-# Keys whose values Trainer computes for its own summary; they duplicate what we log per step.
 STATUS_INTERVAL_S = 1.0
+# A progress line in worker.log at least this often while steps go on, so the log follows the worker
+# between logging steps (a default-pair step takes seconds; logging_steps is 10).
+LOG_INTERVAL_S = 5.0
+HELD_OUT_PHASE = "held-out evaluation"
+# Keys whose values Trainer computes for its own summary; they duplicate what we log per step.
 _SKIP = {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
          "eval_model_preparation_time"}
 
@@ -45,6 +49,8 @@ class RunFilesCallback(TrainerCallback):
         self.echo = echo
         self.clock = EtaClock()
         self.last_status = 0.0
+        self.last_line = 0.0
+        self.held_out_batches = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -64,6 +70,7 @@ class RunFilesCallback(TrainerCallback):
             self.run_dir.write_status("running", nonfinite_skipped=logs["nonfinite_skipped"])
         if self.echo and "loss" in logs:
             self.echo(self._progress_line(state, logs))
+            self.last_line = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -75,6 +82,30 @@ class RunFilesCallback(TrainerCallback):
             eta = self.clock.eta(state.global_step, state.max_steps)
             self.run_dir.write_status("running", step=state.global_step, total_steps=state.max_steps,
                                       eta_s=None if eta is None else round(eta, 1))
+        # Between logged steps only: a logged step gets on_log's fuller line right after this.
+        logged = state.global_step % max(args.logging_steps, 1) == 0
+        if self.echo and not logged and now - self.last_line >= LOG_INTERVAL_S:
+            self.last_line = now
+            self.echo(f"at step {state.global_step}/{state.max_steps}, "
+                      f"eta {format_eta(self.clock.eta(state.global_step, state.max_steps))}")
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """Held-out evaluations take a while (the step-0 one before any step): status.json says how far."""
+        if not state.is_world_process_zero:
+            return
+        self.held_out_batches += 1
+        now = time.perf_counter()
+        if now - self.last_status >= STATUS_INTERVAL_S:
+            self.last_status = now
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            self.run_dir.write_status("running", phase=HELD_OUT_PHASE, phase_done=self.held_out_batches,
+                                      phase_total=total)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.held_out_batches = 0
+        self.run_dir.write_status("running", phase=None, phase_done=None, phase_total=None)
 
     def _progress_line(self, state, logs: dict) -> str:
         terms = " ".join(f"{k}={logs[k]:.4g}" for k in ("loss", "ce", "kd") if logs.get(k) is not None)

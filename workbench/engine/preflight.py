@@ -7,6 +7,8 @@ tokenizers. Every problem names the config field to fix.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,42 @@ from workbench.models.sizing import GIB, arch_info, estimate_memory
 
 # LoRA trains roughly this share of the weights at r=16 on all linear layers: enough for an estimate.
 LORA_TRAINABLE_SHARE = 0.02
+# An estimate above this share of the free memory is refused; between CLOSE and it, a warning.
+CLOSE = 0.8
+MEMO_SIZE = 64
+_memo: OrderedDict = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _remembered(key: tuple, compute):
+    """Pre-flight runs on every click, often while a job trains: what it read from model folders (their
+    architectures, their tokenizers) is kept while the folders are unchanged (the key holds their state).
+    A failure is not kept: it is shown, and the next click tries again."""
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    value = compute()
+    with _memo_lock:
+        _memo[key] = value
+        while len(_memo) > MEMO_SIZE:
+            _memo.popitem(last=False)
+    return value
+
+
+def _model_key(spec) -> tuple:
+    """A model reference and, for a local folder, the state of its files (a rewritten checkpoint is read again)."""
+    folder = Path(spec.name_or_path).expanduser()
+    try:
+        files = [entry.stat() for entry in folder.iterdir()] if folder.is_dir() else []
+    except OSError:
+        files = []
+    state = (len(files), max((f.st_mtime_ns for f in files), default=0), sum(f.st_size for f in files))
+    return spec.name_or_path, spec.revision, spec.gguf_file, spec.trust_remote_code, state
+
+
+def _arch(spec, role: str, layers: int | None = None):
+    return _remembered(("arch", _model_key(spec), role, layers), lambda: arch_info(spec, role, layers=layers))
 
 
 @dataclass
@@ -44,12 +82,13 @@ class Preflight:
         return not self.problems
 
     def markdown(self) -> str:
-        # Messages quote what the user typed (a teacher id, a file name, a data row's column): escaped, so
-        # a value holding HTML shows as text. The notes' own Markdown (**bold**) survives escaping.
-        lines = [f"- **{plain(name)}**: {plain(msg)}" for name, msg in self.problems] + \
-                [f"- {plain(note)}" for note in self.notes]
-        head = "**Ready to launch.**" if self.ok else "**Not launched — fix these first:**"
-        return "\n".join([head, *lines])
+        """Ready: the notes (sizes, memory, vocabulary). Refused: only the problems, each naming its field;
+        a note beside a refusal ("1.0x smaller" for a student that cannot be built) would contradict it.
+        Messages quote what the user typed (a teacher id, a file name): escaped, so HTML shows as text."""
+        if not self.ok:
+            return "\n".join(["**Not launched — fix these first:**",
+                              *(f"- **{plain(name)}**: {plain(msg)}" for name, msg in self.problems)])
+        return "\n".join(["**Ready to launch.**", *(f"- {plain(note)}" for note in self.notes)])
 
 
 def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: int = 1) -> Preflight:
@@ -65,8 +104,8 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
         _check_generation(config, report)
     try:
         keep = config.student.init_from_teacher_layers
-        teacher = arch_info(config.teacher, "teacher") if config.teacher_model_needed() else None
-        student = arch_info(config.teacher, "teacher", layers=keep) if keep else arch_info(config.student, "student")
+        teacher = _arch(config.teacher, "teacher") if config.teacher_model_needed() else None
+        student = _arch(config.teacher, "teacher", layers=keep) if keep else _arch(config.student, "student")
     except ModelLoadError as err:
         role = "student" if str(err).startswith("student") else "teacher"
         report.problems.append((f"{role}.name_or_path", str(err)))
@@ -82,18 +121,30 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
         report.teacher_params = teacher.params
         report.notes.append(f"teacher {_count(teacher.params)} parameters ({teacher.layers} layers, hidden "
                             f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, "
-                            f"hidden {student.hidden}): **{teacher.params / student.params:.1f}x smaller**")
+                            f"hidden {student.hidden}): {teacher.params / student.params:.1f}x smaller")
         _check_vocabulary(config, teacher.vocab, student.vocab, report)
         if config.strategy in ("hidden_state", "attention"):
             _check_layers(config, teacher, student, report)
+    _check_context(config, teacher, student, report)
     share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
     # Hard-label training holds no teacher: it writes its data before the student trains.
     strategy = strategy_class(config.strategy)
     memory = estimate_memory(config, teacher if strategy.needs_teacher else None, student, use_bf16(config), share,
                              teacher_trains=strategy.trains_teacher)
     report.memory_gib = memory.as_gib()
-    _check_memory(memory.total, processes, report)
+    _check_memory(config, memory, processes, report)
     return report
+
+
+def _check_context(config: DistillConfig, teacher, student, report: Preflight) -> None:
+    """A sequence longer than a model's positions cannot be trained on (or is silently garbage)."""
+    limits = [(role, info.context) for role, info in (("teacher", teacher), ("student", student))
+              if info is not None and info.context]
+    for role, context in limits:
+        if config.train.seq_len > context:
+            report.problems.append(("train.seq_len", f"the {role} reads at most {context:,} tokens "
+                                                     f"(max_position_embeddings); give at most {context:,}"))
+            return
 
 
 def _check_layers(config: DistillConfig, teacher, student, report: Preflight) -> None:
@@ -170,9 +221,13 @@ def _count(n: int) -> str:
 def _check_vocabulary(config: DistillConfig, teacher_vocab: int, student_vocab: int, report: Preflight) -> None:
     if not config.needs_shared_vocab() or config.student.init_from_teacher_layers:
         return
+    def compare():
+        return check_vocab(load_tokenizer(config.teacher, "teacher"), load_tokenizer(config.student, "student"),
+                           teacher_vocab, student_vocab)
+
     try:
-        check = check_vocab(load_tokenizer(config.teacher, "teacher"), load_tokenizer(config.student, "student"),
-                            teacher_vocab, student_vocab)
+        check = _remembered(("vocab", _model_key(config.teacher), _model_key(config.student), teacher_vocab,
+                             student_vocab), compare)
     except VocabMismatchError as err:
         report.problems.append(("student.name_or_path", str(err)))
     except ModelLoadError as err:
@@ -181,12 +236,44 @@ def _check_vocabulary(config: DistillConfig, teacher_vocab: int, student_vocab: 
         report.notes.append(f"vocabulary: one tokenizer, {check.shared_size:,} logits compared")
 
 
-def _check_memory(total: float, processes: int, report: Preflight) -> None:
+def _check_memory(config: DistillConfig, memory, processes: int, report: Preflight) -> None:
+    """Refuse an estimate over the machine's memory (it cannot fit, whatever else ends), naming what to
+    lower; say so when it is over what is free now (other jobs hold the rest: it waits for them) or close."""
     if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
+        free, total_memory = torch.cuda.mem_get_info()
         where = "GPU"
     else:
-        free, where = psutil.virtual_memory().available / max(processes, 1), "RAM"
-    verdict = "fits" if total < free else "**may not fit**: lower batch size or sequence length, or turn on LoRA"
-    report.notes.append(f"memory estimate per process {total / GIB:.2f} GiB; {free / GIB:.1f} GiB {where} "
-                        f"available: {verdict}")
+        ram = psutil.virtual_memory()
+        free, total_memory, where = ram.available / max(processes, 1), ram.total / max(processes, 1), "RAM"
+    total = memory.total
+    shown = f"memory estimate per process {total / GIB:.2f} GiB; {free / GIB:.1f} of {total_memory / GIB:.1f} GiB {where} free"
+    if total <= CLOSE * free:
+        report.notes.append(f"{shown}: fits")
+    elif total <= free:
+        report.notes.append(f"{shown}: close to the limit; a lower batch size or sequence length leaves room")
+    elif total <= total_memory:
+        report.notes.append(f"{shown}: more than is free now (other jobs or programs hold the rest); it fits once "
+                            "they end, and may be slow or fail while they run")
+    else:
+        report.problems.append(_too_big(config, memory, total_memory, shown))
+
+
+def _too_big(config: DistillConfig, memory, total_memory: float, shown: str) -> tuple[str, str]:
+    """The refusal of a run over the machine's memory, naming the field to lower."""
+    fixed = memory.teacher_weights + memory.student_weights + memory.optimizer_and_grads
+    tokens = config.train.batch_size * config.train.seq_len
+    per_token = (memory.activations + memory.logits) / tokens
+    fitting = int(max(total_memory - fixed, 0) / per_token) if per_token else 0
+    if fitting < config.train.batch_size * 8:
+        return ("student.lora.enabled" if not config.student.lora.enabled else "student.name_or_path",
+                f"{shown}: the weights, gradients and optimizer state alone need {fixed / GIB:.1f} GiB; train LoRA "
+                "adapters or choose a smaller student")
+    return ("train.seq_len", f"{shown}: {config.train.batch_size} × {config.train.seq_len:,} tokens per micro-batch "
+                             f"need {memory.total / GIB:.1f} GiB; about {fitting:,} tokens fit, e.g. train.seq_len "
+                             f"{_round_down(fitting // config.train.batch_size)} at this train.batch_size, or a lower "
+                             "train.batch_size")
+
+
+def _round_down(tokens: int) -> int:
+    """A sequence length to suggest: a multiple of 64 below `tokens` (at least 8, the field's minimum)."""
+    return max(8, tokens // 64 * 64)

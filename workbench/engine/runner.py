@@ -216,8 +216,9 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         processing_class=tokenizer, callbacks=[RunFilesCallback(run, echo), StopCallback(stop)], strategy=strategy)
 
     checkpoint = run.last_checkpoint() if resume else None
-    if resume and checkpoint is None:
-        say("no checkpoint found: starting from step 0")
+    if resume:
+        say(f"resumed from checkpoint {checkpoint.name.rpartition('-')[2]} ({checkpoint.parent.name}/{checkpoint.name})"
+            if checkpoint else "no complete checkpoint found: starting from step 0")
     if checkpoint is None and is_main_process():
         run.truncate_metrics_after(-1)  # a fresh start logs step 0 again: drop an earlier attempt's lines
     if eval_ds is not None and checkpoint is None:

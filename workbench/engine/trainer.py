@@ -56,8 +56,8 @@ def training_arguments(config: DistillConfig, checkpoints_dir: Path, has_eval: b
         activation_checkpointing=t.gradient_checkpointing,
         torch_compile=t.torch_compile,
         logging_steps=t.logging_steps,
-        eval_strategy="steps" if has_eval and t.eval_steps else "no",
-        eval_steps=t.eval_steps or None,
+        eval_strategy="steps" if has_eval and t.eval_interval() else "no",
+        eval_steps=t.eval_interval() or None,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -108,6 +108,14 @@ class DistillTrainer(Trainer):
         # tokens (num_items_in_batch), so the count is that of the batches the loss sees.
         prepared = (self.strategy.prepare_batch(self.model, batch) for batch in epoch_iterator)
         return super().get_batch_samples(prepared, num_batches, device)
+
+    def evaluate(self, *args, **kwargs):
+        # Trainer calls this for the step-0, periodic and final held-out evaluations alike.
+        self.strategy.evaluating = True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.strategy.evaluating = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.strategy.global_step = self.state.global_step  # schedules (co-distillation's α) follow the step

@@ -51,6 +51,12 @@ class EvaluationQueue:
                 threading.Thread(target=self._work, name="evaluations", daemon=True).start()
             return f"**{plain(run_id)}** {plain(student)}: evaluation queued ({len(self._pending)} waiting)"
 
+    def busy(self, run_id: str) -> bool:
+        """Whether one of the run's students is being evaluated or waits to be."""
+        with self._lock:
+            current = self._current is not None and self._current[0] == run_id
+            return current or any(job[0] == run_id for job in self._pending)
+
     def state(self, run_id: str, student: str) -> str:
         """One line for the UI: running (with progress), queued, finished or failed."""
         with self._lock:

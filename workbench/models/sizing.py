@@ -23,6 +23,7 @@ class ArchInfo:
     hidden: int
     vocab: int
     heads: int
+    context: int | None = None  # the longest sequence the model was built for (max_position_embeddings)
 
 
 def arch_info(spec: ModelSpec, role: str, layers: int | None = None) -> ArchInfo:
@@ -43,7 +44,8 @@ def arch_info(spec: ModelSpec, role: str, layers: int | None = None) -> ArchInfo
     text_cfg = cfg.get_text_config()
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return ArchInfo(params=params, layers=text_cfg.num_hidden_layers, hidden=text_cfg.hidden_size,
-                    vocab=model.get_output_embeddings().weight.shape[0], heads=text_cfg.num_attention_heads)
+                    vocab=model.get_output_embeddings().weight.shape[0], heads=text_cfg.num_attention_heads,
+                    context=getattr(text_cfg, "max_position_embeddings", None))
 
 
 @dataclass

@@ -7,7 +7,8 @@ The database is an index, not the truth: a file from another schema version is d
 from the run directories.
 
 Tables (readers get pandas DataFrames):
-  runs       one row per run: config columns flattened for filtering, status, times, the config as JSON
+  runs       one row per run: config columns flattened for filtering, status, times, the config as JSON,
+             and what a user called it (name, tags as comma-separated text, notes: RUN/notes.json)
   metrics    one row per logged training point: step, every loss term, lr, grad norm, tokens/s
   evals      long format: (run, step, split, metric, value): held-out terms during training (split
              validation), end-of-run summaries (train), and student evaluations (evaluation, one set
@@ -22,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "workbench.duckdb"
 
 RUN_COLUMNS = {
@@ -32,6 +33,9 @@ RUN_COLUMNS = {
     "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR", "baseline_of": "VARCHAR",
     "status": "VARCHAR", "step": "INTEGER", "error": "VARCHAR", "created": "TIMESTAMP",
     "started": "TIMESTAMP", "updated": "TIMESTAMP", "config": "JSON",
+    # Text, not VARCHAR[]: a list column breaks the tables that show query results; SQL still finds a tag
+    # with list_contains(string_split(tags, ', '), 'x').
+    "name": "VARCHAR", "tags": "VARCHAR", "notes": "VARCHAR",
 }
 METRIC_COLUMNS = {
     "run_id": "VARCHAR", "seq": "INTEGER", "step": "INTEGER", "epoch": "DOUBLE", "time": "DOUBLE",
@@ -154,6 +158,14 @@ class Store:
     def runs(self) -> pd.DataFrame:
         return self.cursor().execute("SELECT * EXCLUDE (config) FROM runs ORDER BY created DESC NULLS LAST").df()
 
+    def run_overview(self) -> pd.DataFrame:
+        """What the Runs table adds to the jobs' states, in one query: each run's name and tags and its last
+        logged loss and tokens/s (run_id, name, tags, loss, tokens_per_s)."""
+        return self.cursor().execute(
+            "WITH last AS (SELECT run_id, arg_max(loss, seq) AS loss, arg_max(tokens_per_s, seq) AS tokens_per_s "
+            "FROM metrics GROUP BY run_id) "
+            "SELECT r.run_id, r.name, r.tags, l.loss, l.tokens_per_s FROM runs r LEFT JOIN last l USING (run_id)").df()
+
     def metrics(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         return self._for_runs("metrics", run_ids, "run_id, seq")
 
@@ -177,7 +189,7 @@ class Store:
                 SELECT run_id, metric, value FROM evals
                 WHERE split = 'evaluation' AND list_contains(?, run_id)
                 QUALIFY step = max(step) OVER (PARTITION BY run_id))
-            SELECT r.run_id, r.status,
+            SELECT r.run_id, r.status, r.step,
                    exp(max(CASE WHEN l.metric = 'ce' THEN l.value END)) AS heldout_perplexity,
                    max(CASE WHEN l.metric = 'loss' THEN l.value END) AS heldout_loss,
                    max(CASE WHEN l.metric = 'ce' THEN l.value END) AS heldout_ce,
@@ -193,6 +205,11 @@ class Store:
             FROM runs r LEFT JOIN last l USING (run_id) LEFT JOIN judged j USING (run_id)
             WHERE list_contains(?, r.run_id)
             GROUP BY ALL ORDER BY r.run_id""", [list(run_ids)] * 3).df()
+
+    def planned_steps(self, run_id: str) -> int | None:
+        """The steps a run was configured for (train.max_steps), if the store knows the run."""
+        found = self.cursor().execute("SELECT steps FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        return found[0] if found else None
 
     def baselines(self, run_ids: list[str]) -> list[str]:
         """CE-only baseline runs of these runs that are not among them."""

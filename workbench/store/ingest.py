@@ -21,6 +21,7 @@ from workbench.store.rundir import (
     CONFIG,
     LOG,
     METRICS,
+    NOTES,
     SPEC,
     STATUS,
     TRAINER_STATE,
@@ -85,7 +86,7 @@ def _config(run: RunDir) -> dict:
 
 
 def run_row(run: RunDir) -> dict:
-    config, status = _config(run), run.read_status()
+    config, status, notes = _config(run), run.read_status(), run.read_notes()
     teacher, student, loss, train = (_section(config, name) for name in ("teacher", "student", "loss", "train"))
     spec = read_json(run.file(SPEC))[0] or {}
     created = spec.get("created") or status.get("queued_at") or status.get("started")
@@ -105,6 +106,7 @@ def run_row(run: RunDir) -> dict:
         "status": _text(status.get("state")), "step": _integer(status.get("step")), "error": _text(status.get("error")),
         "created": _timestamp(created), "started": _timestamp(status.get("started")),
         "updated": _timestamp(status.get("updated")), "config": dumps(config) if config else None,
+        "name": notes["name"], "tags": ", ".join(notes["tags"]), "notes": notes["notes"],
     }
 
 
@@ -158,7 +160,7 @@ def _stamp(path: Path) -> str:
 
 
 def _signature(run: RunDir) -> str:
-    parts = [_stamp(run.file(name)) for name in (CONFIG, SPEC, STATUS, METRICS)]
+    parts = [_stamp(run.file(name)) for name in (CONFIG, SPEC, STATUS, METRICS, NOTES)]
     # with whether each is complete yet: Trainer writes trainer_state.json into it last
     parts += [f"{p.name}:{safe_exists(p / TRAINER_STATE)}" for p in sorted(run.checkpoints.glob("checkpoint-*"))]
     parts += [f"{p.name}:{_stamp(p)}" for p in sorted(run.evaluations.glob("step-*.json"))]
@@ -177,6 +179,9 @@ class Ingestor:
         run = RunDir(Path(path).resolve())
         run_id = run.path.name
         with self._lock:
+            if not is_run_dir(run.path):  # deleted since it was listed: no row may bring it back
+                self.store.forget(run_id)
+                return 0
             state = self.store.ingest_state(run_id) or {}
             try:
                 signature = _signature(run)
@@ -197,6 +202,11 @@ class Ingestor:
                                  {"run_id": run_id, "signature": signature}, True)
                 return 0
             return len(metric_rows) + len(eval_rows)
+
+    def forget(self, run_id: str) -> None:
+        """Drop a deleted run's rows once no ingest of it is under way (one would write them back)."""
+        with self._lock:
+            self.store.forget(run_id)
 
     def _read_metrics(self, run: RunDir, state: dict) -> tuple[list, list, dict, bool]:
         run_id = run.path.name

@@ -10,6 +10,7 @@
       checkpoints/     transformers Trainer checkpoints (checkpoint-STEP/), resumable
       student/         the final student (save_pretrained + tokenizer + README.md model card)
       evaluations/     step-STEP.json: one evaluation of the student at that step (workbench/eval/metrics.py)
+      notes.json       {"name", "tags", "notes"}: what a user calls the run and says about it (the app's)
 
 Only one process writes a run directory (rank 0 of a job), and readers never lock it: status.json is
 replaced by rename so a reader sees the old or the new file, never half of one; metrics.jsonl only
@@ -18,17 +19,23 @@ Every file is strict JSON: a NaN or inf is written as null. Reading never raises
 (bytes that are not UTF-8, not JSON, not the expected shape): the run reads as state "unknown" with the
 reason, and every other run is unaffected.
 evaluations/ is the exception: whoever evaluates a student (the job at its end, the app on demand)
-writes its own step-STEP.json there, atomically, and no other file.
+writes its own step-STEP.json there, atomically, and no other file. notes.json is the app's alone (the
+Runs tab's name, tags and notes), replaced atomically like status.json, so it is written while a worker
+runs without either touching the other's files. The folder's name is the run id, never renamed: baselines
+(spec.baseline_of) and folders refer to it; the display name lives in notes.json.
+A folder whose name starts with "." is never a run (the manager renames a run that way while deleting it).
 """
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from workbench.config.fields import text_problem
 from workbench.config.paths import safe_exists, safe_is_dir
 
 CONFIG = "config.json"
@@ -37,6 +44,7 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 LOG = "worker.log"
 WORKER = "worker.json"
+NOTES = "notes.json"
 CHECKPOINTS = "checkpoints"
 STUDENT = "student"
 EVALUATIONS = "evaluations"
@@ -44,6 +52,11 @@ TRAINER_STATE = "trainer_state.json"  # inside each checkpoint-STEP/, written by
 
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+# What a user may write in notes.json: a name fit for a table cell, a few short tags, a paragraph.
+NAME_MAX_CHARS = 200
+TAGS_MAX = 20
+TAG_MAX_CHARS = 40
 
 # How a training process (the CLI's train command, a job's worker) ends, read by the job manager.
 EXIT_FAILED = 1
@@ -53,17 +66,51 @@ EXIT_CANCELLED = 3    # stopped on request, with a checkpoint when a step finish
 
 def is_run_dir(path: Path) -> bool:
     """A folder holding a run (or a job not yet started): what the manager, the store and the UI list."""
-    return safe_is_dir(path) and any(safe_exists(path / name) for name in (CONFIG, SPEC, STATUS))
+    return (not path.name.startswith(".") and safe_is_dir(path)
+            and any(safe_exists(path / name) for name in (CONFIG, SPEC, STATUS)))
 
 
 def run_in(runs_dir: Path, run_id: str) -> "RunDir":
     """The run folder `run_id` directly inside `runs_dir`; KeyError for a name that is no such folder or
-    would reach outside it ("../x", "a/b"), so a run id from a request never addresses another path."""
+    would reach outside it ("../x", "a/b"), so a run id from a request never addresses another path. A
+    link is no run folder either: "x" linking to "y" would have an action on x (delete) act on y."""
     runs_dir = Path(runs_dir).expanduser().resolve()
-    path = (runs_dir / str(run_id)).resolve()
-    if not run_id or path.parent != runs_dir or not path.is_dir():
-        raise KeyError(f"no run {run_id!r} in {runs_dir}")
+    named = runs_dir / str(run_id)
+    try:
+        path = named.resolve()
+        found = path.parent == runs_dir and path.is_dir() and not named.is_symlink()
+    except (OSError, RuntimeError, ValueError):  # a name the system refuses (too long, NUL)
+        found = False
+    if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or not found:
+        raise KeyError(f"no run {str(run_id)[:200]!r} in {runs_dir}")
     return RunDir(path)
+
+
+def clean_notes(name, tags, notes) -> dict:
+    """notes.json's content from what a user typed: name and notes as text, tags as a comma-separated text
+    or a list. Anything else (a visitor may send any value) is a ValueError naming the field."""
+    for field, value in (("name", name), ("notes", notes)):
+        if not isinstance(value, str):
+            raise ValueError(f"{field}: expected text")
+        if problem := text_problem(value):
+            raise ValueError(f"{field}: {problem}")
+    name = " ".join(name.split())  # one line: it is a table cell
+    if len(name) > NAME_MAX_CHARS:
+        raise ValueError(f"name: at most {NAME_MAX_CHARS} characters")
+    return {"name": name, "tags": _tag_list(tags), "notes": notes.strip()}
+
+
+def _tag_list(tags) -> list[str]:
+    if isinstance(tags, str):
+        if problem := text_problem(tags):
+            raise ValueError(f"tags: {problem}")
+        tags = tags.split(",")
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise ValueError("tags: expected comma-separated text")
+    found = list(dict.fromkeys(" ".join(tag.split()) for tag in tags if tag.strip()))  # in order, once each
+    if len(found) > TAGS_MAX or any(len(tag) > TAG_MAX_CHARS or "," in tag for tag in found):
+        raise ValueError(f"tags: at most {TAGS_MAX} tags of at most {TAG_MAX_CHARS} characters, separated by commas")
+    return found
 
 
 def json_safe(value):
@@ -123,7 +170,7 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
 def finite_number(value) -> float | None:
     """A finite number read from a run file, or None for anything else (a damaged file may hold any JSON:
     text, NaN, Infinity, an integer of 400 digits)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's numbers too (a table cell)
         return None
     try:
         number = float(value)
@@ -200,6 +247,20 @@ class RunDir:
         status = {**(read_json(self.file(STATUS))[0] or {}), **fields, "state": state, "updated": time.time()}
         write_json_atomic(self.file(STATUS), status)
         return status
+
+    def read_notes(self) -> dict:
+        """{"name", "tags", "notes"}; empty ones when there is no file, and for a damaged one (any JSON)."""
+        data, _ = read_json(self.file(NOTES))
+        try:
+            return clean_notes(data.get("name", ""), data.get("tags", []), data.get("notes", ""))
+        except (AttributeError, ValueError):
+            return {"name": "", "tags": [], "notes": ""}
+
+    def write_notes(self, name, tags, notes) -> dict:
+        """Replace notes.json atomically; ValueError (naming the field) for values it cannot hold."""
+        cleaned = clean_notes(name, tags, notes)
+        write_json_atomic(self.file(NOTES), cleaned)
+        return cleaned
 
     def append_metrics(self, record: dict) -> None:
         with open(self.file(METRICS), "a", encoding="utf-8") as fh:

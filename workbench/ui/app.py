@@ -38,9 +38,9 @@ def build_app(services: Services) -> gr.Blocks:
                         f"{gate.max_jobs_per_session} runs waiting or training, an upload at most "
                         f"{gate.max_upload_mb:g} MiB. Everyone who can open this page sees every run.",
                         elem_id="public-notice")
-        with gr.Tabs():
-            create_setup_tab(services, default)
-            create_runs_tab(services)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            setup_inputs = create_setup_tab(services, default)
+            create_runs_tab(services, setup_inputs, tabs)  # "Clone into Set up" fills the form and opens its tab
             create_inspect_tab(services)
             create_evaluate_tab(services)
             create_compare_tab(services)

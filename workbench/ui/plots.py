@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -44,9 +45,10 @@ def _empty(message: str) -> go.Figure:
     return fig
 
 
-def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: str = "") -> go.Figure:
-    """One run: loss, CE and KD as separate lines (held-out points as markers) above learning rate and
-    tokens/s, sharing the step axis."""
+def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: str = "",
+               total_steps: float | None = None) -> go.Figure:
+    """One run: loss, CE and KD as separate lines (held-out points as markers, joined only where they were
+    measured close together) above learning rate and tokens/s, sharing the step axis."""
     if metrics.empty:
         return _empty("no training steps logged yet")
     metrics = _with_terms(metrics)
@@ -57,10 +59,12 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
             fig.add_trace(go.Scatter(x=metrics.step, y=metrics[column], name=name, mode="lines",
                                      line=dict(color=COLORS[column])), row=1, col=1)
     if evals is not None and not evals.empty:
+        gap = heldout_gap(metrics.step.max() if total_steps is None else total_steps)  # planned, else logged so far
         for metric, rows in evals[evals.split == "validation"].groupby("metric"):
             if metric in COLORS:
-                fig.add_trace(go.Scatter(x=rows.step, y=rows.value, name=f"held-out {metric}",
-                                         mode="markers+lines", line=dict(dash="dot", color=COLORS[metric])),
+                xs, ys = gapped(rows.step, rows.value, gap)
+                fig.add_trace(go.Scatter(x=xs, y=ys, name=f"held-out {metric}", mode="markers+lines",
+                                         connectgaps=False, line=dict(dash="dot", color=COLORS[metric])),
                               row=1, col=1)
     if metrics.learning_rate.notna().any():
         fig.add_trace(go.Scatter(x=metrics.step, y=metrics.learning_rate, name="learning rate", mode="lines",
@@ -79,6 +83,38 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
     return fig
 
 
+# What each Compare curve is, said on the plot: one axis must hold one quantity.
+CURVE_NOTES = {
+    "heldout_ce": "held-out CE per token: the same measure for every run, whatever its α or strategy",
+    "loss": "training loss = α·CE + (1−α)·KD (+ layer terms): runs with other α or strategies are other sums",
+}
+
+
+def gapped(steps: pd.Series, values: pd.Series, max_gap: float) -> tuple[list, list]:
+    """Points in step order with a break (None) between two more than max_gap steps apart, so plotly
+    never draws a line through steps where nothing was measured."""
+    xs, ys, last = [], [], None
+    for x, y in sorted(zip(steps.tolist(), values.tolist())):
+        if last is not None and x - last > max_gap:
+            xs.append(None)
+            ys.append(None)
+        xs.append(x)
+        ys.append(y)
+        last = x
+    return xs, ys
+
+
+def heldout_gap(total_steps) -> float:
+    """Held-out points further apart than a quarter of the run are not joined: with one at step 0 and one
+    at the end, a line between them would read as a trend that was never measured. No known length
+    (None, NaN from a damaged run): no point is joined."""
+    try:
+        steps = float(total_steps)
+    except (TypeError, ValueError):
+        return 0.0
+    return steps / 4 if math.isfinite(steps) and steps > 0 else 0.0
+
+
 def compare_curves(metrics: pd.DataFrame, term: str = "loss") -> go.Figure:
     """Several runs' training curves of one term, overlaid."""
     if metrics.empty or term not in metrics or metrics[term].isna().all():
@@ -86,8 +122,26 @@ def compare_curves(metrics: pd.DataFrame, term: str = "loss") -> go.Figure:
     fig = go.Figure()
     for run_id, rows in metrics.groupby("run_id", sort=True):
         fig.add_trace(go.Scatter(x=rows.step, y=rows[term], name=run_id, mode="lines"))
-    fig.update_layout(xaxis_title="step", yaxis_title=term, height=420, margin=dict(l=50, r=20, t=30, b=40),
-                      legend=dict(orientation="h"))
+    return _compare_layout(fig, term, term)
+
+
+def compare_heldout(evals: pd.DataFrame, total_steps: dict[str, float], metric: str = "ce") -> go.Figure:
+    """Several runs' held-out values of one metric, overlaid: markers at the evaluated steps, joined only
+    where evaluations were close together (gapped)."""
+    points = evals[(evals.split == "validation") & (evals.metric == metric)] if not evals.empty else evals
+    if points.empty:
+        return _empty("no held-out evaluations for the chosen runs yet")
+    fig = go.Figure()
+    for run_id, rows in points.groupby("run_id", sort=True):
+        xs, ys = gapped(rows.step, rows.value, heldout_gap(total_steps.get(run_id)))
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=run_id, mode="markers+lines", connectgaps=False))
+    return _compare_layout(fig, f"heldout_{metric}", f"held-out {metric}")
+
+
+def _compare_layout(fig: go.Figure, term: str, axis: str) -> go.Figure:
+    note = CURVE_NOTES.get(term, "")
+    fig.update_layout(xaxis_title="step", yaxis_title=axis, height=420, margin=dict(l=50, r=20, t=40, b=40),
+                      legend=dict(orientation="h"), title=dict(text=note, font=dict(size=13)))
     return fig
 
 
@@ -174,9 +228,10 @@ def reliability(bins: dict[str, list[dict]]) -> go.Figure:
                                  marker=dict(size=[6 + 14 * r["tokens"] / biggest for r in rows]),
                                  customdata=[r["tokens"] for r in rows],
                                  hovertemplate="confidence %{x:.2f}, accuracy %{y:.2f}, %{customdata} tokens"))
-    fig.update_layout(height=340, xaxis_title="confidence (top probability)", yaxis_title="accuracy",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=50, r=20, t=30, b=40),
-                      legend=dict(orientation="h"))
+    # The legend above the plot: below it, a horizontal legend covers the x axis title.
+    fig.update_layout(height=380, xaxis_title="confidence (top probability)", yaxis_title="accuracy",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=50, r=20, t=50, b=50),
+                      legend=dict(orientation="h", x=0, y=1.02, xanchor="left", yanchor="bottom"))
     return fig
 
 

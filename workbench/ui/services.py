@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from jobs.manager import JobManager
+from jobs.monitor import ResourceMonitor
 from jobs.spec import JobSpec
 from workbench.config.fields import ConfigError
 from workbench.config.gate import Gate, upload_folders
@@ -16,9 +19,10 @@ from workbench.eval.inspector import Inspector
 from workbench.eval.queue import EvaluationQueue
 from workbench.store.database import DB_NAME, Store
 from workbench.store.ingest import IngestLoop, Ingestor
-from workbench.store.rundir import CONFIG, SPEC, run_in
+from workbench.store.rundir import CONFIG, SPEC, read_json, run_in
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
+CONFIG_VIEW_MAX_BYTES = 2**20  # a config is a few KiB; a bigger file is not one to show
 
 
 @dataclass
@@ -33,8 +37,10 @@ class Services:
     gate: Gate | None = None
     inspector: Inspector | None = None
     evaluations: EvaluationQueue | None = None
-    # Public mode: the runs each browser session launched, so a visitor's queue can be capped.
+    # Public mode: the runs each browser session launched, so a visitor's queue can be capped and only its
+    # own runs changed (cancelled, resumed, moved, renamed, deleted).
     sessions: dict[str, list[str]] = field(default_factory=dict)
+    monitor: ResourceMonitor = field(default_factory=ResourceMonitor)
 
     @property
     def allowed_roots(self) -> list[Path]:
@@ -86,10 +92,59 @@ class Services:
 
     def resume(self, run_id: str, session: str | None = None) -> None:
         """Queue a stopped job again, counted against the same limits as a new one."""
+        self.check_owner(run_id, session, "resume")
         self._check_capacity(session)
         self.jobs.resume(run_id)
-        if session is not None:
+        if session is not None and run_id not in self.sessions.get(session, []):
             self.sessions.setdefault(session, []).append(run_id)
+
+    def cancel(self, run_id: str, session: str | None = None) -> str:
+        """Cancel a job (a queued one leaves the queue); the state right after."""
+        self.check_owner(run_id, session, "cancel")
+        return self.jobs.cancel(run_id)
+
+    def move(self, run_id: str, offset: int, session: str | None = None) -> int:
+        """Move a queued job up (offset < 0) or down the queue; its new position. Not in public mode: the
+        queue is everyone's there, and moving one's own job up would move it past other visitors'."""
+        if self.gate.public:
+            raise PermissionError("this app is shared: the queue keeps the order in which runs were launched")
+        return self.jobs.move(run_id, offset)
+
+    def delete(self, run_id: str, session: str | None = None, confirmed: bool = False) -> None:
+        """Delete an ended run: its folder and every row of it in the store. `confirmed` must be True: the
+        endpoint is callable without the form, and a deletion cannot be undone."""
+        if confirmed is not True:
+            raise ValueError("tick the confirmation first: deleting removes the run's folder and cannot be undone")
+        self.check_owner(run_id, session, "delete")
+        run_in(self.runs_dir, run_id)  # KeyError for an id that names no run: before anything else is said
+        if self.evaluations.busy(run_id):
+            raise ValueError(f"{run_id} has a student being evaluated; delete it once that has finished")
+        try:
+            self.jobs.delete(run_id)
+        finally:
+            if not (self.runs_dir / run_id).exists():  # gone, even if some files stayed in the trash
+                self.ingest.ingestor.forget(run_id)
+        for runs in list(self.sessions.values()):
+            if run_id in runs:
+                runs.remove(run_id)
+
+    def annotate(self, run_id: str, session: str | None, name, tags, notes) -> dict:
+        """Set a run's display name, tags and notes (RUN/notes.json); the ingest thread copies them in."""
+        self.check_owner(run_id, session, "rename or annotate")
+        written = run_in(self.runs_dir, run_id).write_notes(name, tags, notes)
+        self.ingest.wake()
+        return written
+
+    def owns(self, run_id: str | None, session: str | None) -> bool:
+        """Whether a browser session may change a run. In public mode every visitor sees every run, but only
+        the session that launched one may change it; otherwise anyone who can open the app may."""
+        return not self.gate.public or run_id in self.sessions.get(session, [])
+
+    def check_owner(self, run_id: str, session: str | None, what: str) -> None:
+        """PermissionError unless the session owns the run (a visitor can call the endpoints with any id)."""
+        if not self.owns(run_id, session):
+            raise PermissionError(f"this app is shared: only the browser session that launched {run_id} may "
+                                  f"{what} it")
 
     def _check_capacity(self, session: str | None) -> None:
         if self.gate.max_active_jobs is None:
@@ -106,17 +161,22 @@ class Services:
 
     def add_baseline(self, run_id: str, session: str | None = None) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""
-        run = run_in(self.runs_dir, run_id)
+        config, processes, accelerate = self.launch_of(run_id)
         name = f"{run_id}-ce-baseline"
         if (self.runs_dir / name).exists():
             raise ValueError(f"{run_id} already has its CE-only baseline: {name}")
-        if run.file(SPEC).exists():
-            spec = JobSpec.read(run.path)
-            config, processes, accelerate = spec.config, spec.num_processes, spec.accelerate_config
-        else:  # a run started from the command line
-            config, processes, accelerate = DistillConfig.load(run.file(CONFIG)), 1, None
         return self.submit(ce_baseline_config(config), session, run_name=name, num_processes=processes,
                            accelerate_config=accelerate, baseline_of=run_id)
+
+    def launch_of(self, run_id: str) -> tuple[DistillConfig, int, str | None]:
+        """How a run was launched: (config as submitted, processes, accelerate config). spec.json's config,
+        not config.json's (resolved: offline defaults as cache paths, a hard-label run's data as the file its
+        teacher wrote). Not yet checked by the gate: the caller checks it for what it does."""
+        run = run_in(self.runs_dir, run_id)
+        if run.file(SPEC).exists():
+            spec = JobSpec.read(run.path)
+            return spec.config, spec.num_processes, spec.accelerate_config
+        return DistillConfig.load(run.file(CONFIG)), 1, None  # a run started from the command line
 
     def baseline_of(self, run_id: str) -> str | None:
         """The finished CE-only baseline run of `run_id`, if any."""
@@ -124,6 +184,35 @@ class Services:
             "SELECT run_id FROM runs WHERE baseline_of = ? AND status = 'succeeded' ORDER BY created DESC LIMIT 1",
             [run_id]).fetchone()
         return found[0] if found else None
+
+    def notes(self, run_id: str | None) -> dict:
+        """The run's name, tags and notes; empty ones for no run (or a name that is none)."""
+        try:
+            return run_in(self.runs_dir, run_id).read_notes()
+        except KeyError:
+            return {"name": "", "tags": [], "notes": ""}
+
+    def config_text(self, run_id: str | None) -> str:
+        """The run's config.json (the resolved config it ran with) as YAML; spec.json's before it has one."""
+        if not run_id:
+            return ""
+        try:
+            run = run_in(self.runs_dir, run_id)
+            for name, key in ((CONFIG, None), (SPEC, "config")):
+                path = run.file(name)
+                if path.is_file() and path.stat().st_size > CONFIG_VIEW_MAX_BYTES:
+                    return f"# {name} is over {CONFIG_VIEW_MAX_BYTES // 2**20} MiB: not shown"
+                data, problem = read_json(path)
+                if problem:
+                    return f"# {problem}"
+                config = data.get(key) if data is not None and key else data
+                if isinstance(config, dict):
+                    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        except (KeyError, OSError) as err:
+            return f"# {err.args[0] if isinstance(err, KeyError) and err.args else err}"
+        except (RecursionError, yaml.YAMLError):  # a planted or damaged file nested deeper than YAML can write
+            return "# this run's config cannot be shown: it is nested too deep"
+        return "# this run has no config yet"
 
     def evaluation_reports(self, run_id: str) -> list[dict]:
         return run_in(self.runs_dir, run_id).read_evaluations()

@@ -80,34 +80,41 @@ def _problems_markdown(err: ConfigError) -> str:
         f"- **{plain(name)}**: {plain(msg)}" for name, msg in err.problems)
 
 
-def _save_yaml(services: Services, config: DistillConfig) -> str:
+def save_yaml(services: Services, form: SetupForm) -> tuple[str | None, str]:
+    """(the config as a YAML file that `python -m workbench train` runs the same, message), written only when
+    asked: a pre-flight or a launch leaves no file behind (the run's folder holds its own config)."""
+    try:
+        config = form_to_config(form, services.gate, services.uploads_dir).config
+    except ConfigError as err:
+        return None, _problems_markdown(err)
     services.exports_dir.mkdir(parents=True, exist_ok=True)
     path = services.exports_dir / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    return str(path)
+    # The name is ours (a time stamp), so it may sit in a code span.
+    return str(path), f"Saved as {path.name}: `python -m workbench train {path.name}` runs it."
 
 
-def check(services: Services, form: SetupForm) -> tuple[str, str | None, Launch | None]:
-    """(verdict markdown, YAML file of the config or None, what to launch or None)."""
+def check(services: Services, form: SetupForm) -> tuple[str, Launch | None]:
+    """(verdict markdown, what to launch or None)."""
     try:
         plan = form_to_config(form, services.gate, services.uploads_dir)
     except ConfigError as err:
-        return _problems_markdown(err), None, None
+        return _problems_markdown(err), None
     report = preflight(plan.config, services.cache_dir, plan.processes)
-    yaml_path = _save_yaml(services, plan.config)
-    return report.markdown(), yaml_path, (plan if report.ok else None)
+    return report.markdown(), (plan if report.ok else None)
 
 
 def launch(services: Services, form: SetupForm, session: str | None = None) -> tuple[str, str | None]:
-    verdict, yaml_path, plan = check(services, form)
+    """(verdict markdown, the launched run's id or None)."""
+    verdict, plan = check(services, form)
     if plan is None:
-        return verdict, yaml_path
+        return verdict, None
     try:
         run_id = services.submit(plan.config, session, num_processes=plan.processes,
                                  accelerate_config=plan.accelerate_config)
     except ConfigError as err:
-        return _problems_markdown(err), yaml_path
-    return f"{verdict}\n\n**Launched {plain(run_id)}** — follow it in the Runs tab.", yaml_path
+        return _problems_markdown(err), None
+    return f"{verdict}\n\n**Launched {plain(run_id)}** — follow it in the Runs tab.", run_id
 
 
 def preview(services: Services, teacher, text, temperature) -> tuple[object, str]:
@@ -163,6 +170,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
         with gr.Row():
             check_button = gr.Button("Pre-flight check")
             launch_button = gr.Button("Launch", variant="primary")
+            save_button = gr.Button("Save config as YAML")
             download = gr.DownloadButton("Download config (YAML)", visible=False)
         verdict = gr.Markdown(elem_id="setup-verdict")
     inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
@@ -172,11 +180,13 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     wire_visibility(rules, components, start.values)
 
     def on_check(*values):
-        text, path, _ = check(services, SetupForm.from_list(default, values))
-        return text, gr.DownloadButton(value=path, visible=path is not None)
+        return check(services, SetupForm.from_list(default, values))[0]
 
     def on_launch(request: gr.Request, *values):
-        text, path = launch(services, SetupForm.from_list(default, values), getattr(request, "session_hash", None))
+        return launch(services, SetupForm.from_list(default, values), getattr(request, "session_hash", None))[0]
+
+    def on_save(*values):
+        path, text = save_yaml(services, SetupForm.from_list(default, values))
         return text, gr.DownloadButton(value=path, visible=path is not None)
 
     teacher, student, layers = (components[key] for key in ("teacher.name_or_path", "student.name_or_path",
@@ -186,8 +196,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
     components["student_kind"].change(
         lambda kind, kept: PRUNED_LAYERS if kind == STUDENT_PRUNED and not kept else gr.skip(),
         [components["student_kind"], layers], layers)
-    check_button.click(on_check, list(inputs.values()), [verdict, download], api_name="check")
-    launch_button.click(on_launch, list(inputs.values()), [verdict, download], api_name="launch")
+    check_button.click(on_check, list(inputs.values()), verdict, api_name="check")
+    launch_button.click(on_launch, list(inputs.values()), verdict, api_name="launch")
+    save_button.click(on_save, list(inputs.values()), [verdict, download], api_name="save_config")
     preview_button.click(lambda t, x, temp: preview(services, t, x, temp),
                          [teacher, preview_text, components["loss.temperature"]], [preview_plot, preview_note],
                          api_name="preview")

@@ -57,6 +57,9 @@ class Strategy(ABC):
         over the whole accumulated batch (num_items_in_batch) so accumulation is exact."""
 
     global_step: int = 0  # set by the trainer before every loss: for schedules
+    # Set by the trainer while it evaluates on held-out data: those batches are the same at every
+    # evaluation (a frozen teacher's answers to them may be kept).
+    evaluating: bool = False
 
     def step_values(self, step: int) -> dict[str, float]:
         """Per-step values to log beside the loss terms (e.g. a scheduled weight)."""
