@@ -2,7 +2,7 @@
 while it trains the pre-flight check and each tab's own server event (what a tab switch waits for) are
 timed through the HTTP API, as a browser calls them. Also the time from Launch to the first training step.
 
-    python benchmarks/ui_latency.py [--samples 20] [--cache-dir DIR] [--json out.json]
+    python benchmarks/ui_latency.py [--samples 20] [--set train.bf16=off ...] [--cache-dir DIR] [--json out.json]
 
 Prints min / p50 / p95 / max per call, in seconds. The job is cancelled at the end.
 """
@@ -81,12 +81,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a form field of the launched run (e.g. train.bf16=off on a CPU without bf16)")
     args = parser.parse_args()
+    changes = dict(item.split("=", 1) for item in args.set)
     runs = Path(tempfile.mkdtemp(prefix="ui-latency-")) / "runs"
     proc, url = start_app(runs, args.cache_dir)
     try:
         client = Client(url, verbose=False)
-        form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace({"output.run_name": "latency"})
+        form = SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace({"output.run_name": "latency",
+                                                                                  **changes})
         launched = time.perf_counter()
         verdict = client.predict(*form.as_list(), api_name="/launch")
         if "Launched" not in verdict:

@@ -80,3 +80,13 @@ def test_unchanged_model_folders_are_read_once(teacher_dir, student_dir, corpus_
     (teacher / "tokenizer_config.json").write_text((teacher / "tokenizer_config.json").read_text() + " ")
     pf.preflight(config)
     assert len(loads) == 4  # a rewritten folder is read again
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_flagged(teacher_dir, student_dir, corpus_files, monkeypatch):
+    monkeypatch.setattr(pf.torch.cuda, "is_available", lambda: False)
+    config = tiny_config(teacher_dir, student_dir, corpus_files, bf16="on")
+    for native, flagged in ((False, True), (True, False)):
+        monkeypatch.setattr(pf, "native_cpu_bf16", lambda: native)
+        report = pf.preflight(config)
+        assert report.ok and any("no bf16 instructions" in note for note in report.notes) == flagged
+    assert not any("bf16" in note for note in pf.preflight(tiny_config(teacher_dir, student_dir, corpus_files)).notes)

@@ -23,7 +23,7 @@ from workbench.data.defaults import default_fields, prepared_root, resolve_defau
 from workbench.data.loading import DataError, load_raw, resolve_format
 from workbench.data.prompts import load_prompts, prompt_source_path
 from workbench.engine.strategies import strategy_class
-from workbench.engine.trainer import use_bf16
+from workbench.engine.trainer import native_cpu_bf16, use_bf16
 from workbench.losses.features import layer_map
 from workbench.models.loading import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
 from workbench.models.pruning import evenly_spaced
@@ -133,6 +133,9 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
                              teacher_trains=strategy.trains_teacher)
     report.memory_gib = memory.as_gib()
     _check_memory(config, memory, processes, report)
+    if use_bf16(config) and not torch.cuda.is_available() and not native_cpu_bf16():
+        report.notes.append("train.bf16 is on, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): torch "
+                            "emulates them, many times slower than float32; set train.bf16 to off here")
     return report
 
 
