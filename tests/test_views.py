@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from workbench.ui.pickers import run_picker
 from workbench.ui.plots import compare_heldout, gapped, run_curves
 from workbench.ui.tables import for_people, rounded
 
@@ -60,3 +61,10 @@ def test_sql_errors_are_shown_literally(bad):
 
     frame, message = run_sql(Refusing, bad)
     assert frame is None and "*here*" not in message and "&#42;here&#42;" in message
+
+
+def test_a_run_picker_keeps_only_choices_that_still_exist():
+    """A run deleted while its tab was closed leaves the picker's value too: Gradio refuses (with an error
+    toast) a value outside the choices."""
+    assert run_picker(["a", "b"], "gone").value is None and run_picker(["a", "b"], "a").value == "a"
+    assert run_picker(["a", "b"], ["b", "gone"]).value == ["b"] and run_picker([], None).value is None

@@ -12,6 +12,7 @@ from workbench.config.escaping import plain
 from workbench.engine.baseline import baseline_verdict
 from workbench.store.database import QUERY_MAX_ROWS, StoreError, export_frame
 from workbench.ui.plots import compare_curves, compare_heldout
+from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 from workbench.ui.tables import for_people
 
@@ -97,8 +98,7 @@ def create_compare_tab(services: Services) -> None:
         path, text = export(services, kept.get(chosen_table) if isinstance(kept, dict) else None, chosen_kind)
         return gr.DownloadButton(value=path, visible=path is not None), text
 
-    tab.select(lambda chosen: gr.Dropdown(choices=run_choices(services), value=chosen), runs, runs,
-               api_name="compare_runs")
+    tab.select(lambda chosen: run_picker(run_choices(services), chosen), runs, runs, api_name="compare_runs")
     for trigger in (runs.change, term.change):
         trigger(on_compare, [runs, term, raw], [curves, table, verdict, raw])
     run_query.click(on_sql, [sql, raw], [result, sql_message, raw], api_name="sql")

@@ -7,6 +7,7 @@ import pandas as pd
 
 from workbench.config.escaping import plain
 from workbench.ui.plots import reliability
+from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 from workbench.ui.tables import for_people
 
@@ -117,7 +118,9 @@ def poll(services: Services, run_id: str | None, key: str | None, seen: tuple) -
 def create_evaluate_tab(services: Services) -> None:
     with gr.Tab("Evaluate", id="evaluate") as tab:
         with gr.Row():
-            run = gr.Dropdown([], label="Run", elem_id="evaluate-run")
+            # As in Runs: a stale run id (deleted, or a poll racing a switch) is the handlers' to refuse, not
+            # Gradio's (an error toast).
+            run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="evaluate-run")
             shown = gr.Dropdown([], label="Evaluation (step)")
         card = gr.Markdown(elem_id="evaluate-card")
         table = gr.Dataframe(label="Held-out metrics and speed per model", interactive=False,
@@ -142,7 +145,7 @@ def create_evaluate_tab(services: Services) -> None:
         return add_baseline(services, run_id, getattr(request, "session_hash", None))
 
     views = [card, table, diagram, generations]
-    tab.select(lambda chosen: gr.Dropdown(choices=services.store.runs().run_id.tolist(), value=chosen), run, run,
+    tab.select(lambda chosen: run_picker(services.store.runs().run_id.tolist(), chosen), run, run,
                api_name="evaluate_runs")
     run.input(lambda r: choose(services, r), run, [shown, student, *views, seen], api_name="choose")
     shown.input(lambda r, s: report_view(services, r, s), [run, shown], views)

@@ -13,6 +13,7 @@ from workbench.eval.token_stats import STATS, token_stats, top_k
 from workbench.models.students import StudentPoint
 from workbench.ui.heatmap import CLICK_JS, CSS, token_heatmap
 from workbench.ui.plots import token_distributions, token_profile, trajectory_figure
+from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 
 STAT_CHOICES = [(label, key) for key, label in STATS.items()]
@@ -127,7 +128,7 @@ def create_inspect_tab(services: Services) -> None:
         except (ValueError, OSError, RuntimeError) as err:
             return gr.skip(), f"**{plain(err)}**"
 
-    tab.select(lambda chosen: gr.Dropdown(choices=_runs(services), value=chosen), run, run, api_name="inspect_runs")
+    tab.select(lambda chosen: run_picker(_runs(services), chosen), run, run, api_name="inspect_runs")
     run.input(choose_run, run, [step, sample], api_name="inspect_run").then(render, controls, outputs)
     sample.input(lambda chosen: chosen or gr.skip(), sample, text)
     inspect_button.click(render, controls, outputs, api_name="inspect")

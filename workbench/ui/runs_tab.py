@@ -206,7 +206,9 @@ def _layout(services: Services) -> RunsView:
             table = gr.Dataframe(jobs_table(services), label="Jobs", interactive=False, elem_id="jobs-table", scale=3)
             machine = gr.Markdown(elem_id="machine-monitor")
         with gr.Row():
-            run = gr.Dropdown([], label="Run", allow_custom_value=False, scale=4, elem_id="runs-run")
+            # Custom values allowed: a poll can take a deleted run out of the choices while an event still
+            # carries it, and Gradio would answer that with an error toast. Every handler checks the id itself.
+            run = gr.Dropdown([], label="Run", allow_custom_value=True, scale=4, elem_id="runs-run")
             refresh = gr.Button("Refresh", scale=1, elem_id="runs-refresh")
         with gr.Row():
             action = {"cancel": gr.Button("Cancel", elem_id="runs-cancel"),
