@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from workbench.config.fields import ConfigError, show
 from workbench.config.paths import path_problem
 from workbench.config.schema import DistillConfig
@@ -45,6 +47,8 @@ class JobSpec:
                 problems.append((name, problem))
         if not problems and self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
             problems.append(("accelerate_config", f"no such file: {self.accelerate_config}"))
+        elif not problems and self.accelerate_config and self.config.strategy == "on_policy":
+            problems.extend(_sharded_sampling(Path(self.accelerate_config).expanduser()))
         if problems:
             raise ConfigError(problems)
         self.config.validate()
@@ -71,3 +75,17 @@ class JobSpec:
             return cls(**known).validate()
         except TypeError as err:
             raise ConfigError([("spec.json", f"is damaged: {err}")]) from None
+
+
+def _sharded_sampling(path: Path) -> list[tuple[str, str]]:
+    """On-policy runs sample with the whole student in each process (workbench/models/sampling.py): an
+    accelerate config that shards it (FSDP, DeepSpeed) would sample from a shard, so it is refused."""
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return [("accelerate_config", f"cannot be read: {err}")]
+    kind = str(settings.get("distributed_type", "")).upper() if isinstance(settings, dict) else ""
+    if kind in ("FSDP", "DEEPSPEED"):
+        return [("accelerate_config", f"distributes the student as {kind}, but on-policy sampling needs the whole "
+                                      "student in every process; use plain multi-process (DDP) for on_policy")]
+    return []

@@ -67,6 +67,7 @@ def test_paths_outside_the_roots_are_refused_whatever_the_field(places):
            "teacher.name_or_path": {"teacher": {"name_or_path": model}},
            "student.name_or_path": {"student": {"name_or_path": str(runs / "linkdir")}},
            "generation.prompts": {"generation": {"prompts": f"{runs}/../outside/secret.txt"}},
+           "on_policy.prompts": {"strategy": "on_policy", "on_policy": {"prompts": secret, "lmbda": 1.0}},
            "generation.dataset": {"strategy": "hard_label", "generation": {"dataset": secret}},
            "loss.teacher_cache": {"loss": {"teacher_cache": str(outside)}}}
     for field, change in bad.items():
@@ -236,6 +237,10 @@ def test_file_loader_names_are_no_hub_datasets(places):
     for name in ("conll", "JSON", "fasta", "pdffolder"):
         assert fields(gate, config(data={"source": name})) == {"data.source"}, name
         assert fields(gate, config(strategy="hard_label", generation={"prompts": name})) == {"generation.prompts"}
+        assert fields(gate, config(strategy="on_policy", on_policy={"prompts": name, "lmbda": 1.0})) == \
+            {"on_policy.prompts"}
+    for prompts in ("corpus", "project:instructions"):  # no file: nothing to check
+        assert fields(gate, config(strategy="on_policy", on_policy={"prompts": prompts, "lmbda": 1.0})) == set()
     with pytest.raises(DataError, match="file loader"):
         load_hub("conll", None, "train", "data.source")
     assert fields(gate, config(strategy="hard_label", generation={"prompts": "defaults:corpus/train.jsonl"})) == \
@@ -268,6 +273,10 @@ def test_public_caps_the_size_of_a_run_and_how_it_starts(places):
     assert fields(public, config(train={"batch_size": 17, "seq_len": 4096})) == {"train.batch_size", "train.seq_len"}
     hub_prompts = config(strategy="hard_label", generation={"prompts": "org/prompts", "max_new_tokens": 4096})
     assert fields(public, hub_prompts) == {"generation.max_prompts", "generation.max_new_tokens"}
+    sampled = config(strategy="on_policy", on_policy={"prompts": "org/prompts", "lmbda": 1.0, "max_new_tokens": 4096,
+                                                      "samples_logged": 64})
+    assert fields(public, sampled) == {"on_policy.max_prompts", "on_policy.max_new_tokens", "on_policy.samples_logged"}
+    assert fields(public, config(strategy="on_policy")) == set()  # corpus prompts: bounded by the data
     # The form offers every config field: those that size the host's disk and work are capped too.
     heavy = config(train={"max_steps": 200, "eval_steps": 10, "save_total_limit": 50},
                    data={"max_eval_examples": 100_000},

@@ -93,3 +93,22 @@ def test_prepared_batches_are_what_the_loss_sees_and_counts(tmp_path, teacher_di
     for _, ids, count, rows in training:
         assert (ids == 7).all() and int(count) == 4 * rows
     assert all(not (ids == 7).all() for _, ids, _, _ in held_out)
+
+
+def test_a_term_some_steps_lack_is_averaged_over_the_steps_that_have_it(tmp_path, teacher_dir, student_dir,
+                                                                        corpus_files, monkeypatch):
+    """On-policy logs sampled_rkl only on steps that sampled: a log period's value is the mean over those
+    steps, not diluted by the others; the terms every step has keep their plain mean."""
+    original = SoftLabelStrategy.compute_loss
+
+    def odd_steps_only(self, model, inputs, num_items_in_batch):
+        terms = original(self, model, inputs, num_items_in_batch)
+        if model.training and self.global_step % 2:
+            terms["sometimes"] = torch.tensor(float(self.global_step))  # steps 1 and 3 (0-based): 1.0, 3.0
+        return terms
+
+    monkeypatch.setattr(SoftLabelStrategy, "compute_loss", odd_steps_only)
+    run_training(_config(teacher_dir, student_dir, corpus_files, tmp_path, "soft_label", logging_steps=4))
+    [log] = [r for r in RunDir(tmp_path / "run").read_metrics() if "loss" in r]
+    assert log["sometimes"] == pytest.approx(2.0)  # (1 + 3) / 2 steps, not (1 + 3) / 4
+    assert "ce" in log and "kd" in log

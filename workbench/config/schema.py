@@ -25,12 +25,19 @@ from workbench.config.fields import (
     to_dict,
 )
 from workbench.config.paths import path_problem
+from workbench.config.strategy_sections import (
+    CORPUS_PROMPTS,
+    AttentionSpec,
+    CoDistillSpec,
+    GenerationSpec,
+    HiddenSpec,
+    OnPolicySpec,
+    parse_pair,
+)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
-STRATEGIES = ("soft_label", "hard_label", "co_distillation", "hidden_state", "attention")
-SCHEDULES = ("linear", "cosine")
-BACKENDS = ("local", "openai")
+STRATEGIES = ("soft_label", "hard_label", "co_distillation", "hidden_state", "attention", "on_policy")
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -39,7 +46,7 @@ NONFINITE = ("stop", "skip")
 AUTO_EVAL_MIN_STEPS = 100
 # Fields that may name a file or folder: each must be a path the system can look up (paths.path_problem).
 PATH_FIELDS = ("teacher.name_or_path", "student.name_or_path", "teacher.gguf_file", "student.gguf_file", "data.source",
-               "data.validation_source", "generation.prompts", "generation.dataset", "loss.teacher_cache",
+               "data.validation_source", "generation.prompts", "generation.dataset", "on_policy.prompts", "loss.teacher_cache",
                "output.runs_dir", "output.run_name")
 
 
@@ -152,84 +159,6 @@ class TrainSpec:
         return self.max_steps // 4 if self.max_steps >= AUTO_EVAL_MIN_STEPS else 0
 
 
-@dataclass
-class GenerationSpec:
-    """Hard-label stage 1: the teacher writes completions for a prompt set; the student is then
-    fine-tuned on them (loss on completion tokens only)."""
-    prompts: str = knob("project:instructions", "Prompts the teacher answers: a .jsonl/.json/.csv/.parquet file with "
-                                                "a prompt column or chat messages, a hub dataset id, or "
-                                                "project:instructions (the project's own 120 instructions)")
-    prompt_column: str = knob("prompt", "Column holding the prompt text (a messages column is used when present)")
-    split: str = knob("train", "Split of a hub prompt dataset")
-    max_prompts: int | None = knob(None, "Answer at most this many prompts", low=1, high=10_000_000)
-    backend: str = knob("local", "local = the teacher checkpoint generates here; openai = any OpenAI-compatible "
-                                 "chat-completions endpoint (a black-box teacher)", choices=BACKENDS)
-    api_base_url: str = knob("", "Endpoint base URL for the openai backend, e.g. http://127.0.0.1:8000/v1")
-    api_model: str = knob("", "Model name the endpoint serves, for the openai backend")
-    api_key_env: str = knob("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key "
-                                              "itself is never written to the config, logs or the store); empty "
-                                              "for endpoints that need none")
-    concurrency: int = knob(4, "Requests in flight at once, for the openai backend", low=1, high=256)
-    max_retries: int = knob(5, "Retries per request on 429, 5xx and timeouts (exponential backoff)", low=0, high=100)
-    timeout_s: float = knob(120.0, "Seconds before one request times out", low=0, high=3600, low_open=True)
-    temperature: float = knob(0.7, "Sampling temperature of the teacher; 0 = greedy", low=0, high=10)
-    top_p: float = knob(0.95, "Nucleus sampling: keep the smallest token set with this much mass", low=0, high=1,
-                        low_open=True)
-    max_new_tokens: int = knob(128, "Longest completion, in teacher tokens", low=1, high=32768)
-    samples_per_prompt: int = knob(1, "Completions the teacher writes per prompt", low=1, high=64)
-    seed: int = knob(0, "Sampling seed: the same seed writes the same completions", low=0, high=2**31 - 1)
-    batch_size: int = knob(8, "Prompts generated together by a local teacher (left-padded)", low=1, high=4096)
-    dataset: str | None = knob(None, "A completions file an earlier run generated (RUN/generated/completions.jsonl) "
-                                     "to train on instead of generating")
-
-
-def parse_pair(text: str) -> tuple[int, int] | None:
-    """'1:3' -> (1, 3): student layer 1 matched with teacher layer 3; None if malformed."""
-    parts = str(text).split(":")
-    # ASCII digits only: '²'.isdigit() is true, and int('²') raises.
-    if len(parts) != 2 or not all(re.fullmatch(r"[0-9]{1,6}", p.strip()) for p in parts):
-        return None
-    return int(parts[0]), int(parts[1])
-
-
-@dataclass
-class CoDistillSpec:
-    """Co-distillation: teacher and student train together on the same batches. The teacher learns the
-    labels (CE); the student mixes CE with the live teacher's soft labels, α moving from alpha_start
-    (the teacher is noise at first, so CE carries the student) to alpha_end over the warm-up."""
-    teacher_lr: float = knob(5e-5, "Peak learning rate of the teacher (the student uses train.lr)", low=0, high=1,
-                             low_open=True)
-    alpha_start: float = knob(1.0, "The student's CE weight at step 0", low=0, high=1)
-    alpha_end: float = knob(0.5, "The student's CE weight once the warm-up is over", low=0, high=1)
-    alpha_warmup_steps: int = knob(100, "Steps over which α moves from alpha_start to alpha_end", low=0,
-                                   high=10_000_000)
-    alpha_schedule: str = knob("linear", "Shape of α's move", choices=SCHEDULES)
-    mutual: bool = knob(False, "Deep mutual learning: the teacher also learns from the student's soft labels")
-    mutual_weight: float = knob(0.5, "Weight of the teacher's KD term from the student, in mutual mode", low=0,
-                                high=100)
-
-
-@dataclass
-class HiddenSpec:
-    layer_map: list[str] = knob(help="Student:teacher decoder-layer pairs such as 0:1, 1:3 (0-based); empty = "
-                                     "evenly spaced (each student layer to the teacher layer at the same relative "
-                                     "depth; a pruned student's own source layers)", default_factory=list)
-    loss: str = knob("mse", "How mapped hidden states are compared", choices=("mse", "cosine"))
-    weight: float = knob(1.0, "Weight of the hidden-state term, added to α·CE + (1−α)·KD", low=0, high=1000)
-
-
-@dataclass
-class AttentionSpec:
-    layer_map: list[str] = knob(help="Student:teacher decoder-layer pairs, as hidden.layer_map; empty = evenly "
-                                     "spaced", default_factory=list)
-    loss: str = knob("kl", "How attention distributions are compared: KL(teacher ‖ student) per query row, or "
-                           "MSE of the probabilities", choices=("kl", "mse"))
-    heads: str = knob("average", "average = mean over each model's heads; map = teacher heads averaged in groups "
-                                 "onto the student's heads (teacher heads a multiple of student heads)",
-                      choices=("average", "map"))
-    weight: float = knob(1.0, "Weight of the attention term, added to α·CE + (1−α)·KD", low=0, high=1000)
-
-
 DEFAULT_PROMPTS = ["In the beginning", "The best way to learn a new language is", "Once upon a time, there was"]
 
 
@@ -264,6 +193,8 @@ class DistillConfig:
                                           default_factory=CoDistillSpec)
     hidden: HiddenSpec = knob(help="Hidden-state matching, for strategy hidden_state", default_factory=HiddenSpec)
     attention: AttentionSpec = knob(help="Attention transfer, for strategy attention", default_factory=AttentionSpec)
+    on_policy: OnPolicySpec = knob(help="The student learns from the teacher's judgement of its own samples, for "
+                                        "strategy on_policy", default_factory=OnPolicySpec)
     train: TrainSpec = knob(help="Optimisation and logging", default_factory=TrainSpec)
     evaluation: EvalSpec = knob(help="What is measured once a student is trained", default_factory=EvalSpec)
     output: OutputSpec = knob(help="Where results go", default_factory=OutputSpec)
@@ -294,6 +225,8 @@ class DistillConfig:
         if self.loss.teacher_cache and self.strategy != "soft_label" and not hard:
             problems.append(("loss.teacher_cache", f"{self.strategy} needs the live teacher; only soft_label reads "
                                                    "a teacher cache"))
+        if self.strategy == "on_policy":
+            problems.extend(self.on_policy_problems())
         for section in ("hidden", "attention"):
             for i, pair in enumerate(getattr(self, section).layer_map):
                 if parse_pair(pair) is None:
@@ -309,6 +242,11 @@ class DistillConfig:
             raise ConfigError(problems)
         return self
 
+    def effective_loss(self) -> LossSpec:
+        """The loss settings the run trains with: the loss section's, except that on_policy brings its own
+        α, T and β (a JSD)."""
+        return self.on_policy.loss_spec(self.loss) if self.strategy == "on_policy" else self.loss
+
     def teacher_model_needed(self) -> bool:
         """Whether the teacher checkpoint is used: always, except by a hard-label run whose data an
         endpoint writes or an earlier run wrote (a pruned student still needs it to be cut from)."""
@@ -321,6 +259,17 @@ class DistillConfig:
         their distributions or states position by position; hard-label trains on the teacher's text and
         pairs any two tokenizers."""
         return self.strategy != "hard_label"
+
+    def on_policy_problems(self) -> list[tuple[str, str]]:
+        o, problems = self.on_policy, []
+        if not o.prompts.strip():
+            problems.append(("on_policy.prompts", "is required: corpus, a prompt file, a hub dataset id, or "
+                                                  "project:instructions"))
+        elif o.prompts.strip() != CORPUS_PROMPTS and o.lmbda < 1 and not o.seq_kd:
+            problems.append(("on_policy.lmbda", f"{o.lmbda:g} leaves off-policy steps, but a prompt set has no "
+                                                "reference completions: set lmbda to 1, turn on_policy.seq_kd on "
+                                                "(the teacher writes them), or use on_policy.prompts: corpus"))
+        return problems
 
     def generation_problems(self) -> list[tuple[str, str]]:
         g, problems = self.generation, []

@@ -44,9 +44,11 @@ class EtaClock:
 class RunFilesCallback(TrainerCallback):
     """metrics.jsonl gets every log event; status.json the current step, total and ETA."""
 
-    def __init__(self, run_dir: RunDir, echo: Callable[[str], None] | None = None):
+    def __init__(self, run_dir: RunDir, echo: Callable[[str], None] | None = None,
+                 samples: Callable[[], list[dict]] | None = None):
         self.run_dir = run_dir
         self.echo = echo
+        self.samples = samples  # the strategy's sampled completions since the last log (on-policy), for samples.jsonl
         self.clock = EtaClock()
         self.last_status = 0.0
         self.last_line = 0.0
@@ -65,6 +67,9 @@ class RunFilesCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3),
                   **{k: v for k, v in logs.items() if k not in _SKIP}}
+        # Samples first: a reader redraws them when a metrics line arrives, which must find them written.
+        if self.samples is not None and "loss" in logs and (samples := self.samples()):
+            self.run_dir.append_samples(samples)
         self.run_dir.append_metrics(record)
         if logs.get("nonfinite_skipped"):  # shown in the Runs tab while the run goes on
             self.run_dir.write_status("running", nonfinite_skipped=logs["nonfinite_skipped"])
@@ -108,7 +113,7 @@ class RunFilesCallback(TrainerCallback):
         self.run_dir.write_status("running", phase=None, phase_done=None, phase_total=None)
 
     def _progress_line(self, state, logs: dict) -> str:
-        terms = " ".join(f"{k}={logs[k]:.4g}" for k in ("loss", "ce", "kd") if logs.get(k) is not None)
+        terms = " ".join(f"{k}={logs[k]:.4g}" for k in ("loss", "ce", "kd", "sampled_rkl") if logs.get(k) is not None)
         speed = f" {logs['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in logs else ""
         pct = 100 * state.global_step / max(state.max_steps, 1)
         eta = format_eta(self.clock.eta(state.global_step, state.max_steps))

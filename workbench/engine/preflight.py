@@ -18,9 +18,10 @@ import torch
 from workbench.config.escaping import plain
 from workbench.config.fields import ConfigError
 from workbench.config.paths import BUILDERS, looks_like_local_path
-from workbench.config.schema import DistillConfig
+from workbench.config.schema import CORPUS_PROMPTS, DistillConfig
 from workbench.data.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.data.loading import DataError, load_raw, resolve_format
+from workbench.data.prompt_rows import prompt_set_rows
 from workbench.data.prompts import load_prompts, prompt_source_path
 from workbench.engine.strategies import strategy_class
 from workbench.engine.trainer import native_cpu_bf16, use_bf16
@@ -126,6 +127,8 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
         if config.strategy in ("hidden_state", "attention"):
             _check_layers(config, teacher, student, report)
     _check_context(config, teacher, student, report)
+    if config.strategy == "on_policy":
+        _check_on_policy(config, teacher, student, report)
     share = LORA_TRAINABLE_SHARE if config.student.lora.enabled else 1.0
     # Hard-label training holds no teacher: it writes its data before the student trains.
     strategy = strategy_class(config.strategy)
@@ -148,6 +151,46 @@ def _check_context(config: DistillConfig, teacher, student, report: Preflight) -
             report.problems.append(("train.seq_len", f"the {role} reads at most {context:,} tokens "
                                                      f"(max_position_embeddings); give at most {context:,}"))
             return
+
+
+def _check_on_policy(config: DistillConfig, teacher, student, report: Preflight) -> None:
+    """Prompts and samples must fit the models' context; a local prompt set is read now."""
+    o = config.on_policy
+    context = min((info.context for info in (teacher, student) if info is not None and info.context), default=None)
+    corpus = o.prompts.strip() == CORPUS_PROMPTS
+    if corpus and o.prompt_tokens >= config.train.seq_len:
+        report.problems.append(("on_policy.prompt_tokens", f"{o.prompt_tokens} leaves no reference token in a "
+                                                           f"block of train.seq_len={config.train.seq_len} tokens; "
+                                                           "give fewer"))
+    if context is not None and o.max_new_tokens >= context:
+        report.problems.append(("on_policy.max_new_tokens", f"{o.max_new_tokens} is beyond the models' context of "
+                                                            f"{context:,} tokens; give fewer"))
+        return
+    if corpus:
+        if context is not None and o.prompt_tokens + o.max_new_tokens > context:
+            report.problems.append(("on_policy.prompt_tokens", f"{o.prompt_tokens} prompt + {o.max_new_tokens} "
+                                                               f"sampled tokens exceed the models' context of "
+                                                               f"{context:,}"))
+            return
+        what = f"the first {o.prompt_tokens} tokens of each window of the training text"
+    else:
+        try:
+            local = prompt_source_path(o.prompts.strip()) is not None  # an unknown project: set raises
+            spec = config.teacher if config.student.init_from_teacher_layers else config.student
+            tokenizer = _remembered(("tokenizer", _model_key(spec)), lambda: load_tokenizer(spec, "student")) \
+                if local else None
+            rows = prompt_set_rows(o, tokenizer, context, config.train.seq_len, config.data.max_file_mb) \
+                if local else None
+        except (DataError, ModelLoadError) as err:
+            field = err.field.replace("generation.", "on_policy.") if isinstance(err, DataError) \
+                else "student.name_or_path"
+            report.problems.append((field, str(err).split(": ", 1)[-1]))
+            return
+        what = f"{len(rows):,} prompts of {o.prompts}" if local else f"the prompts of {o.prompts} (read when the job starts)"
+    share = "every step" if o.lmbda >= 1 else f"{o.lmbda:.0%} of the steps" if o.lmbda > 0 else "no step"
+    report.notes.append(f"on-policy: in {share} the student samples up to {o.max_new_tokens} tokens for each of "
+                        f"{what}, and the teacher scores every sampled token (β={o.beta:g}: "
+                        f"{'reverse KL' if o.beta == 1 else 'forward KL' if o.beta == 0 else 'generalized JSD'})")
 
 
 def _check_layers(config: DistillConfig, teacher, student, report: Preflight) -> None:

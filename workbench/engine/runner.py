@@ -21,6 +21,7 @@ from workbench.config.fields import ConfigError
 from workbench.config.schema import DistillConfig
 from workbench.data.defaults import progress_line, resolve_defaults
 from workbench.data.loading import PadCollator, tokenize_datasets
+from workbench.data.prompt_rows import on_policy_rows
 from workbench.engine.callbacks import RunFilesCallback, format_eta
 from workbench.engine.stopping import Cancelled, StopCallback, StopRequest
 from workbench.engine.strategies import strategy_class
@@ -32,6 +33,7 @@ from workbench.hardlabel.generation import GENERATED, generate_dataset, read_man
 from workbench.models.loading import (
     apply_lora,
     check_vocab,
+    context_length,
     count_parameters,
     load_model,
     load_teacher,
@@ -208,12 +210,17 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         cache = open_teacher_cache(config, tokenizer, train_ds, logit_size(student))
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))  # each row finds its cached row
         say(f"teacher cache: {config.loss.teacher_cache} (k={cache.manifest.k}); the teacher is not run")
+    if config.strategy == "on_policy":
+        train_ds = on_policy_rows(config.on_policy, train_ds, tokenizer, context_length(teacher, student),
+                                  config.train.seq_len, config.data.max_file_mb)
     say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
     strategy = strategy_cls(config, teacher, shared_vocab, cache)
+    strategy.configure(tokenizer, min(shared_vocab or len(tokenizer), len(tokenizer)))
+    files = RunFilesCallback(run, echo, samples=strategy.logged_samples)
     trainer = DistillTrainer(
         model=strategy.trainable_model(student), args=training_arguments(config, run.checkpoints, eval_ds is not None),
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=PadCollator(tokenizer),
-        processing_class=tokenizer, callbacks=[RunFilesCallback(run, echo), StopCallback(stop)], strategy=strategy)
+        processing_class=tokenizer, callbacks=[files, StopCallback(stop)], strategy=strategy)
 
     checkpoint = run.last_checkpoint() if resume else None
     if resume:

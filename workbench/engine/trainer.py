@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from workbench.config.fields import ConfigError
 from workbench.config.schema import DistillConfig
@@ -95,25 +95,31 @@ class DistillTrainer(Trainer):
                                                       "DeepSpeed does not allow; use stop (checkpoints stay "
                                                       "finite either way)")])
         self.strategy = strategy.to(self.args.device)
+        self.strategy.rank = self.args.process_index  # e.g. for samples that differ per process
+        self.add_callback(_StepClock(self.strategy))
         # Make Trainer count target tokens over the accumulated batch for every model, and count them
         # on labels[:, 1:] because every strategy shifts labels for next-token prediction.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self._term_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._step_sums: dict[str, torch.Tensor] = defaultdict(float)  # the step being accumulated
+        # Steps of the log period that had each term: a strategy may return a term only on some steps
+        # (on-policy's sampled-token terms), whose mean is then over those steps, not over all.
+        self._term_steps: Counter = Counter()
         self._skipped: int | None = None  # steps skipped as non-finite (train.on_nonfinite: skip), run-wide
-        self._skipped_since_log = 0
         self._resumed_from: str | None = None
         self._other_norms: list = []  # gradient norms of the parts clipped apart from the student
         self._eval_items = 0.0
         self._tokens = 0.0
-        self._last_log: tuple[float, int] | None = None  # (time, global_step) of the previous train log
+        self._last_log: float | None = None  # time of the previous train log
         self._train_start = time.perf_counter()
         self._clip_groups: list[list] | None = None  # parameters clipped together, when the strategy groups them
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # The strategy may replace a training batch's tokens before Trainer counts the step's target
-        # tokens (num_items_in_batch), so the count is that of the batches the loss sees.
+        # tokens (num_items_in_batch), so the count is that of the batches the loss sees. Trainer calls
+        # this once per optimizer step, with the step about to be taken in state.global_step.
+        self.strategy.begin_step(self.state.global_step)
         prepared = (self.strategy.prepare_batch(self.model, batch) for batch in epoch_iterator)
         return super().get_batch_samples(prepared, num_batches, device)
 
@@ -151,16 +157,19 @@ class DistillTrainer(Trainer):
         for name, value in terms.items():
             sums[name] = sums[name] + value.detach() * weight  # stays on device: no sync per micro-batch
 
-    def _drain(self, mode: str, divisor: float) -> dict[str, float]:
-        """Per-term means since the last drain, summed over processes (each holds local/global parts)."""
+    def _drain(self, mode: str, divisors: float | dict[str, float]) -> dict[str, float]:
+        """Per-term means since the last drain, summed over processes (each holds local/global parts):
+        each term over `divisors` (one for all, or one per term)."""
         sums = self._term_sums[mode]
         self._term_sums[mode] = defaultdict(float)
-        if not sums or divisor <= 0:
-            return {}
         names = sorted(sums)
+        if not isinstance(divisors, dict):
+            divisors = dict.fromkeys(names, divisors)
+        if not names:
+            return {}
         stacked = torch.stack([torch.as_tensor(sums[n], device=self.args.device, dtype=torch.float32) for n in names])
         stacked = self.accelerator.reduce(stacked, reduction="sum") if self.accelerator.num_processes > 1 else stacked
-        return {n: v / divisor for n, v in zip(names, stacked.tolist())}
+        return {n: v / divisors[n] for n, v in zip(names, stacked.tolist()) if divisors.get(n, 0) > 0}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs:
@@ -172,22 +181,19 @@ class DistillTrainer(Trainer):
             logs.update({f"eval_{k}": v for k, v in self._drain("eval", items).items()})
             self._eval_items = 0.0
         elif "loss" in logs:
-            now, step = time.perf_counter(), self.state.global_step
-            # Before the first log of a train() call: count from its start, and from the resumed step
-            # (Trainer sets _initial_global_step after loading a checkpoint's state).
-            last_time, last_step = self._last_log or (self._train_start, self._initial_global_step)
-            # Every term, the total too, is the mean over the period's steps that were taken: Trainer's own
-            # loss would count a skipped step's NaN as the period's average.
-            taken = step - last_step - self._skipped_since_log
-            drained = self._drain("train", taken)
+            now = time.perf_counter()
+            last_time = self._last_log or self._train_start  # the first log of a train() call: from its start
+            # Every term, the total too, is the mean over the period's steps that were taken (and had the
+            # term): Trainer's own loss would count a skipped step's NaN as the period's average.
+            drained = self._drain("train", dict(self._term_steps))
+            self._term_steps = Counter()
             logs.update({"loss": None, **drained})
             if self._skipped:
                 logs["nonfinite_skipped"] = self._skipped
-            self._skipped_since_log = 0
             tokens = float(self._tokens) * self.accelerator.num_processes
             logs["tokens_per_s"] = round(tokens / max(now - last_time, 1e-9), 1)
-            logs.update(self.strategy.step_values(step))
-            self._tokens, self._last_log = 0.0, (now, step)
+            logs.update(self.strategy.step_values(self.state.global_step))
+            self._tokens, self._last_log = 0.0, now
         # NaN and inf as null: Trainer keeps these logs in every checkpoint's trainer_state.json, which
         # is then strict JSON like every other file of the run.
         super().log(json_safe(logs), start_time)
@@ -235,6 +241,7 @@ class DistillTrainer(Trainer):
         if not bad:
             for name, value in step_sums.items():
                 self._term_sums["train"][name] = self._term_sums["train"][name] + value
+            self._term_steps.update(step_sums.keys())
             return grad_norm
         what = describe(bad, self.state.global_step + 1)
         if self.strategy.config.train.on_nonfinite == "stop":
@@ -242,7 +249,6 @@ class DistillTrainer(Trainer):
                                  "are finite: resume continues from the last checkpoint, and "
                                  "train.on_nonfinite: skip would skip such steps instead")
         self._skipped += 1
-        self._skipped_since_log += 1
         limit = self.strategy.config.train.max_skipped_steps
         if self._skipped > limit:
             raise NonFiniteError(f"{what}: {self._skipped} steps skipped, more than train.max_skipped_steps="
@@ -290,6 +296,17 @@ class DistillTrainer(Trainer):
         self._last_log, self._train_start = None, time.perf_counter()
         self._resumed_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+class _StepClock(TrainerCallback):
+    """Tells the strategy when a step's update is done (after the optimizer, before logging, evaluating
+    and saving), so it can time the parts of its steps."""
+
+    def __init__(self, strategy: Strategy):
+        self.strategy = strategy
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.strategy.end_step()
 
 
 def _skipped_in(checkpoint: str | None) -> int:

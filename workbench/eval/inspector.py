@@ -1,15 +1,23 @@
-"""The inspector as a service: a run's teacher and students loaded once, analyses cached per text, so
-the UI's sliders (temperature, position, top-k, step) never wait for a model. Thread-safe: Gradio runs
-handlers in worker threads."""
+"""The inspector as a service: a run's teacher and students loaded once, analyses cached per text (or per
+answer a student sampled to a held-out prompt), so the UI's sliders (temperature, position, top-k, step)
+never wait for a model. Thread-safe: Gradio runs handlers in worker threads."""
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from workbench.config.gate import Gate
 from workbench.config.schema import DistillConfig
-from workbench.data.loading import heldout_documents
+from workbench.data.loading import heldout_dataset, heldout_documents
+from workbench.eval.on_policy_measure import (
+    ANSWER_TOKENS,
+    PROMPT_TOKENS,
+    SampledAnswer,
+    heldout_prompts,
+    sample_answer,
+)
 from workbench.eval.pairing import token_comparable
 from workbench.eval.token_stats import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
 from workbench.models.loading import shared_logit_size
@@ -66,7 +74,10 @@ class Inspector:
         # in bytes; one teacher pass serves every student of a run.
         self._teacher_rows = _Lru(max_bytes // 2, lambda rows: rows.nbytes)
         self._analyses = _Lru(max_bytes, _analysis_bytes)
+        # A sampled answer's teacher rows are its own (no other student reads that text): both count.
+        self._samples = _Lru(max_bytes // 4, lambda found: 2 * found.analysis.student_logits.nbytes)
         self._texts: dict[str, list[str]] = {}
+        self._prompts: dict[str, list[list[int]]] = {}
         self._tokenizers: dict[tuple, object] = {}
 
     def run(self, run_id: str) -> tuple[RunDir, DistillConfig]:
@@ -99,12 +110,42 @@ class Inspector:
             self._texts[run_id] = texts
         return texts
 
+    def heldout_prompts(self, run_id: str) -> list[list[int]]:
+        """The held-out prompts the evaluation's on-policy measure answers (token ids)."""
+        with self._lock:
+            if run_id in self._prompts:
+                return self._prompts[run_id]
+        _, config = self.run(run_id)
+        held = heldout_dataset(config.data, self._tokenizer(config), config.train.seq_len, config.train.seed)
+        prompts = heldout_prompts(held, PROMPT_TOKENS) if held is not None else []
+        with self._lock:
+            self._prompts[run_id] = prompts
+        return prompts
+
+    def prompt_texts(self, run_id: str) -> list[str]:
+        tokenizer = self.tokenizer(run_id)
+        return [tokenizer.decode(prompt) for prompt in self.heldout_prompts(run_id)]
+
     def analysis(self, run_id: str, key: str, text: str, max_tokens: int = MAX_TOKENS) -> TokenAnalysis:
         run, config = self.run(run_id)
-        for point in student_points(run, config):
-            if point.key == key:
-                return self._analysis(run_id, config, point, text, max_tokens)
-        raise ValueError(f"run {run_id!r} has no student {key!r} (a checkpoint may have been rotated away)")
+        return self._analysis(run_id, config, _point(run, config, key), text, max_tokens)
+
+    def sampled(self, run_id: str, key: str, prompt: int, seed: int) -> SampledAnswer:
+        """The student at `key` answers held-out prompt number `prompt` (T = 1, seeded), both models read
+        prompt + answer; cached, so sliders re-read it. Prompt and answer fit in MAX_TOKENS together."""
+        run, config = self.run(run_id)
+        point = _point(run, config, key)
+        prompts = self.heldout_prompts(run_id)
+        index, seed = whole(prompt, "prompt", len(prompts)), whole(seed, "seed", 2**32)
+        new_tokens = min(ANSWER_TOKENS, MAX_TOKENS // 2)
+        ids = prompts[index][-(MAX_TOKENS - new_tokens):]
+
+        def make() -> SampledAnswer:
+            teacher = self._teacher(config)
+            return sample_answer(teacher, self._student(run_id, config, point, teacher), self._tokenizer(config),
+                                 ids, new_tokens, seed)
+
+        return self._cached(self._samples, (run_id, point.key, _stamp(point), index, seed), make)
 
     def trajectory(self, run_id: str, text: str, position: int, temperature: float, k: int = 5,
                    max_tokens: int = MAX_TOKENS) -> Trajectory:
@@ -138,8 +179,7 @@ class Inspector:
                   max_tokens: int) -> TokenAnalysis:
         def make() -> TokenAnalysis:
             teacher = self._teacher(config)
-            student = self._cached(self._students, (run_id, point.key, _stamp(point)),
-                                   lambda: load_student_at(config, point, teacher=teacher))
+            student = self._student(run_id, config, point, teacher)
             rows_key = (_teacher_key(config), text, max_tokens, shared_logit_size(teacher, student))
             with self._lock:
                 rows = self._teacher_rows.hit(rows_key)
@@ -149,6 +189,10 @@ class Inspector:
             return found
 
         return self._cached(self._analyses, (run_id, point.key, _stamp(point), text, max_tokens), make)
+
+    def _student(self, run_id: str, config: DistillConfig, point: StudentPoint, teacher):
+        return self._cached(self._students, (run_id, point.key, _stamp(point)),
+                            lambda: load_student_at(config, point, teacher=teacher))
 
     def _teacher(self, config: DistillConfig):
         if not token_comparable(config):
@@ -168,6 +212,22 @@ class Inspector:
             with self._lock:
                 self._tokenizers[key] = found
         return found
+
+
+def _point(run: RunDir, config: DistillConfig, key: str) -> StudentPoint:
+    for point in student_points(run, config):
+        if point.key == key:
+            return point
+    raise ValueError(f"run {run.path.name!r} has no student {key!r} (a checkpoint may have been rotated away)")
+
+
+def whole(value, name: str, limit: int) -> int:
+    """`value` as an index in [0, limit): a handler is an HTTP endpoint, so it may be anything."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number and value == int(value) and 0 <= value < limit):
+        raise ValueError(f"{name} must be a whole number in [0, {limit - 1}], got {value!r}" if limit
+                         else f"{name}: the run has no held-out prompts")
+    return int(value)
 
 
 def _teacher_key(config: DistillConfig) -> tuple:

@@ -12,6 +12,7 @@ import torch
 from workbench.config.schema import DEFAULT_PROMPTS, DistillConfig, ModelSpec
 from workbench.data.loading import PadCollator, heldout_dataset, load_raw, render_chat
 from workbench.eval.metrics import heldout_metrics, quality_retained
+from workbench.eval.on_policy_measure import ANSWER_TOKENS, PROMPT_TOKENS, heldout_prompts, on_policy_measure
 from workbench.eval.pairing import has_local_teacher, token_comparable
 from workbench.eval.speed import generate, speed_and_size
 from workbench.models.loading import hub_snapshot, load_tokenizer, resolve_source, shared_logit_size
@@ -84,11 +85,16 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     models = {name: model.to(device) for name, model in models.items()}
     heldout = heldout_metrics(models, held, PadCollator(tokenizer), config.train.batch_size,
                               shared_logit_size(*models.values()),
-                              lambda message, f: say(message, 0.05 + 0.55 * f))
+                              lambda message, f: say(message, 0.05 + 0.5 * f))
     metrics = heldout.result()
     if "untrained_ce" in metrics and "teacher_ce" in metrics:
         metrics["quality_retained"] = quality_retained(metrics["untrained_ce"], metrics["student_ce"],
                                                        metrics["teacher_ce"])
+    if comparable:  # the teacher scores the student's own answers token by token: it must read its tokens
+        prompts = heldout_prompts(held, PROMPT_TOKENS)
+        metrics.update(on_policy_measure(models["teacher"], models["student"], tokenizer, prompts,
+                                         ANSWER_TOKENS, config.train.batch_size,
+                                         lambda message, f: say(message, 0.55 + 0.08 * f)))
     teachers = {"teacher": (teacher.to(device), load_tokenizer(config.teacher, "teacher"))} if local else {}
     roles = {**teachers, "student": (models["student"], tokenizer)}
     speed = {}
@@ -183,6 +189,13 @@ def run_card(m: dict, device: str = "cpu") -> str:
         lines.append("- The teacher reads other tokens than the student (or is an API), so token-level agreement "
                      "and KL are not measured; the perplexities are on the teacher-written held-out text")
         lines.append(f"- Calibration error (ECE): student {m['student_ece']:.3f}")
+    if "onpolicy_rkl_greedy" in m:
+        lines.append(f"- On its own answers ({m['onpolicy_prompts']:.0f} held-out prompts; greedy / sampled at T = 1): "
+                     f"KL(student ‖ teacher) {m['onpolicy_rkl_greedy']:.3f} / {m['onpolicy_rkl_sampled']:.3f} "
+                     f"nats/token, the teacher's log-probability of the student's tokens "
+                     f"{m['onpolicy_teacher_logp_greedy']:.2f} / {m['onpolicy_teacher_logp_sampled']:.2f}. The "
+                     "held-out numbers read the data's text; these read what the student writes itself, where "
+                     "its own mistakes compound")
     if "baseline_perplexity" in m:
         better = m["baseline_perplexity"] - m["student_perplexity"]
         lines.append(f"- Against plain fine-tuning: distillation is {'better' if better > 0 else 'not better'} "

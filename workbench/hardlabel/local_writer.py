@@ -13,6 +13,7 @@ from transformers import GenerationConfig
 from workbench.config.schema import DistillConfig
 from workbench.data.loading import render_chat
 from workbench.models.loading import load_model, load_tokenizer
+from workbench.models.sampling import only_given_settings
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -31,8 +32,8 @@ class LocalTeacherWriter:
         self.eos = {eos} if isinstance(eos, int) else set(eos or []) or {self.tokenizer.eos_token_id}
         g = self.spec
         sample = g.temperature > 0
-        # A fresh GenerationConfig: the checkpoint's own defaults (top_k, repetition penalty, ...) would
-        # otherwise change what "temperature T, top_p P" means.
+        # Only these settings: the checkpoint's own (top_k, repetition penalty, ...) are kept out while
+        # generating (only_given_settings), or they would change what "temperature T, top_p P" means.
         self.generation_config = GenerationConfig(
             do_sample=sample, temperature=g.temperature if sample else None, top_p=g.top_p if sample else None,
             top_k=0 if sample else None, max_new_tokens=g.max_new_tokens,
@@ -53,7 +54,7 @@ class LocalTeacherWriter:
             seed = batch_seed(self.spec.seed, number)
             torch.manual_seed(seed)
             inputs = self._prompt_ids([job.messages for job in batch])
-            with torch.no_grad():
+            with torch.no_grad(), only_given_settings(self.model):
                 out = self.model.generate(**inputs, generation_config=self.generation_config)
             new = out[:, inputs["input_ids"].shape[1]:]  # (B, generated) after the left-padded prompts
             for job, ids in zip(batch, new.tolist()):

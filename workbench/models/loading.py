@@ -153,6 +153,13 @@ def logit_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def context_length(*models) -> int | None:
+    """The longest sequence every model given reads (max_position_embeddings), or None when none says;
+    None entries (a model not loaded) are skipped."""
+    sizes = [getattr(m.config.get_text_config(), "max_position_embeddings", None) for m in models if m is not None]
+    return min((size for size in sizes if size), default=None)
+
+
 def shared_logit_size(*models) -> int:
     """Logit rows every model has: rows beyond them are padding rows (see check_vocab)."""
     return min(logit_size(m) for m in models)

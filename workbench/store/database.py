@@ -68,6 +68,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._write_lock = threading.Lock()
+        # Held while the connection is replaced (reopen_if_replaced): a reader asking for a cursor then
+        # waits for the new file's tables instead of meeting a closed connection or an empty file.
+        self._swap_lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
@@ -86,7 +89,8 @@ class Store:
         self._con.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        return self._con.cursor()
+        with self._swap_lock:
+            return self._con.cursor()
 
     def reopen_if_replaced(self) -> bool:
         """If the file was deleted (or another put in its place) while this process held it, open the one at
@@ -94,7 +98,7 @@ class Store:
         would go on writing to a deleted file that no later start can see. True when it reopened."""
         if _file_id(self.path) == self._opened:
             return False
-        with self._write_lock:
+        with self._write_lock, self._swap_lock:
             # Closing writes the old connection's WAL into the deleted file and removes it, so the new file
             # does not replay it. Queries running at this moment fail once; the next ones use the new file.
             self._con.close()
@@ -102,7 +106,7 @@ class Store:
         return True
 
     def _migrate(self) -> None:
-        cur = self.cursor()
+        cur = self._con.cursor()  # not cursor(): reopen_if_replaced holds the swap lock while it migrates
         cur.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         found = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if found and int(found[0]) != SCHEMA_VERSION:
@@ -196,6 +200,9 @@ class Store:
                    max(CASE WHEN l.metric = 'kd' THEN l.value END) AS heldout_kd,
                    max(CASE WHEN j.metric = 'top1_agreement' THEN j.value END) AS top1_agreement,
                    max(CASE WHEN j.metric = 'forward_kl' THEN j.value END) AS kl_to_teacher,
+                   -- the teacher's reverse KL on the student's own answers (eval/on_policy_measure.py)
+                   max(CASE WHEN j.metric = 'onpolicy_rkl_greedy' THEN j.value END) AS own_answers_rkl_greedy,
+                   max(CASE WHEN j.metric = 'onpolicy_rkl_sampled' THEN j.value END) AS own_answers_rkl_sampled,
                    max(CASE WHEN j.metric = 'student_ece' THEN j.value END) AS ece,
                    max(CASE WHEN j.metric = 'quality_retained' THEN j.value END) AS quality_retained,
                    max(CASE WHEN j.metric = 'size_ratio' THEN j.value END) AS times_smaller,

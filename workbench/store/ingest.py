@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from workbench.config.paths import safe_exists
+from workbench.config.strategy_sections import ON_POLICY_LOSS
 from workbench.store.database import DB_NAME, Store
 from workbench.store.rundir import (
     CONFIG,
@@ -88,6 +89,9 @@ def _config(run: RunDir) -> dict:
 def run_row(run: RunDir) -> dict:
     config, status, notes = _config(run), run.read_status(), run.read_notes()
     teacher, student, loss, train = (_section(config, name) for name in ("teacher", "student", "loss", "train"))
+    if config.get("strategy") == "on_policy":  # it trains with its own section's α, T and β (a JSD)
+        own = _section(config, "on_policy")
+        loss = {**loss, "divergence": "jsd", **{field: own.get(name) for field, name in ON_POLICY_LOSS.items()}}
     spec = read_json(run.file(SPEC))[0] or {}
     created = spec.get("created") or status.get("queued_at") or status.get("started")
     layers = _integer(student.get("init_from_teacher_layers"))

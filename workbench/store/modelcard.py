@@ -16,7 +16,7 @@ def _metric_rows(final: dict) -> list[str]:
 
 
 def write_model_card(path: Path, config: DistillConfig, final: dict, params: int, run_name: str) -> Path:
-    c, loss, t, co = config, config.loss, config.train, config.co_distillation
+    c, loss, t, co = config, config.effective_loss(), config.train, config.co_distillation
     # A co-distilled student's α followed its schedule, not loss.alpha.
     alpha = (f"{co.alpha_start} → {co.alpha_end} over {co.alpha_warmup_steps} steps ({co.alpha_schedule})"
              if c.strategy == "co_distillation" else loss.alpha)
@@ -32,6 +32,11 @@ def write_model_card(path: Path, config: DistillConfig, final: dict, params: int
         layers = c.hidden if c.strategy == "hidden_state" else c.attention
         knobs.append(("layer term", f"{layers.loss}, weight {layers.weight}, layers "
                                     f"{', '.join(layers.layer_map) or 'evenly spaced'}"))
+    if c.strategy == "on_policy":
+        o = c.on_policy
+        knobs.append(("on-policy", f"share of sampled steps (lmbda) {o.lmbda}, prompts {o.prompts}, "
+                                   f"{o.max_new_tokens} sampled tokens at temperature {o.temperature}, top-p {o.top_p}"
+                                   + (", the teacher's samples on the other steps" if o.seq_kd else "")))
     if loss.divergence == "jsd":
         knobs.append(("beta", loss.beta))
     if loss.divergence.startswith("skew"):

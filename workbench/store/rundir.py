@@ -5,6 +5,8 @@
       spec.json        the job spec, when launched as a job (jobs/spec.py)
       status.json      {"state", "step", "total_steps", "eta_s", "error", ...}, rewritten atomically
       metrics.jsonl    one JSON object per log/eval event, flushed on every write
+      samples.jsonl    on-policy runs: {"step", "prompt", "completion", "tokens"} per completion the student
+                       sampled at a logging step (a few per log), grown and truncated like metrics.jsonl
       worker.log       stdout/stderr of a job's worker process
       worker.json      the job manager's record of the process it started (pid + start time)
       checkpoints/     transformers Trainer checkpoints (checkpoint-STEP/), resumable
@@ -42,6 +44,7 @@ CONFIG = "config.json"
 SPEC = "spec.json"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
 LOG = "worker.log"
 WORKER = "worker.json"
 NOTES = "notes.json"
@@ -263,31 +266,54 @@ class RunDir:
         return cleaned
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.file(METRICS), "a", encoding="utf-8") as fh:
-            fh.write(dumps(record) + "\n")
+        self._append(METRICS, [record])
+
+    def append_samples(self, records: list[dict]) -> None:
+        self._append(SAMPLES, records)
+
+    def _append(self, name: str, records: list[dict]) -> None:
+        with open(self.file(name), "a", encoding="utf-8") as fh:
+            fh.write("".join(dumps(record) + "\n" for record in records))
             fh.flush()
 
     def read_metrics(self) -> list[dict]:
         """All complete lines that hold a JSON object; a line being written right now (no newline yet) and
         a damaged one are skipped."""
-        return _records(self._metrics_bytes() or b"")
+        return _records(self._bytes(METRICS) or b"")
 
-    def _metrics_bytes(self) -> bytes | None:
+    def read_samples(self, tail_bytes: int | None = None) -> list[dict]:
+        """samples.jsonl's records, read as metrics.jsonl's; with tail_bytes only those in the file's last
+        tail_bytes (a poll's view: up to 64 completions of up to 32k tokens per log grow the file fast)."""
+        if tail_bytes is None:
+            return _records(self._bytes(SAMPLES) or b"")
         try:
-            return self.file(METRICS).read_bytes()
+            with open(self.file(SAMPLES), "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - tail_bytes))
+                data = fh.read()
+        except OSError:  # missing, a folder, unreadable: no samples to show
+            return []
+        # Read from the middle of the file, the first piece may be the end of a line: dropped.
+        return _records(data.split(b"\n", 1)[1] if size > tail_bytes and b"\n" in data else data)
+
+    def _bytes(self, name: str) -> bytes | None:
+        try:
+            return self.file(name).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             return None
 
     def truncate_metrics_after(self, step: int) -> None:
-        """On resume: drop records logged after the checkpoint, which the resumed run logs again."""
-        data = self._metrics_bytes()
-        records = _records(data or b"")
-        kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
-        if data is not None and len(kept) == data.count(b"\n"):
-            return  # nothing to drop: keep the file (and its inode, which incremental readers track)
-        tmp = self.file(METRICS + ".tmp")
-        tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, self.file(METRICS))
+        """On resume: drop records logged after the checkpoint (metrics and samples), which the resumed run
+        logs again."""
+        for name in (METRICS, SAMPLES):
+            data = self._bytes(name)
+            records = _records(data or b"")
+            kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
+            if data is None and name == SAMPLES or data is not None and len(kept) == data.count(b"\n"):
+                continue  # nothing to drop: keep the file (and its inode, which incremental readers track)
+            tmp = self.file(name + ".tmp")
+            tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.file(name))
 
     @staticmethod
     def is_complete_checkpoint(path: Path) -> bool:

@@ -31,7 +31,7 @@ STUDENT_CHECKPOINT, STUDENT_PRUNED = "a checkpoint", "pruned from the teacher"
 # A strategy's own section applies only when that strategy is chosen (the form shows it only then);
 # otherwise the base config's section stands.
 STRATEGY_SECTIONS = {"generation": "hard_label", "co_distillation": "co_distillation", "hidden": "hidden_state",
-                     "attention": "attention"}
+                     "attention": "attention", "on_policy": "on_policy"}
 # The form's choices that are no config field: how a run's data, student and prompts are picked and how it
 # is launched. Each names, in its errors, the field it sets.
 UI_FIELDS = (

@@ -12,21 +12,26 @@ import math
 _RGB = "220, 38, 38"
 
 
-def token_heatmap(tokens: list[str], values: list[float], label: str, selected: int | None = None) -> str:
-    """tokens (L,) and values (L-1,): values[i] colours tokens[i+1], the token row i predicted; the
-    first token is context only. `selected` is a row index, outlined. Colour scale: 0 to the values'
-    95th percentile (with the maximum, a single outlier would wash out every other token)."""
+def token_heatmap(tokens: list[str], values: list[float], label: str, selected: int | None = None,
+                  context: int = 1) -> str:
+    """tokens (L,) and values (L-1,): values[i] colours tokens[i+1], the token row i predicted. The first
+    `context` tokens are context only, shown plain and not clickable: a text's first token, or the prompt
+    a student answered. `selected` is a row index, outlined. Colour scale: 0 to the 95th percentile of
+    the coloured values (with the maximum, a single outlier would wash out every other token)."""
     if len(values) != len(tokens) - 1:
         raise ValueError(f"need one value per predicted token: {len(tokens) - 1}, got {len(values)}")
-    finite = sorted(v for v in values if math.isfinite(v))
+    if not 1 <= context <= len(tokens):
+        raise ValueError(f"context must be in [1, {len(tokens)}] tokens, got {context}")
+    finite = sorted(v for v in values[context - 1:] if math.isfinite(v))
     top = finite[min(len(finite) - 1, int(0.95 * len(finite)))] if finite else 1.0
     top = top if top > 0 else 1.0
-    parts = [f'<span class="dw-tok dw-context">{_escape(tokens[0])}</span>']
-    for row, (token, value) in enumerate(zip(tokens[1:], values)):
+    parts = [f'<span class="dw-tok dw-context">{_escape("".join(tokens[:context]))}</span>']
+    for row in range(context - 1, len(values)):
+        value = values[row]
         alpha = min(max(value / top, 0.0), 1.0) if math.isfinite(value) else 1.0
         outline = " dw-selected" if row == selected else ""
         parts.append(f'<span class="dw-tok{outline}" data-pos="{row}" style="background-color: rgba({_RGB}, '
-                     f'{alpha:.3f})" title="{html.escape(label)}: {value:.4g}">{_escape(token)}</span>')
+                     f'{alpha:.3f})" title="{html.escape(label)}: {value:.4g}">{_escape(tokens[row + 1])}</span>')
     legend = (f'<div class="dw-legend">{html.escape(label)}: <span class="dw-scale"></span> 0 to {top:.3g} '
               "(click a token to see both distributions)</div>")
     return f'<div class="dw-heatmap">{"".join(parts)}</div>{legend}'

@@ -1,14 +1,16 @@
 """Inspect tab: a text as tokens coloured by teacher-student divergence; click a token for both
 next-token distributions; temperature, top-k and the colouring re-read cached logits; a step slider
-walks the run's saved students and a plot follows one position across training."""
+walks the run's saved students and a plot follows one position across training. "Sample" shows the
+student's own text instead: its answer to a held-out prompt, coloured by how strongly the teacher
+disagrees with each token it chose (the on-policy measure's view, token by token)."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import gradio as gr
 
 from workbench.config.escaping import plain
+from workbench.eval.on_policy_measure import SampledAnswer
 from workbench.eval.token_stats import STATS, token_stats, top_k
 from workbench.models.students import StudentPoint
 from workbench.ui.heatmap import CLICK_JS, CSS, token_heatmap
@@ -25,9 +27,10 @@ class View:
     heatmap: str
     distributions: object
     profile: object
-    positions: int          # rows the text has: the position slider's range is [0, positions - 1]
+    positions: int          # rows the text has: the position slider's range is [first, positions - 1]
     position: int
     point: StudentPoint
+    first: int = 0          # the first row shown coloured: a sampled answer's prompt is context only
 
 
 def nearest_point(points: list[StudentPoint], step: float | None) -> StudentPoint:
@@ -38,26 +41,48 @@ def nearest_point(points: list[StudentPoint], step: float | None) -> StudentPoin
 
 
 def inspect_view(services: Services, run_id: str, step: float | None, text: str, temperature: float, k: int,
-                 stat: str, position: int | None) -> View:
+                 stat: str, position: int | None, sampled: tuple[int, int] | None = None) -> View:
+    """The view of `text`, or with `sampled` = (held-out prompt index, seed) of the student's own answer to
+    that prompt: the prompt is context, the answer coloured, and the position shown first is the answer
+    token the chosen statistic rates highest."""
     inspector = services.inspector
     point = nearest_point(inspector.points(run_id), step)
-    analysis = inspector.analysis(run_id, point.key, text)
+    found = inspector.sampled(run_id, point.key, *sampled) if sampled is not None else None
+    analysis = found.analysis if found else inspector.analysis(run_id, point.key, text)
+    first = found.prompt_len - 1 if found else 0
     stats = token_stats(analysis, temperature)
     rows = len(analysis)
-    position = rows - 1 if position is None else min(max(int(position), 0), rows - 1)
+    if position is None:
+        position = first + int(stats[stat][first:].argmax()) if found else rows - 1
+    position = min(max(int(position), first), rows - 1)
     tokenizer = inspector.tokenizer(run_id)
     top = top_k(analysis, tokenizer, position, temperature, int(k))
     context = tokenizer.decode(analysis.token_ids[:position + 1])
-    summary = (f"**{point.label}** (step {point.step}) vs the teacher, {rows + 1} tokens, both models run in "
-               f"{analysis.seconds:.2f} s (cached: sliders re-read the logits). At T = {temperature:g}: mean "
-               f"KL(teacher ‖ student) {float(stats['forward_kl'].mean()):.3f} nats, top-1 agreement "
-               f"{100 * float(stats['agree'].mean()):.0f}%, teacher mass outside its top token "
-               f"{100 * float(stats['dark_mass'].mean()):.0f}% on average.\n\n"
-               f"**Position {position}** (predicting {html.escape(repr(top.actual))}): "
+    head = _answer_summary(found, sampled, point, stats, temperature) if found else (
+        f"**{point.label}** (step {point.step}) vs the teacher, {rows + 1} tokens, both models run in "
+        f"{analysis.seconds:.2f} s (cached: sliders re-read the logits). At T = {temperature:g}: mean "
+        f"KL(teacher ‖ student) {float(stats['forward_kl'].mean()):.3f} nats, top-1 agreement "
+        f"{100 * float(stats['agree'].mean()):.0f}%, teacher mass outside its top token "
+        f"{100 * float(stats['dark_mass'].mean()):.0f}% on average.")
+    summary = (f"{head}\n\n**Position {position}** (predicting {plain(repr(top.actual))}): "
                + ", ".join(f"{STATS[key]} {float(stats[key][position]):.3f}" for key in STATS))
-    return View(summary, token_heatmap(analysis.tokens, stats[stat].tolist(), STATS[stat], position),
+    return View(summary, token_heatmap(analysis.tokens, stats[stat].tolist(), STATS[stat], position, first + 1),
                 token_distributions(top, temperature, context), token_profile(stats, analysis.tokens, position),
-                rows, position, point)
+                rows, position, point, first)
+
+
+def _answer_summary(found: SampledAnswer, sampled: tuple[int, int], point: StudentPoint, stats: dict,
+                    temperature: float) -> str:
+    """The on-policy measure's numbers for this one answer (T = 1), and agreement at the chosen T."""
+    terms = found.terms()
+    answer = found.analysis.token_ids[found.prompt_len:]
+    agree = stats["agree"][found.prompt_len - 1:]
+    return (f"**{point.label}** (step {point.step}) answered held-out prompt {int(sampled[0]) + 1} (shown faded) "
+            f"with {len(answer)} tokens of its own, sampled at T = 1 with seed {int(sampled[1])}; sampling and both "
+            f"models took {found.analysis.seconds:.2f} s (cached). Per answer token at T = 1: KL(student ‖ teacher) "
+            f"{float(terms['rkl'].mean()):.3f} nats, the teacher's log-probability of the student's token "
+            f"{float(terms['teacher_logp'].mean()):.2f} (the student's own {float(terms['student_logp'].mean()):.2f}). "
+            f"At T = {temperature:g}: top-1 agreement {100 * float(agree.mean()):.0f}% on the answer.")
 
 
 def _runs(services: Services) -> list[str]:
@@ -68,7 +93,9 @@ def _runs(services: Services) -> list[str]:
 def create_inspect_tab(services: Services) -> None:
     with gr.Tab("Inspect", id="inspect") as tab:
         gr.Markdown("Per token: how the student's next-token distribution differs from the teacher's. Colour "
-                    "shows the chosen statistic; **click a token** to see both distributions that predicted it.")
+                    "shows the chosen statistic; **click a token** to see both distributions that predicted it. "
+                    "**Sample** shows the student's own text instead: its answer to a held-out prompt, coloured "
+                    "by how strongly the teacher disagrees with each token it chose.")
         with gr.Row():
             run = gr.Dropdown(_runs(services), label="Run", elem_id="inspect-run")
             step = gr.Slider(0, 1, value=1, step=1, label="Training step (nearest saved student)",
@@ -77,6 +104,11 @@ def create_inspect_tab(services: Services) -> None:
             text = gr.Textbox(label="Text (up to 256 tokens)", lines=3, scale=3, elem_id="inspect-text",
                               value="In the beginning God created the heaven and the earth.")
             sample = gr.Dropdown([], label="…or a held-out text", scale=2)
+        with gr.Row():
+            prompt = gr.Dropdown([], label="…or a held-out prompt the student answers itself", scale=3,
+                                 elem_id="inspect-prompt")
+            seed = gr.Number(0, precision=0, minimum=0, label="Seed", scale=1, elem_id="inspect-seed")
+            sample_button = gr.Button("Sample", scale=1, elem_id="inspect-sample")
         with gr.Row():
             temperature = gr.Slider(0.25, 8, value=1, step=0.25, label="Temperature T", elem_id="inspect-temperature")
             k = gr.Slider(3, 30, value=10, step=1, label="Top-k tokens")
@@ -91,49 +123,83 @@ def create_inspect_tab(services: Services) -> None:
             follow = gr.Button("Follow this position across training", elem_id="inspect-follow")
             trajectory = gr.Plot(elem_id="inspect-trajectory")
         message = gr.Markdown()
+        # What is shown: None = the text, (prompt index, seed) = the student's answer to that prompt. Kept
+        # on the server; a value lands here only after the inspector accepted it.
+        shown = gr.State(None)
 
     controls = [run, step, text, temperature, k, stat, position]
     outputs = [summary, heatmap, distributions, profile, position, message]
 
-    def render(run_id, step_value, body, t, top, colour, pos):
+    def render(run_id, step_value, body, t, top, colour, pos, sampled=None):
         if not run_id:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "Pick a run first."
         try:
-            view = inspect_view(services, run_id, step_value, body, t, top, colour, pos)
-        except (ValueError, OSError, RuntimeError) as err:
+            view = inspect_view(services, run_id, step_value, body, t, top, colour, pos, sampled)
+        except (ValueError, OSError, RuntimeError, OverflowError) as err:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**{plain(err)}**"
         return (view.summary, view.heatmap, view.distributions, view.profile,
-                gr.Slider(0, max(view.positions - 1, 1), value=view.position, step=1), "")
+                gr.Slider(view.first, max(view.positions - 1, view.first + 1), value=view.position, step=1), "")
+
+    def inspect_text(run_id, step_value, body, t, top, colour, pos):
+        rendered = render(run_id, step_value, body, t, top, colour, pos)
+        return *rendered, (gr.skip() if rendered[-1] else None)
+
+    def sample_answer(run_id, step_value, chosen, seed_value, t, top):
+        if chosen is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "Pick a held-out prompt first.", \
+                gr.skip(), gr.skip()
+        sampled = (chosen, seed_value)
+        rendered = render(run_id, step_value, "", t, top, "reverse_kl", None, sampled)
+        if rendered[-1]:  # refused or failed: the view shown stays, and so does what it shows
+            return *rendered, gr.skip(), gr.skip()
+        return *rendered, "reverse_kl", sampled
 
     def choose_run(run_id):
         if not run_id:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             points = services.inspector.points(run_id)
             texts = services.inspector.validation_texts(run_id)
         except (ValueError, OSError) as err:
-            return gr.skip(), gr.Dropdown(choices=[], info=plain(err))  # info renders Markdown
+            refused = gr.Dropdown(choices=[], info=plain(err))  # info renders Markdown
+            return gr.skip(), refused, refused, gr.skip()
+        try:  # apart: a run whose held-out data has no blocks still has texts to inspect
+            labels = [_label(p) for p in services.inspector.prompt_texts(run_id)]
+            prompts = gr.Dropdown(choices=[(label, i) for i, label in enumerate(labels)], value=None, info=None)
+        except (ValueError, OSError) as err:
+            prompts = gr.Dropdown(choices=[], value=None, info=plain(err))
         last = points[-1].step
         return (gr.Slider(0, max(last, 1), value=last, step=1),
-                gr.Dropdown(choices=[(t[:80].replace("\n", " "), t) for t in texts], value=None))
+                gr.Dropdown(choices=[(t[:80].replace("\n", " "), t) for t in texts], value=None), prompts, None)
 
     def click(evt: gr.EventData):
         return evt.pos
 
-    def follow_position(run_id, body, t, pos):
+    def follow_position(run_id, body, t, pos, sampled):
         if not run_id:
             return gr.skip(), "Pick a run first."
+        if sampled is not None:
+            return gr.skip(), "A sampled answer is one student's own text: follow a position of a text (Inspect)."
         try:
             return trajectory_figure(services.inspector.trajectory(run_id, body, int(pos), t)), ""
-        except (ValueError, OSError, RuntimeError) as err:
+        except (ValueError, OSError, RuntimeError, OverflowError) as err:
             return gr.skip(), f"**{plain(err)}**"
 
+    current = controls + [shown]
     tab.select(lambda chosen: run_picker(_runs(services), chosen), run, run, api_name="inspect_runs")
-    run.input(choose_run, run, [step, sample], api_name="inspect_run").then(render, controls, outputs)
+    run.input(choose_run, run, [step, sample, prompt, shown], api_name="inspect_run").then(render, current, outputs)
     sample.input(lambda chosen: chosen or gr.skip(), sample, text)
-    inspect_button.click(render, controls, outputs, api_name="inspect")
+    inspect_button.click(inspect_text, controls, outputs + [shown], api_name="inspect")
+    sample_button.click(sample_answer, [run, step, prompt, seed, temperature, k], outputs + [stat, shown],
+                        api_name="inspect_sample")
     for control in (step, temperature, k, position):
-        control.release(render, controls, outputs)
-    stat.input(render, controls, outputs)
-    heatmap.click(click, None, position).then(render, controls, outputs)
-    follow.click(follow_position, [run, text, temperature, position], [trajectory, message])
+        control.release(render, current, outputs)
+    stat.input(render, current, outputs)
+    heatmap.click(click, None, position).then(render, current, outputs)
+    follow.click(follow_position, [run, text, temperature, position, shown], [trajectory, message])
+
+
+def _label(prompt: str) -> str:
+    """A prompt as one line of at most 100 characters (a dropdown shows labels as plain text)."""
+    line = " ".join(prompt.split())
+    return line if len(line) <= 100 else "…" + line[-99:]

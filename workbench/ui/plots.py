@@ -15,14 +15,15 @@ COLORS = {"loss": "#636efa", "ce": "#ef553b", "kd": "#00cc96", "teacher_ce": "#a
           "hidden": "#19d3f3", "attention": "#ff6692"}  # a term's held-out points share its colour
 
 
-def _with_terms(metrics: pd.DataFrame) -> pd.DataFrame:
+def with_terms(metrics: pd.DataFrame) -> pd.DataFrame:
     """The store keeps the core terms as columns and every logged value in `terms` (JSON): strategies'
-    own terms (teacher CE, hidden, attention, α) come from there."""
+    own terms (teacher CE, hidden, attention, α, on-policy timings) come from there. The JSON column goes,
+    so a frame already expanded is not parsed again."""
     if "terms" not in metrics:
         return metrics
     parsed = pd.DataFrame([json.loads(t) if isinstance(t, str) else {} for t in metrics.terms], index=metrics.index)
     extra = [c for c in parsed if c not in metrics]
-    return pd.concat([metrics, parsed[extra]], axis=1)
+    return pd.concat([metrics.drop(columns="terms"), parsed[extra]], axis=1)
 
 
 def token_labels(tokens: list[str]) -> list[str]:
@@ -51,7 +52,7 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
     measured close together) above learning rate and tokens/s, sharing the step axis."""
     if metrics.empty:
         return _empty("no training steps logged yet")
-    metrics = _with_terms(metrics)
+    metrics = with_terms(metrics)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.08,
                         specs=[[{}], [{"secondary_y": True}]])
     for column, name in LOSS_TERMS:
@@ -80,6 +81,43 @@ def run_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None = None, title: 
     fig.update_yaxes(title_text="tok/s", row=2, col=1, secondary_y=True)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(title=title, height=520, margin=dict(l=50, r=50, t=50, b=40), legend=dict(orientation="h"))
+    return fig
+
+
+# Where an on-policy step's time goes, bottom to top of each bar.
+STEP_PARTS = (("sample_s", "sampling", "#ffa15a"), ("teacher_s", "teacher scoring", "#636efa"),
+              ("update_s", "update", "#00cc96"))
+
+
+def sampled_rkl(metrics: pd.DataFrame) -> go.Figure:
+    """An on-policy run's sampled_rkl at each log whose steps sampled: how far the student's own
+    completions are from what the teacher would write."""
+    metrics = with_terms(metrics)
+    if "sampled_rkl" not in metrics or metrics.sampled_rkl.isna().all():
+        return _empty("no step has sampled yet")
+    points = metrics[metrics.sampled_rkl.notna()]
+    fig = go.Figure(go.Scatter(x=points.step, y=points.sampled_rkl, name="reverse KL", mode="lines+markers",
+                               line=dict(color="#ab63fa")))
+    fig.update_layout(title=dict(text="teacher's reverse KL on the student's own samples, per token",
+                                 font=dict(size=13)),
+                      xaxis_title="step", yaxis_title="nats per token", height=320, margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+def step_seconds(metrics: pd.DataFrame) -> go.Figure:
+    """Seconds per step at each log of an on-policy run, stacked: sampling, the teacher's scoring forward,
+    and the rest of the update. Sampling is token by token, so it is often most of a step."""
+    metrics = with_terms(metrics)
+    parts = [part for part in STEP_PARTS if part[0] in metrics and metrics[part[0]].notna().any()]
+    if not parts:
+        return _empty("no step timings logged yet")
+    fig = go.Figure([go.Bar(x=metrics.step, y=metrics[column], name=name, marker_color=color)
+                     for column, name, color in parts])
+    # The legend above the plot: below it, a horizontal legend covers the x axis title.
+    fig.update_layout(barmode="stack", xaxis_title="step", yaxis_title="seconds per step", height=320,
+                      margin=dict(l=50, r=20, t=60, b=40),
+                      legend=dict(orientation="h", x=0, y=1.02, xanchor="left", yanchor="bottom",
+                                  traceorder="normal"))
     return fig
 
 

@@ -1,7 +1,8 @@
 """Runs tab: every job with its name, tags, state, progress, ETA, last loss and speed, polled by gr.Timer,
 with the machine monitor beside it; buttons enabled by the chosen run's state (cancel, resume, move in the
-queue, delete after a confirmation), a Refresh button, the end of the worker log, live loss curves, the
-run's name, tags and notes, its config and "Clone into Set up". What the buttons do: runs_actions.py.
+queue, delete after a confirmation), a Refresh button, the end of the worker log, live loss curves (and for an
+on-policy run its samples and their curves: on_policy_panel.py), the run's name, tags and notes, its config and
+"Clone into Set up". What the buttons do: runs_actions.py.
 
 The table is Gradio's Dataframe. Gradio 6 draws it as a header table with a hidden sizing row
 (<tbody class="sizing-body" aria-hidden="true">, CSS visibility: collapse) whose cells are each column's
@@ -18,6 +19,7 @@ import pandas as pd
 from workbench.engine.callbacks import format_eta
 from workbench.store.rundir import finite_number
 from workbench.ui.monitor import usage_markdown
+from workbench.ui.on_policy_panel import OnPolicyView, create_on_policy_view, on_policy_outputs
 from workbench.ui.plots import run_curves
 from workbench.ui.runs_actions import ACTIONS, act, allowed_actions, annotate, clone
 from workbench.ui.services import Services
@@ -137,8 +139,9 @@ def _session(request: gr.Request | None) -> str | None:
 
 
 def poll(services: Services, session: str | None, selected: str | None, key: tuple) -> tuple:
-    """Every poll's outputs (RunsView.polled): the table, the run picker, curves, log, buttons, monitor, and
-    the chosen run's own views when the choice changed (first load, or the chosen run was deleted)."""
+    """Every poll's outputs (RunsView.polled): the table, the run picker, curves, log, buttons, monitor, the
+    chosen run's own views when the choice changed (first load, or the chosen run was deleted), and its
+    on-policy views when its logged points changed."""
     jobs = services.jobs.jobs()
     frame = jobs_table(services, jobs)
     labels = [(f"{name} ({run_id})" if name else run_id, run_id) for run_id, name in zip(frame.run, frame.name)]
@@ -150,14 +153,16 @@ def poll(services: Services, session: str | None, selected: str | None, key: tup
     # A poll must not overwrite notes being typed: the run's own views change with the choice only.
     own = run_views(services, chosen) if chosen != selected else [gr.skip()] * len(RunsView.VIEWS)
     return (frame, picker, gr.skip() if figure is None else figure, text, new_key,
-            *buttons(jobs, chosen, services.owns(chosen, session)), machine, *own)
+            *buttons(jobs, chosen, services.owns(chosen, session)), machine, *own,
+            *on_policy_outputs(services, chosen, figure is not None))
 
 
 def pick(services: Services, session: str | None, run_id: str | None) -> tuple:
-    """A run chosen in the picker: its curves, log, buttons and own views (RunsView.picked)."""
+    """A run chosen in the picker: its curves, log, buttons, own views and on-policy views (RunsView.picked)."""
     figure, text, key = run_details(services, run_id)
     mine = services.owns(run_id, session)
-    return (figure, text, key, *buttons(services.jobs.jobs(), run_id, mine), *run_views(services, run_id))
+    return (figure, text, key, *buttons(services.jobs.jobs(), run_id, mine), *run_views(services, run_id),
+            *on_policy_outputs(services, run_id, True))
 
 
 @dataclass
@@ -182,6 +187,7 @@ class RunsView:
     clone: gr.Button
     timer: gr.Timer
     shown: gr.State         # what the plot shows: redrawn only when it changes, so zoom survives polling
+    on_policy: OnPolicyView
 
     @property
     def views(self) -> list:
@@ -193,11 +199,12 @@ class RunsView:
 
     @property
     def polled(self) -> list:
-        return [self.table, self.run, self.curves, self.log, self.shown, *self.buttons, self.machine, *self.views]
+        return [self.table, self.run, self.curves, self.log, self.shown, *self.buttons, self.machine, *self.views,
+                *self.on_policy.outputs]
 
     @property
     def picked(self) -> list:
-        return [self.curves, self.log, self.shown, *self.buttons, *self.views]
+        return [self.curves, self.log, self.shown, *self.buttons, *self.views, *self.on_policy.outputs]
 
 
 def _layout(services: Services) -> RunsView:
@@ -221,6 +228,7 @@ def _layout(services: Services) -> RunsView:
             action["delete"] = gr.Button("Delete", variant="stop", elem_id="runs-delete")
         message = gr.Markdown(elem_id="runs-message")
         curves = gr.Plot(label="Loss curves", elem_id="run-curves")
+        on_policy = create_on_policy_view()
         log = gr.Textbox(label="Worker log (newest last)", lines=12, max_lines=12, elem_id="worker-log")
         with gr.Accordion("Name, tags and notes", open=False):
             name = gr.Textbox(label="Name (shown in the table; the run id stays)")
@@ -234,7 +242,7 @@ def _layout(services: Services) -> RunsView:
         # and the tab bar then shows a tab twice (or loses one).
         timer, shown = gr.Timer(POLL_S), gr.State(())
     return RunsView(tab, table, machine, run, refresh, action, confirm, message, curves, log, name, tags, notes, save,
-                    config, clone_button, timer, shown)
+                    config, clone_button, timer, shown, on_policy)
 
 
 def create_runs_tab(services: Services, setup_inputs: dict, tabs: gr.Tabs) -> None:

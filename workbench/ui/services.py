@@ -23,6 +23,9 @@ from workbench.store.rundir import CONFIG, SPEC, read_json, run_in
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 CONFIG_VIEW_MAX_BYTES = 2**20  # a config is a few KiB; a bigger file is not one to show
+# samples.jsonl grows all run long (up to 64 completions of up to 32k tokens per log): the latest logging
+# step's samples are read from its end only, so a view costs the same at step 10 and at step 100,000.
+SAMPLES_TAIL_BYTES = 2**20
 
 
 @dataclass
@@ -213,6 +216,20 @@ class Services:
         except (RecursionError, yaml.YAMLError):  # a planted or damaged file nested deeper than YAML can write
             return "# this run's config cannot be shown: it is nested too deep"
         return "# this run has no config yet"
+
+    def strategy(self, run_id: str) -> str | None:
+        """The run's strategy as the store knows it; None before the run is first ingested."""
+        found = self.store.cursor().execute("SELECT strategy FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        return found[0] if found else None
+
+    def latest_samples(self, run_id: str) -> list[dict]:
+        """The completions an on-policy run's student sampled at its latest logging step that kept some
+        (RUN/samples.jsonl, records as the run wrote them: any JSON object); [] for none or no such run."""
+        try:
+            records = run_in(self.runs_dir, run_id).read_samples(tail_bytes=SAMPLES_TAIL_BYTES)
+        except KeyError:
+            return []
+        return [r for r in records if r.get("step") == records[-1].get("step")] if records else []
 
     def evaluation_reports(self, run_id: str) -> list[dict]:
         return run_in(self.runs_dir, run_id).read_evaluations()

@@ -33,6 +33,7 @@ from workbench.ui.form import (
 )
 from workbench.ui.form_layout import Group, build_form, wire_visibility
 from workbench.ui.layers_panel import LAYER_GROUPS
+from workbench.ui.on_policy_panel import ON_POLICY_GROUP
 from workbench.ui.plots import temperature_preview as preview_figure
 from workbench.ui.services import Services
 
@@ -46,14 +47,17 @@ KNOWN_PAIRS = {
 }
 PRUNED_LAYERS = 6  # the layers a student pruned from the teacher keeps when the config names none
 LIVE_TEACHER = tuple(s for s in STRATEGIES if s != "hard_label")  # the strategies that train on data.source
+# The strategies whose loss the loss group's knobs set: on_policy has its own divergence, α and T.
+LOSS_KNOBS = tuple(s for s in LIVE_TEACHER if s != "on_policy")
 # Where each field sits, group by group (rows of keys); a field named nowhere shows in Advanced.
 LAYOUT = (
     Group((("pair", "teacher.name_or_path"),
            ("student_kind", "student.name_or_path", "student.init_from_teacher_layers"), ("strategy",))),
     Group((("loss.divergence", "loss.alpha", "loss.temperature", "loss.beta", "loss.skew_lambda"),),
-          strategies=LIVE_TEACHER),
+          strategies=LOSS_KNOBS),
     Group((("train.max_steps", "train.lr", "train.batch_size", "train.seq_len"),)),
     *LAYER_GROUPS,
+    ON_POLICY_GROUP,
     generation_panel.GENERATION_GROUP,
     generation_panel.DATASET_GROUP,
     Group((("data_kind", "data_upload", "hub_dataset"),), strategies=LIVE_TEACHER),

@@ -39,6 +39,14 @@ class Strategy(ABC):
             self.teacher.to(device)
         return self
 
+    def configure(self, tokenizer, vocab_limit: int | None) -> None:
+        """Told the student's tokenizer and how many logits both models share, before training starts
+        (a strategy that samples needs its pad and end tokens)."""
+
+    def logged_samples(self) -> list[dict]:
+        """Sampled completions to keep in the run's samples.jsonl since the last log (and forget them)."""
+        return []
+
     def trainable_model(self, student: torch.nn.Module) -> torch.nn.Module:
         return student
 
@@ -57,9 +65,18 @@ class Strategy(ABC):
         over the whole accumulated batch (num_items_in_batch) so accumulation is exact."""
 
     global_step: int = 0  # set by the trainer before every loss: for schedules
+    rank: int = 0  # this process's index in a multi-process run, set by the trainer
     # Set by the trainer while it evaluates on held-out data: those batches are the same at every
     # evaluation (a frozen teacher's answers to them may be kept).
     evaluating: bool = False
+
+    def begin_step(self, step: int) -> None:
+        """Called once per optimizer step, before its micro-batches are prepared; `step` counts the steps
+        already taken (0 for the first)."""
+        self.global_step = step
+
+    def end_step(self) -> None:
+        """Called once the step's update is done (before logging, evaluation and checkpointing)."""
 
     def step_values(self, step: int) -> dict[str, float]:
         """Per-step values to log beside the loss terms (e.g. a scheduled weight)."""

@@ -78,6 +78,7 @@ class SoftLabelStrategy(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.loss_spec = self.config.effective_loss()  # what α, T and the divergence are (on-policy brings its own)
         self._held_out: dict[bytes, TeacherSignal] = {}
         self._held_out_bytes = 0
 
@@ -88,25 +89,36 @@ class SoftLabelStrategy(Strategy):
         return config.loss.alpha < 1.0 and not config.loss.teacher_cache
 
     def compute_loss(self, model, inputs, num_items_in_batch):
+        return self.losses(model, inputs, num_items_in_batch, [self.loss_spec])[0]
+
+    def losses(self, model, inputs, num_items_in_batch, specs) -> list[dict]:
+        """The loss terms for each LossSpec in `specs`, from one forward of each model: the first spec's
+        terms carry the gradient, the others are computed without it (values to log)."""
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         # Causal shift: position i predicts token i+1. (B, L-1) labels against (B, L-1, ...) outputs.
         labels = inputs["labels"][:, 1:]
-        spec = self.config.loss
-        fused = bool(spec.chunk_size) and _fusable(model) and (self.cache is not None or not self._live()
-                                                               or _fusable(self.teacher))
+        chunk = self.loss_spec.chunk_size
+        fused = bool(chunk) and _fusable(model) and (self.cache is not None or not self._live()
+                                                     or _fusable(self.teacher))
         teacher = self.teacher_signal(inputs, fused, held_out=self.evaluating)
         if fused:
             head = _unwrap(model).get_output_embeddings()
-            return fused_distill_loss(_hidden(model, input_ids, attention_mask), head.weight, labels, spec, teacher,
-                                      student_bias=head.bias, num_items_in_batch=num_items_in_batch,
-                                      chunk=spec.chunk_size)
-        student_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        return distill_loss(student_logits, teacher, labels, spec, num_items_in_batch=num_items_in_batch)
+            hidden = _hidden(model, input_ids, attention_mask)
+            loss = lambda spec: fused_distill_loss(hidden, head.weight, labels, spec, teacher,  # noqa: E731
+                                                   student_bias=head.bias, num_items_in_batch=num_items_in_batch,
+                                                   chunk=chunk)
+        else:
+            student_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+            loss = lambda spec: distill_loss(student_logits, teacher, labels, spec,  # noqa: E731
+                                             num_items_in_batch=num_items_in_batch)
+        first = loss(specs[0])
+        with torch.no_grad():
+            return [first, *(loss(spec) for spec in specs[1:])]
 
     def _live(self) -> bool:
         """Whether the teacher model runs: it is loaded and KD has weight (the hard-label strategy and the
         CE-only baseline train on CE alone)."""
-        return self.teacher is not None and self.config.loss.alpha < 1.0
+        return self.teacher is not None and self.loss_spec.alpha < 1.0
 
     def teacher_signal(self, inputs, fused: bool, held_out: bool = False) -> TeacherSignal | None:
         """The teacher's side of this batch's KD term, or None for CE alone. From the cache: its stored rows
@@ -115,7 +127,7 @@ class SoftLabelStrategy(Strategy):
         teacher. Live: the teacher's hidden states and head for the fused loss, else its logits; for a
         held-out batch, kept from the first evaluation that met it."""
         if self.cache is not None:
-            if "block" not in inputs or self.config.loss.alpha >= 1.0:
+            if "block" not in inputs or self.loss_spec.alpha >= 1.0:
                 return None
             device = inputs["input_ids"].device
             return CachedTopK(*(t.to(device) for t in self.cache.rows(inputs["block"].tolist())),
