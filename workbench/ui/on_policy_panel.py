@@ -48,7 +48,8 @@ def create_on_policy_view() -> OnPolicyView:
         note = gr.Markdown(elem_id="on-policy-note")
         # Model text in "str" cells: Gradio shows it as text, never as Markdown or HTML.
         samples = gr.Dataframe(samples_frame([]), label="The student's latest samples", interactive=False,
-                               wrap=True, datatype=["str", "str", "number"], elem_id="on-policy-samples")
+                               wrap=True, datatype=["str", "str", "number"], elem_id="on-policy-samples",
+                               column_widths=["44%", "48%", "8%"])  # without, the prompt's text takes the width
         with gr.Row():
             rkl = gr.Plot(label="Teacher's reverse KL on the student's own samples", elem_id="on-policy-rkl")
             seconds = gr.Plot(label="Seconds per step", elem_id="on-policy-seconds")
