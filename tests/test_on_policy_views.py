@@ -164,3 +164,12 @@ def test_the_form_launches_on_policy_with_its_defaults(default, tmp_path, monkey
                           tmp_path).config.on_policy.prompts == str(inside)
     soft = form_to_config(form.replace({"strategy": "soft_label", "on_policy.lmbda": 0.9}), gate, tmp_path).config
     assert soft.on_policy == default.on_policy  # a strategy's section applies only when it is chosen
+
+
+def test_compare_overlays_the_reverse_kl_on_samples_of_several_runs(services):
+    from workbench.ui.compare_tab import compare
+    runs = [fake_run(services, name, "on_policy") for name in ("op-a", "op-b")]
+    figure, _, _ = compare(services, runs, "sampled_rkl")
+    assert [trace.name for trace in figure.data] == runs
+    assert [y for y in figure.data[0].y if y == y] == [2.5, 1.5]  # the log without sampling is a gap (NaN)
+    assert "own samples" in figure.layout.title.text

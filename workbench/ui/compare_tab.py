@@ -11,13 +11,13 @@ import pandas as pd
 from workbench.config.escaping import plain
 from workbench.engine.baseline import baseline_verdict
 from workbench.store.database import QUERY_MAX_ROWS, StoreError, export_frame
-from workbench.ui.plots import compare_curves, compare_heldout
+from workbench.ui.plots import compare_curves, compare_heldout, with_terms
 from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 from workbench.ui.tables import for_people
 
 HELDOUT = "held-out CE"  # the default: one quantity for every run, whatever its α (plots.CURVE_NOTES)
-TERMS = [HELDOUT, "loss", "ce", "kd", "learning_rate", "grad_norm", "tokens_per_s"]
+TERMS = [HELDOUT, "loss", "ce", "kd", "sampled_rkl", "learning_rate", "grad_norm", "tokens_per_s"]
 TABLES = ("comparison", "query result")
 EXAMPLE_SQL = ("SELECT run_id, divergence, alpha, temperature, status, steps\nFROM runs\n"
                "ORDER BY created DESC")
@@ -36,7 +36,8 @@ def compare(services: Services, run_ids: list[str] | None, term: str) -> tuple[o
     if term == HELDOUT:
         figure = compare_heldout(services.store.evals(run_ids), dict(zip(table.run_id, table.steps)))
     else:
-        figure = compare_curves(services.store.metrics(run_ids), term if term in TERMS else "loss")
+        # with_terms: a strategy's own terms (on-policy's sampled_rkl) live in the store's terms JSON.
+        figure = compare_curves(with_terms(services.store.metrics(run_ids)), term if term in TERMS else "loss")
     return figure, table, baseline_verdict(table)
 
 

@@ -125,6 +125,7 @@ def step_seconds(metrics: pd.DataFrame) -> go.Figure:
 CURVE_NOTES = {
     "heldout_ce": "held-out CE per token: the same measure for every run, whatever its α or strategy",
     "loss": "training loss = α·CE + (1−α)·KD (+ layer terms): runs with other α or strategies are other sums",
+    "sampled_rkl": "the teacher's reverse KL per token on the student's own samples (on-policy runs' sampling steps)",
 }
 
 
