@@ -42,6 +42,23 @@ def build_tokenizer(folder: Path, vocab_size: int = 320) -> PreTrainedTokenizerF
     return fast
 
 
+def build_sentencepiece_tokenizer(folder: Path, vocab_size: int = 340) -> PreTrainedTokenizerFast:
+    """Another tokenizer family over the same grammar: SentencePiece-style BPE ("▁" marks a word start,
+    unknown characters fall back to byte tokens), its own special tokens and ids. With build_tokenizer's
+    it makes a cross-tokenizer pair: the two split the same text differently."""
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<bos>", "<eos>", "<pad>", *bytes_])
+    tok.train_from_iterator(corpus(2000, seed=5), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>")
+    fast.save_pretrained(folder)
+    return fast
+
+
 def save_llama(folder: Path, tokenizer, *, layers: int, hidden: int, seed: int, heads: int = 4,
                kv_heads: int | None = None, vocab_size: int | None = None, init_range: float = 0.02,
                tie: bool = False) -> Path:

@@ -42,6 +42,7 @@ ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 DATA_FORMATS = ("auto", "text", "chat", "prompt_completion")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 NONFINITE = ("stop", "skip")
+CROSS_TOKENIZER = ("off", "uld", "hybrid")
 # Runs of at least this many steps get held-out evaluations between the first and the last by default.
 AUTO_EVAL_MIN_STEPS = 100
 # Fields that may name a file or folder: each must be a path the system can look up (paths.path_problem).
@@ -113,6 +114,12 @@ class LossSpec:
     teacher_cache: str | None = knob(None, "A teacher cache folder (python -m workbench cache): the KD term "
                                            "reads the teacher's stored top-k log-probabilities and the teacher "
                                            "is not run during training")
+    cross_tokenizer: str = knob("off", "A teacher with another tokenizer: uld = compare the two sorted "
+                                       "probability vectors at positions where both have read the same text "
+                                       "(Universal Logit Distillation); hybrid = tokens with the same text in "
+                                       "both vocabularies compared directly, the rest by ULD; replaces the "
+                                       "divergence; off = one vocabulary, compared token by token",
+                                choices=CROSS_TOKENIZER)
     chunk_size: int = knob(128, "Positions per chunk when the loss is computed fused with the LM heads, so "
                                  "full-vocabulary logits of the whole batch never exist at once (same loss "
                                  "and gradients); 0 = the plain loss on full logits", low=0, high=1_000_000)
@@ -227,6 +234,14 @@ class DistillConfig:
                                                    "a teacher cache"))
         if self.strategy == "on_policy":
             problems.extend(self.on_policy_problems())
+        if self.loss.cross_tokenizer != "off" and self.strategy != "soft_label":
+            problems.append(("loss.cross_tokenizer", f"{self.strategy} compares the models token by token; "
+                                                     "cross-tokenizer KD is for soft_label (hard_label already "
+                                                     "pairs any two tokenizers)"))
+        elif self.loss.cross_tokenizer != "off" and self.loss.teacher_cache:
+            problems.append(("loss.cross_tokenizer", "a teacher cache holds the teacher's distributions over the "
+                                                     "student's tokens; cross-tokenizer KD runs the live teacher, "
+                                                     "so clear loss.teacher_cache"))
         for section in ("hidden", "attention"):
             for i, pair in enumerate(getattr(self, section).layer_map):
                 if parse_pair(pair) is None:
@@ -257,8 +272,8 @@ class DistillConfig:
     def needs_shared_vocab(self) -> bool:
         """Whether teacher and student must read the same tokens: every strategy but hard-label compares
         their distributions or states position by position; hard-label trains on the teacher's text and
-        pairs any two tokenizers."""
-        return self.strategy != "hard_label"
+        pairs any two tokenizers, and soft-label with loss.cross_tokenizer aligns two tokenizers."""
+        return self.strategy != "hard_label" and self.loss.cross_tokenizer == "off"
 
     def on_policy_problems(self) -> list[tuple[str, str]]:
         o, problems = self.on_policy, []

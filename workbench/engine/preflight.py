@@ -20,21 +20,23 @@ from workbench.config.fields import ConfigError
 from workbench.config.paths import BUILDERS, looks_like_local_path
 from workbench.config.schema import CORPUS_PROMPTS, DistillConfig
 from workbench.data.defaults import default_fields, prepared_root, resolve_defaults
-from workbench.data.loading import DataError, load_raw, resolve_format
+from workbench.data.loading import DataError, heldout_documents, load_raw, resolve_format
 from workbench.data.prompt_rows import prompt_set_rows
 from workbench.data.prompts import load_prompts, prompt_source_path
 from workbench.engine.strategies import strategy_class
 from workbench.engine.trainer import native_cpu_bf16, use_bf16
 from workbench.losses.features import layer_map
-from workbench.models.loading import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer
+from workbench.models.loading import ModelLoadError, VocabMismatchError, check_vocab, load_tokenizer, tokenizer_hash
 from workbench.models.pruning import evenly_spaced
 from workbench.models.sizing import GIB, arch_info, estimate_memory
+from workbench.models.token_bridge import TokenBridge, alignment_share
 
 # LoRA trains roughly this share of the weights at r=16 on all linear layers: enough for an estimate.
 LORA_TRAINABLE_SHARE = 0.02
 # An estimate above this share of the free memory is refused; between CLOSE and it, a warning.
 CLOSE = 0.8
 MEMO_SIZE = 64
+ALIGNMENT_SAMPLE = 32  # held-out documents on which pre-flight measures the aligned share
 _memo: OrderedDict = OrderedDict()
 _memo_lock = threading.Lock()
 
@@ -124,6 +126,8 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
                             f"{teacher.hidden}); student {_count(student.params)} ({student.layers} layers, "
                             f"hidden {student.hidden}): {teacher.params / student.params:.1f}x smaller")
         _check_vocabulary(config, teacher.vocab, student.vocab, report)
+        if config.loss.cross_tokenizer != "off" and config.strategy == "soft_label":
+            _check_cross_tokenizer(config, teacher, student, report)
         if config.strategy in ("hidden_state", "attention"):
             _check_layers(config, teacher, student, report)
     _check_context(config, teacher, student, report)
@@ -280,6 +284,52 @@ def _check_vocabulary(config: DistillConfig, teacher_vocab: int, student_vocab: 
         report.problems.append(("student.name_or_path" if "student" in str(err) else "teacher.name_or_path", str(err)))
     else:
         report.notes.append(f"vocabulary: one tokenizer, {check.shared_size:,} logits compared")
+
+
+def _check_cross_tokenizer(config: DistillConfig, teacher, student, report: Preflight) -> None:
+    """What cross-tokenizer KD will compare, measured on held-out documents of the chosen data: the share of
+    student positions with a teacher partner and of the teacher's token texts the student also has."""
+    def measure():
+        spec = config.teacher if config.student.init_from_teacher_layers else config.student
+        bridge = TokenBridge(load_tokenizer(spec, "student"), load_tokenizer(config.teacher, "teacher"),
+                             student.vocab, teacher.vocab, teacher.context)
+        texts = heldout_documents(config.data, bridge.student, config.train.seed, ALIGNMENT_SAMPLE)
+        return bridge, alignment_share(bridge, texts, config.train.seq_len)
+
+    data = tuple((name, value, _file_state(value)) for name in ("source", "validation_source")
+                 if (value := getattr(config.data, name)))
+    try:
+        bridge, (aligned, positions) = _remembered(("cross", _model_key(config.teacher), _model_key(config.student),
+                                                    config.student.init_from_teacher_layers, data,
+                                                    config.train.seq_len), measure)
+    except ModelLoadError as err:
+        report.problems.append(("student.name_or_path" if "student" in str(err) else "teacher.name_or_path", str(err)))
+        return
+    except DataError as err:
+        report.problems.append((err.field, str(err).split(": ", 1)[-1]))
+        return
+    shared = len(bridge.shared_ids()[0])
+    same = tokenizer_hash(bridge.student) == tokenizer_hash(bridge.teacher)
+    measured = (f"on {positions:,} positions of held-out text {aligned / positions:.0%} of the student's have a "
+                "teacher partner (both have read the same text) and are compared; the others learn from CE alone"
+                if positions else "the aligned share is measured when the job starts (no local held-out text)")
+    report.notes.append(f"cross-tokenizer KD ({config.loss.cross_tokenizer}): the teacher reads its own tokens "
+                        f"({bridge.teacher_vocab:,}), the student its own ({bridge.student_vocab:,}); {measured}; "
+                        f"{shared:,} token texts ({shared / bridge.teacher_vocab:.0%} of the teacher's) exist in "
+                        "both vocabularies" + (" and are compared directly" if config.loss.cross_tokenizer == "hybrid"
+                                               else " (hybrid would compare those directly)"))
+    if same:
+        report.notes.append("teacher and student share one tokenizer: loss.cross_tokenizer off compares every token "
+                            "directly, which tells the student more than ULD's sorted probabilities")
+
+
+def _file_state(value: str) -> tuple:
+    path = Path(value).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _check_memory(config: DistillConfig, memory, processes: int, report: Preflight) -> None:

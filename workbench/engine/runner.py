@@ -42,6 +42,7 @@ from workbench.models.loading import (
     tokenizer_hash,
 )
 from workbench.models.students import initial_student
+from workbench.models.token_bridge import TokenBridge
 from workbench.store.modelcard import write_model_card, write_trained_teacher_card
 from workbench.store.rundir import CONFIG, RunDir
 
@@ -199,6 +200,12 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
                             logit_size(student))
         shared_vocab = vocab.shared_size
         say(f"vocabulary: {vocab.note}")
+    bridge = None
+    if teacher is not None and config.loss.cross_tokenizer != "off" and strategy_cls.uses_teacher(config):
+        bridge = TokenBridge(tokenizer, load_tokenizer(config.teacher, "teacher"), logit_size(student),
+                             logit_size(teacher), context_length(teacher))
+        say(f"tokenizers: the teacher reads its own tokens ({len(bridge.teacher):,}), the student its own "
+            f"({len(tokenizer):,}); KD by {config.loss.cross_tokenizer} at positions where both read the same text")
     if config.student.lora.enabled:
         student = apply_lora(student, config.student.lora)
     total, trainable = count_parameters(student)
@@ -214,7 +221,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         train_ds = on_policy_rows(config.on_policy, train_ds, tokenizer, context_length(teacher, student),
                                   config.train.seq_len, config.data.max_file_mb)
     say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
-    strategy = strategy_cls(config, teacher, shared_vocab, cache)
+    strategy = strategy_cls(config, teacher, shared_vocab, cache, bridge)
     strategy.configure(tokenizer, min(shared_vocab or len(tokenizer), len(tokenizer)))
     files = RunFilesCallback(run, echo, samples=strategy.logged_samples)
     trainer = DistillTrainer(

@@ -18,9 +18,10 @@ from workbench.eval.on_policy_measure import (
     heldout_prompts,
     sample_answer,
 )
-from workbench.eval.pairing import token_comparable
+from workbench.eval.aligned_tokens import AlignedAnalysis, aligned_trajectory, analyse_aligned
+from workbench.eval.pairing import is_cross_tokenizer, token_comparable
 from workbench.eval.token_stats import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
-from workbench.models.loading import shared_logit_size
+from workbench.models.loading import context_length, load_tokenizer, logit_size, shared_logit_size
 from workbench.models.students import (
     StudentPoint,
     load_student_at,
@@ -29,6 +30,7 @@ from workbench.models.students import (
     student_points,
     student_tokenizer,
 )
+from workbench.models.token_bridge import TokenBridge
 from workbench.store.rundir import CONFIG, RunDir, is_run_dir, run_in
 
 
@@ -55,7 +57,7 @@ class _Lru(OrderedDict):
         return None
 
 
-def _analysis_bytes(found: TokenAnalysis) -> int:
+def _analysis_bytes(found: TokenAnalysis | AlignedAnalysis) -> int:
     return found.student_logits.nbytes  # its teacher rows are shared, and weighed in the teacher cache
 
 
@@ -79,6 +81,8 @@ class Inspector:
         self._texts: dict[str, list[str]] = {}
         self._prompts: dict[str, list[list[int]]] = {}
         self._tokenizers: dict[tuple, object] = {}
+        self._crossing: dict[tuple, bool] = {}
+        self._bridges: dict[tuple, TokenBridge] = {}
 
     def run(self, run_id: str) -> tuple[RunDir, DistillConfig]:
         try:
@@ -99,6 +103,11 @@ class Inspector:
     def tokenizer(self, run_id: str):
         _, config = self.run(run_id)
         return self._tokenizer(config)
+
+    def cross_tokenizer(self, run_id: str) -> bool:
+        """Whether the run pairs two tokenizers (loss.cross_tokenizer): its analyses are AlignedAnalysis."""
+        _, config = self.run(run_id)
+        return self._crosses(config)
 
     def validation_texts(self, run_id: str) -> list[str]:
         with self._lock:
@@ -126,7 +135,8 @@ class Inspector:
         tokenizer = self.tokenizer(run_id)
         return [tokenizer.decode(prompt) for prompt in self.heldout_prompts(run_id)]
 
-    def analysis(self, run_id: str, key: str, text: str, max_tokens: int = MAX_TOKENS) -> TokenAnalysis:
+    def analysis(self, run_id: str, key: str, text: str,
+                 max_tokens: int = MAX_TOKENS) -> TokenAnalysis | AlignedAnalysis:
         run, config = self.run(run_id)
         return self._analysis(run_id, config, _point(run, config, key), text, max_tokens)
 
@@ -134,6 +144,9 @@ class Inspector:
         """The student at `key` answers held-out prompt number `prompt` (T = 1, seeded), both models read
         prompt + answer; cached, so sliders re-read it. Prompt and answer fit in MAX_TOKENS together."""
         run, config = self.run(run_id)
+        if self._crosses(config):
+            raise ValueError("Sample: the teacher rates each token the student chose, which needs one tokenizer; "
+                             "this run's teacher reads other tokens (inspect a text instead)")
         point = _point(run, config, key)
         prompts = self.heldout_prompts(run_id)
         index, seed = whole(prompt, "prompt", len(prompts)), whole(seed, "seed", 2**32)
@@ -151,6 +164,10 @@ class Inspector:
                    max_tokens: int = MAX_TOKENS) -> Trajectory:
         """One position's student distribution at every saved point of the run, vs the teacher's."""
         run, config = self.run(run_id)
+        if self._crosses(config):
+            found = [(point.step, self._analysis(run_id, config, point, text, max_tokens))
+                     for point in student_points(run, config)]
+            return aligned_trajectory(found, position, temperature, k)
         rows = []
         for point in student_points(run, config):
             found = self._analysis(run_id, config, point, text, max_tokens)
@@ -176,10 +193,12 @@ class Inspector:
             return found
 
     def _analysis(self, run_id: str, config: DistillConfig, point: StudentPoint, text: str,
-                  max_tokens: int) -> TokenAnalysis:
-        def make() -> TokenAnalysis:
+                  max_tokens: int) -> TokenAnalysis | AlignedAnalysis:
+        def make() -> TokenAnalysis | AlignedAnalysis:
             teacher = self._teacher(config)
             student = self._student(run_id, config, point, teacher)
+            if self._crosses(config):
+                return make_aligned(teacher, student)
             rows_key = (_teacher_key(config), text, max_tokens, shared_logit_size(teacher, student))
             with self._lock:
                 rows = self._teacher_rows.hit(rows_key)
@@ -188,14 +207,51 @@ class Inspector:
                 self._teacher_rows.put(rows_key, found.teacher_logits)
             return found
 
+        def make_aligned(teacher, student) -> AlignedAnalysis:
+            bridge = self._bridge(config, teacher, student)
+            # The teacher's rows follow the student tokenizer's alignment: one per run, like its tokenizer.
+            rows_key = (_teacher_key(config), _student_key(config), text, max_tokens, bridge.teacher_vocab)
+            with self._lock:
+                rows = self._teacher_rows.hit(rows_key)
+            found = analyse_aligned(teacher, student, bridge, text, max_tokens, rows)
+            with self._lock:
+                self._teacher_rows.put(rows_key, found.teacher_logits)
+            return found
+
         return self._cached(self._analyses, (run_id, point.key, _stamp(point), text, max_tokens), make)
+
+    def _crosses(self, config: DistillConfig) -> bool:
+        """A cross-tokenizer run whose teacher reads other tokens than its student (a cross-tokenizer run
+        with one tokenizer is inspected token by token, as any other)."""
+        if config.loss.cross_tokenizer == "off":
+            return False
+        key = (_teacher_key(config), _student_key(config))
+        with self._lock:
+            found = self._crossing.get(key)
+        if found is None:
+            found = is_cross_tokenizer(config)  # loads and hashes both tokenizers: once per pair
+            with self._lock:
+                self._crossing[key] = found
+        return found
+
+    def _bridge(self, config: DistillConfig, teacher, student) -> TokenBridge:
+        """The run's two tokenizers over the logits each model has, as training and evaluation built it."""
+        key = (_teacher_key(config), _student_key(config), logit_size(student), logit_size(teacher))
+        with self._lock:
+            found = self._bridges.get(key)
+        if found is None:
+            found = TokenBridge(self._tokenizer(config), load_tokenizer(config.teacher, "teacher"),
+                                logit_size(student), logit_size(teacher), context_length(teacher))
+            with self._lock:
+                self._bridges[key] = found
+        return found
 
     def _student(self, run_id: str, config: DistillConfig, point: StudentPoint, teacher):
         return self._cached(self._students, (run_id, point.key, _stamp(point)),
                             lambda: load_student_at(config, point, teacher=teacher))
 
     def _teacher(self, config: DistillConfig):
-        if not token_comparable(config):
+        if not self._crosses(config) and not token_comparable(config):
             raise ValueError("the inspector compares teacher and student token by token, which needs one "
                              "tokenizer and a local teacher; this hard-label run's teacher has neither "
                              "(its completions are the data: see the run's generated dataset)")
@@ -203,8 +259,7 @@ class Inspector:
 
     def _tokenizer(self, config: DistillConfig):
         """The tokenizer training used (soft-label runs were checked for one vocabulary)."""
-        spec = config.teacher if config.student.init_from_teacher_layers else config.student
-        key = (spec.name_or_path, spec.revision, spec.gguf_file)
+        key = _student_key(config)
         with self._lock:
             found = self._tokenizers.get(key)
         if found is None:
@@ -232,6 +287,12 @@ def whole(value, name: str, limit: int) -> int:
 
 def _teacher_key(config: DistillConfig) -> tuple:
     return config.teacher.name_or_path, config.teacher.revision, config.teacher.gguf_file
+
+
+def _student_key(config: DistillConfig) -> tuple:
+    """Where the tokenizer training used comes from (the teacher's, for a student pruned from it)."""
+    spec = config.teacher if config.student.init_from_teacher_layers else config.student
+    return spec.name_or_path, spec.revision, spec.gguf_file
 
 
 def _stamp(point: StudentPoint) -> int:

@@ -32,3 +32,10 @@ def token_comparable(config: DistillConfig) -> bool:
     if config.needs_shared_vocab() or config.student.init_from_teacher_layers:
         return True
     return tokenizer_hash(load_tokenizer(config.teacher, "teacher")) == tokenizer_hash(student_tokenizer(config))
+
+
+def is_cross_tokenizer(config: DistillConfig) -> bool:
+    """A cross-tokenizer run (loss.cross_tokenizer) whose local teacher reads other tokens than its student:
+    the two are compared where both have read the same text (eval/aligned.py, eval/aligned_tokens.py). With
+    one tokenizer such a run is compared token by token, as any other."""
+    return config.loss.cross_tokenizer != "off" and has_local_teacher(config) and not token_comparable(config)

@@ -11,11 +11,19 @@ import torch
 
 from workbench.config.schema import DEFAULT_PROMPTS, DistillConfig, ModelSpec
 from workbench.data.loading import PadCollator, heldout_dataset, load_raw, render_chat
+from workbench.eval.aligned import aligned_metrics
 from workbench.eval.metrics import heldout_metrics, quality_retained
 from workbench.eval.on_policy_measure import ANSWER_TOKENS, PROMPT_TOKENS, heldout_prompts, on_policy_measure
 from workbench.eval.pairing import has_local_teacher, token_comparable
 from workbench.eval.speed import generate, speed_and_size
-from workbench.models.loading import hub_snapshot, load_tokenizer, resolve_source, shared_logit_size
+from workbench.models.loading import (
+    context_length,
+    hub_snapshot,
+    load_tokenizer,
+    logit_size,
+    resolve_source,
+    shared_logit_size,
+)
 from workbench.models.students import (
     StudentPoint,
     is_adapter_only,
@@ -25,6 +33,7 @@ from workbench.models.students import (
     student_points,
     student_tokenizer,
 )
+from workbench.models.token_bridge import TokenBridge
 from workbench.store.modelcard import set_evaluation_section
 from workbench.store.rundir import CONFIG, RunDir, write_json_atomic
 
@@ -90,6 +99,11 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     if "untrained_ce" in metrics and "teacher_ce" in metrics:
         metrics["quality_retained"] = quality_retained(metrics["untrained_ce"], metrics["student_ce"],
                                                        metrics["teacher_ce"])
+    if local and not comparable and config.loss.cross_tokenizer != "off":
+        bridge = TokenBridge(tokenizer, load_tokenizer(config.teacher, "teacher"), logit_size(models["student"]),
+                             logit_size(teacher), context_length(teacher))
+        metrics.update(aligned_metrics(teacher.to(device), models["student"], bridge, held, PadCollator(tokenizer),
+                                       config.train.batch_size, lambda message, f: say(message, 0.55 + 0.08 * f)))
     if comparable:  # the teacher scores the student's own answers token by token: it must read its tokens
         prompts = heldout_prompts(held, PROMPT_TOKENS)
         metrics.update(on_policy_measure(models["teacher"], models["student"], tokenizer, prompts,
@@ -185,6 +199,12 @@ def run_card(m: dict, device: str = "cpu") -> str:
                      f"top-5 {100 * m['top5_agreement']:.1f}%; KL(teacher ‖ student) {m['forward_kl']:.3f} "
                      "nats/token")
         lines.append(f"- Calibration error (ECE): student {m['student_ece']:.3f}, teacher {m['teacher_ece']:.3f}")
+    elif "aligned_top1_agreement" in m:
+        lines.append(f"- Across tokenizers, where both have read the same text ({100 * m['aligned_share']:.0f}% of "
+                     f"the student's positions): top-1 agreement {100 * m['aligned_top1_agreement']:.1f}% (the same "
+                     f"next-token text), ULD {m['aligned_uld']:.3f}; per character of held-out text: teacher "
+                     f"{m['teacher_nats_per_char']:.3f}, student {m['student_nats_per_char']:.3f} nats")
+        lines.append(f"- Calibration error (ECE): student {m['student_ece']:.3f}")
     else:
         lines.append("- The teacher reads other tokens than the student (or is an API), so token-level agreement "
                      "and KL are not measured; the perplexities are on the teacher-written held-out text")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses.divergences import kd_loss, sparse_kd_loss
+from workbench.losses.cross_tokenizer import hybrid_distance, uld_distance
+from workbench.losses.divergences import IGNORE_INDEX, kd_loss, masked_reduce, sparse_kd_loss
 
 ALL = slice(None)
 
@@ -75,4 +77,38 @@ class CachedTopK:
                               spec.skew_lambda, num_items_in_batch)
 
 
-TeacherSignal = LiveLogits | LiveHead | CachedTopK
+@dataclass(frozen=True)
+class AlignedLogits:
+    """A teacher with another tokenizer (workbench/models/token_bridge.py): its logits (..., V_t) at the
+    teacher position partnered with each student position, and whether there is one (...). The KD term is
+    a cross-tokenizer distance (workbench/losses/cross_tokenizer.py: mode "uld" or "hybrid", with the
+    shared ids) at aligned target positions; the others add 0 but still count in the per-token mean, so
+    accumulation stays exact and the term's weight follows the aligned share (logged beside it)."""
+    logits: Tensor
+    aligned: Tensor
+    mode: str
+    student_vocab: int
+    student_shared: Tensor | None = None
+    teacher_shared: Tensor | None = None
+
+    def _targets(self, labels: Tensor, rows: slice = ALL) -> Tensor:
+        return (labels != IGNORE_INDEX) & self.aligned[rows]
+
+    def share(self, labels: Tensor, num_items_in_batch=None) -> Tensor:
+        """Aligned target positions over target positions (over num_items_in_batch when given)."""
+        aligned = self._targets(labels).float()
+        return masked_reduce(aligned, labels, num_items_in_batch)
+
+    def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
+        targets = self._targets(labels, rows)
+        student, teacher = student_logits[..., :self.student_vocab][targets], self.logits[rows][targets]  # (N, V)
+        if self.mode == "hybrid":
+            per_position = hybrid_distance(student, teacher, self.student_shared, self.teacher_shared,
+                                           spec.temperature)
+        else:
+            per_position = uld_distance(student, teacher, spec.temperature)
+        count = (labels != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+        return per_position.sum() / torch.as_tensor(count, device=per_position.device).float().clamp(min=1)
+
+
+TeacherSignal = LiveLogits | LiveHead | CachedTopK | AlignedLogits

@@ -194,8 +194,9 @@ def check_vocab(teacher_tok, student_tok, teacher_logits: int, student_logits: i
         raise VocabMismatchError(
             f"teacher and student tokenizers disagree on {len(differ) + len(only_one)} tokens, e.g. {example}. "
             "Logit-based strategies compare distributions token by token and need one vocabulary; "
-            "pick a student from the teacher's family, or use hard-label distillation, which passes text "
-            "between the models and works across tokenizers.")
+            "pick a student from the teacher's family, set loss.cross_tokenizer to uld or hybrid (soft_label: "
+            "compares the two distributions where both models have read the same text), or use hard-label "
+            "distillation, which passes text between the models.")
     for role, tok in (("teacher", teacher_tok), ("student", student_tok)):
         if len(tok) > (teacher_logits if role == "teacher" else student_logits):
             raise VocabMismatchError(f"the {role} tokenizer has {len(tok)} tokens but the {role} model only "

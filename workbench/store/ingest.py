@@ -92,6 +92,8 @@ def run_row(run: RunDir) -> dict:
     if config.get("strategy") == "on_policy":  # it trains with its own section's α, T and β (a JSD)
         own = _section(config, "on_policy")
         loss = {**loss, "divergence": "jsd", **{field: own.get(name) for field, name in ON_POLICY_LOSS.items()}}
+    if loss.get("cross_tokenizer") in ("uld", "hybrid"):  # the distance across tokenizers replaces the divergence
+        loss = {**loss, "divergence": loss["cross_tokenizer"]}
     spec = read_json(run.file(SPEC))[0] or {}
     created = spec.get("created") or status.get("queued_at") or status.get("started")
     layers = _integer(student.get("init_from_teacher_layers"))

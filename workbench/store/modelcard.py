@@ -23,7 +23,9 @@ def write_model_card(path: Path, config: DistillConfig, final: dict, params: int
     knobs = [("teacher", c.teacher.name_or_path), ("student initialised from",
              f"{c.teacher.name_or_path}, {c.student.init_from_teacher_layers} of its layers"
              if c.student.init_from_teacher_layers else c.student.name_or_path),
-             ("strategy", c.strategy), ("divergence", loss.divergence), ("alpha (CE weight)", alpha),
+             ("strategy", c.strategy),
+             ("divergence", f"{loss.cross_tokenizer} (across tokenizers)" if loss.cross_tokenizer != "off"
+              else loss.divergence), ("alpha (CE weight)", alpha),
              ("temperature T", loss.temperature)]
     if c.strategy == "co_distillation":
         knobs.append(("teacher trained too", f"learning rate {co.teacher_lr}"
@@ -37,9 +39,9 @@ def write_model_card(path: Path, config: DistillConfig, final: dict, params: int
         knobs.append(("on-policy", f"share of sampled steps (lmbda) {o.lmbda}, prompts {o.prompts}, "
                                    f"{o.max_new_tokens} sampled tokens at temperature {o.temperature}, top-p {o.top_p}"
                                    + (", the teacher's samples on the other steps" if o.seq_kd else "")))
-    if loss.divergence == "jsd":
+    if loss.divergence == "jsd" and loss.cross_tokenizer == "off":
         knobs.append(("beta", loss.beta))
-    if loss.divergence.startswith("skew"):
+    if loss.divergence.startswith("skew") and loss.cross_tokenizer == "off":
         knobs.append(("skew lambda", loss.skew_lambda))
     knobs += [("steps", t.max_steps), ("tokens per step", t.batch_size * t.grad_accum * t.seq_len),
               ("learning rate", t.lr), ("data", c.data.source), ("seed", t.seed),

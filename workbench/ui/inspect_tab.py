@@ -2,23 +2,38 @@
 next-token distributions; temperature, top-k and the colouring re-read cached logits; a step slider
 walks the run's saved students and a plot follows one position across training. "Sample" shows the
 student's own text instead: its answer to a held-out prompt, coloured by how strongly the teacher
-disagrees with each token it chose (the on-policy measure's view, token by token)."""
+disagrees with each token it chose (the on-policy measure's view, token by token). A cross-tokenizer run's
+teacher reads other tokens: its student tokens are coloured by ULD where both models have read the same
+text, and each model's own top-k is shown (Sample needs one tokenizer)."""
 from __future__ import annotations
 
+import html
+import math
 from dataclasses import dataclass
 
 import gradio as gr
+import plotly.graph_objects as go
 
 from workbench.config.escaping import plain
+from workbench.eval.aligned_tokens import (
+    ALIGNED_STATS,
+    AS_ALIGNED,
+    UNALIGNED,
+    AlignedAnalysis,
+    AlignedTopK,
+    aligned_stats,
+    aligned_top_k,
+)
 from workbench.eval.on_policy_measure import SampledAnswer
 from workbench.eval.token_stats import STATS, token_stats, top_k
 from workbench.models.students import StudentPoint
 from workbench.ui.heatmap import CLICK_JS, CSS, token_heatmap
-from workbench.ui.plots import token_distributions, token_profile, trajectory_figure
+from workbench.ui.plots import token_distributions, token_labels, token_profile, trajectory_figure
 from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 
 STAT_CHOICES = [(label, key) for key, label in STATS.items()]
+_KL = "KL(teacher ‖ student)"  # the divergence trace's name in plots.token_profile and plots.trajectory_figure
 
 
 @dataclass
@@ -49,6 +64,8 @@ def inspect_view(services: Services, run_id: str, step: float | None, text: str,
     point = nearest_point(inspector.points(run_id), step)
     found = inspector.sampled(run_id, point.key, *sampled) if sampled is not None else None
     analysis = found.analysis if found else inspector.analysis(run_id, point.key, text)
+    if isinstance(analysis, AlignedAnalysis):
+        return aligned_view(analysis, point, temperature, k, stat, position)
     first = found.prompt_len - 1 if found else 0
     stats = token_stats(analysis, temperature)
     rows = len(analysis)
@@ -69,6 +86,79 @@ def inspect_view(services: Services, run_id: str, step: float | None, text: str,
     return View(summary, token_heatmap(analysis.tokens, stats[stat].tolist(), STATS[stat], position, first + 1),
                 token_distributions(top, temperature, context), token_profile(stats, analysis.tokens, position),
                 rows, position, point, first)
+
+
+def aligned_view(analysis: AlignedAnalysis, point: StudentPoint, temperature: float, k: int, stat: str,
+                 position: int | None) -> View:
+    """The view of a text for a cross-tokenizer run: student tokens coloured where a teacher position has
+    read the same text (KL and JSD need one vocabulary: they are read as ULD), the others greyed."""
+    stat = AS_ALIGNED.get(stat, stat)
+    if stat not in ALIGNED_STATS:
+        raise ValueError(f"colour by: {stat!r} is not measured across two tokenizers")
+    stats = aligned_stats(analysis, temperature)
+    rows = len(analysis)
+    position = rows - 1 if position is None else min(max(int(position), 0), rows - 1)
+    top = aligned_top_k(analysis, position, temperature, int(k))
+    aligned = int(analysis.aligned.sum())
+    head = (f"**{point.label}** (step {point.step}) vs a teacher that reads other tokens: the student's {rows + 1} "
+            f"tokens, the teacher's {len(analysis.teacher_ids)} of the same text, both models run in "
+            f"{analysis.seconds:.2f} s (cached). A student position is compared with the teacher position that has "
+            f"read exactly the same text: {aligned} of {rows} ({100 * analysis.share:.0f}%) here; grey tokens have "
+            f"none (no teacher position ends there). At T = {temperature:g}, over aligned positions: mean ULD "
+            f"{_mean(stats['uld']):.3f} (sorted probabilities, 0 to 2), the same most likely next text "
+            f"{100 * _mean(stats['agree']):.0f}% of the time.")
+    values = (", ".join(f"{ALIGNED_STATS[key]} {float(stats[key][position]):.3f}" for key in ALIGNED_STATS)
+              if analysis.aligned[position] else f"{UNALIGNED}; student entropy "
+              f"{float(stats['student_entropy'][position]):.3f}, surprise {float(stats['student_nll'][position]):.3f}")
+    same = ", ".join(plain(repr(text)) for text in top.shared) or "none"
+    summary = (f"{head}\n\n**Position {position}** (predicting {plain(repr(top.actual))}): {values}. Each model's "
+               f"own top-{int(k)} is below, ranked by its own probability; ULD compares the two sorted probability "
+               f"vectors rank by rank, not token by token. Same text in both top-{int(k)}: {same}.")
+    profile = token_profile({"teacher_entropy": stats["teacher_entropy"], "student_entropy": stats["student_entropy"],
+                             "forward_kl": stats["uld"]}, analysis.tokens, position)
+    relabel(profile, "entropy (nats); ULD (0 to 2)")
+    gaps = (~analysis.aligned).tolist()
+    return View(summary, token_heatmap(analysis.tokens, stats[stat].tolist(), ALIGNED_STATS[stat], position,
+                                       gaps=gaps, gap_title=UNALIGNED),
+                aligned_distributions(top, temperature, "".join(analysis.tokens[:position + 1])), profile,
+                rows, position, point)
+
+
+def _mean(values) -> float:
+    """The mean over aligned positions (NaN elsewhere); NaN where none is aligned."""
+    kept = values[~values.isnan()]
+    return float(kept.mean()) if kept.numel() else math.nan
+
+
+def relabel(fig: go.Figure, y_title: str, **axis) -> go.Figure:
+    """A figure from workbench/ui/plots.py whose KL trace holds ULD across tokenizers, named for it; `axis`
+    picks the y axis to retitle (row=, col= in a figure of subplots)."""
+    fig.for_each_trace(lambda trace: trace.update(name="ULD", hovertemplate=(trace.hovertemplate or "").replace(
+        _KL, "ULD") or None), selector=dict(name=_KL))
+    fig.update_yaxes(title_text=y_title, **axis)
+    return fig
+
+
+def aligned_distributions(top: AlignedTopK, temperature: float, context: str) -> go.Figure:
+    """Each model's own top-k by rank, its token texts on its bars (≡: the same text is in both lists)."""
+    fig = go.Figure()
+    for name, tokens, probs, colour in (("teacher", top.teacher_tokens, top.teacher, "#636efa"),
+                                        ("student", top.student_tokens, top.student, "#ef553b")):
+        if not tokens:
+            continue
+        labels = [("≡ " if text in top.shared else "") + label for text, label in zip(tokens, token_labels(tokens))]
+        fig.add_trace(go.Bar(x=list(range(1, len(probs) + 1)), y=probs, name=name, marker_color=colour, text=labels,
+                             textposition="outside", textangle=-60, cliponaxis=False, hovertext=labels,
+                             hovertemplate="%{hovertext}: %{y:.3f}<extra>" + name + "</extra>"))
+    highest = min(1.0, 1.3 * max(top.teacher + top.student))  # room above the bars for their texts
+    compared = (f"ULD {top.uld:.3f} (rank by rank)" if top.teacher_tokens
+                else "no teacher position ends here: the student's alone")
+    title = (f"each model's own next tokens after “…{html.escape(context[-40:])}” (actually "
+             f"'{token_labels([top.actual])[0]}'), T = {temperature:g}: {compared}")
+    fig.update_layout(barmode="group", height=380, xaxis_title="rank (each model's own tokens)",
+                      yaxis_title="probability", yaxis_range=[0, highest], margin=dict(l=50, r=20, t=50, b=50),
+                      title=dict(text=title, font=dict(size=13)), legend=dict(orientation="h"), xaxis_dtick=1)
+    return fig
 
 
 def _answer_summary(found: SampledAnswer, sampled: tuple[int, int], point: StudentPoint, stats: dict,
@@ -164,8 +254,12 @@ def create_inspect_tab(services: Services) -> None:
             refused = gr.Dropdown(choices=[], info=plain(err))  # info renders Markdown
             return gr.skip(), refused, refused, gr.skip()
         try:  # apart: a run whose held-out data has no blocks still has texts to inspect
-            labels = [_label(p) for p in services.inspector.prompt_texts(run_id)]
-            prompts = gr.Dropdown(choices=[(label, i) for i, label in enumerate(labels)], value=None, info=None)
+            if services.inspector.cross_tokenizer(run_id):
+                prompts = gr.Dropdown(choices=[], value=None, info="Sample needs one tokenizer: this run's "
+                                                                   "teacher reads other tokens")
+            else:
+                labels = [_label(p) for p in services.inspector.prompt_texts(run_id)]
+                prompts = gr.Dropdown(choices=[(label, i) for i, label in enumerate(labels)], value=None, info=None)
         except (ValueError, OSError) as err:
             prompts = gr.Dropdown(choices=[], value=None, info=plain(err))
         last = points[-1].step
@@ -181,7 +275,10 @@ def create_inspect_tab(services: Services) -> None:
         if sampled is not None:
             return gr.skip(), "A sampled answer is one student's own text: follow a position of a text (Inspect)."
         try:
-            return trajectory_figure(services.inspector.trajectory(run_id, body, int(pos), t)), ""
+            figure = trajectory_figure(services.inspector.trajectory(run_id, body, int(pos), t))
+            if services.inspector.cross_tokenizer(run_id):  # its distance is ULD, its bars the same texts
+                relabel(figure, "ULD", row=2, col=1)
+            return figure, ""
         except (ValueError, OSError, RuntimeError, OverflowError) as err:
             return gr.skip(), f"**{plain(err)}**"
 

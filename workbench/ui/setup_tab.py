@@ -63,7 +63,7 @@ LAYOUT = (
     Group((("data_kind", "data_upload", "hub_dataset"),), strategies=LIVE_TEACHER),
     Group((("student.lora.enabled", "train.bf16", "num_processes", "accelerate_config", "output.run_name",
             "evaluation.at_end", "train.on_nonfinite"),)),
-    Group((("loss.teacher_cache",),), strategies=("soft_label",)),
+    Group((("loss.cross_tokenizer", "loss.teacher_cache"),), strategies=("soft_label",)),
 )
 # Fields shown only while another key's value passes a test: key -> (controlling key, test).
 SHOWN_WHEN = {

@@ -28,11 +28,13 @@ class Strategy(ABC):
         return cls.needs_teacher
 
     def __init__(self, config: DistillConfig, teacher: torch.nn.Module | None, shared_vocab: int | None,
-                 cache=None):
+                 cache=None, bridge=None):
         self.config = config
         self.teacher = teacher
         self.shared_vocab = shared_vocab
         self.cache = cache  # a TeacherCache when loss.teacher_cache is set: the stored teacher signal
+        # A TokenBridge when loss.cross_tokenizer is on: the teacher reads its own tokens of the same text.
+        self.bridge = bridge
 
     def to(self, device: torch.device) -> "Strategy":
         if self.teacher is not None:

@@ -6,7 +6,9 @@ With loss.chunk_size > 0 the models return their last hidden states instead of f
 runs fused with their LM heads, chunk_size positions at a time (workbench/losses/fused.py); models whose
 head does more than a linear map (logit soft-capping) use the plain path. With loss.teacher_cache the
 teacher signal is the cache's stored top-k rows (losses.sparse_kd_loss), fused the same way: both losses
-take the signal (workbench/losses/signal.py) and never ask where it came from.
+take the signal (workbench/losses/signal.py) and never ask where it came from. With loss.cross_tokenizer the
+teacher reads its own tokens of the batch's text (workbench/models/token_bridge.py) and the KD term compares
+the two vocabularies' distributions at aligned positions (ULD or hybrid), on full logits.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from workbench.engine.strategies.base import Strategy
 from workbench.losses.distill import distill_loss
 from workbench.losses.fused import fused_distill_loss
-from workbench.losses.signal import CachedTopK, LiveHead, LiveLogits, TeacherSignal
+from workbench.losses.signal import AlignedLogits, CachedTopK, LiveHead, LiveLogits, TeacherSignal
 
 
 def _unwrap(model):
@@ -98,8 +100,8 @@ class SoftLabelStrategy(Strategy):
         # Causal shift: position i predicts token i+1. (B, L-1) labels against (B, L-1, ...) outputs.
         labels = inputs["labels"][:, 1:]
         chunk = self.loss_spec.chunk_size
-        fused = bool(chunk) and _fusable(model) and (self.cache is not None or not self._live()
-                                                     or _fusable(self.teacher))
+        fused = bool(chunk) and self.bridge is None and _fusable(model) and (
+            self.cache is not None or not self._live() or _fusable(self.teacher))
         teacher = self.teacher_signal(inputs, fused, held_out=self.evaluating)
         if fused:
             head = _unwrap(model).get_output_embeddings()
@@ -113,6 +115,8 @@ class SoftLabelStrategy(Strategy):
                                              num_items_in_batch=num_items_in_batch)
         first = loss(specs[0])
         with torch.no_grad():
+            if isinstance(teacher, AlignedLogits):
+                first["aligned_share"] = teacher.share(labels, num_items_in_batch)
             return [first, *(loss(spec) for spec in specs[1:])]
 
     def _live(self) -> bool:
@@ -146,9 +150,25 @@ class SoftLabelStrategy(Strategy):
 
     @torch.no_grad()
     def _live_signal(self, inputs, fused: bool) -> TeacherSignal:
+        if self.bridge is not None:
+            return self._aligned_signal(inputs)
         if fused:
             head = self.teacher.get_output_embeddings()
             return LiveHead(_hidden(self.teacher, inputs["input_ids"], inputs["attention_mask"]), head.weight,
                             head.bias, self.shared_vocab)
         logits = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         return LiveLogits(logits[:, :-1], self.shared_vocab)
+
+    def _aligned_signal(self, inputs) -> AlignedLogits:
+        """The teacher's logits on its own tokens of the batch's text, taken at the partner of each student
+        position 0..L-2 (each predicts the next token): (B, L-1, V_t) with V_t the teacher's tokenizer size."""
+        alignment = self.bridge.align(inputs["input_ids"], inputs["attention_mask"])
+        logits = self.teacher(input_ids=alignment.teacher_ids, attention_mask=alignment.teacher_mask).logits
+        logits = logits[..., :self.bridge.teacher_vocab].float()
+        partner = alignment.partner[:, :-1]
+        taken = logits.gather(1, partner[..., None].expand(-1, -1, logits.shape[-1]))
+        mode = self.loss_spec.cross_tokenizer
+        shared = self.bridge.shared_ids() if mode == "hybrid" else (None, None)
+        device = taken.device
+        return AlignedLogits(taken, alignment.aligned[:, :-1], mode, self.bridge.student_vocab,
+                             *(None if ids is None else ids.to(device) for ids in shared))
