@@ -1,15 +1,16 @@
 """Cross-tokenizer distillation against plain fine-tuning, at the same steps: ULD, hybrid and CE-only students
-of one teacher with another tokenizer, and (for speed) a same-tokenizer KD student of the same teacher.
+of one teacher with another tokenizer, and (for speed) the same student distilled by plain soft-label KD from a
+teacher that shares its tokenizer.
 Scored by the run's own evaluation on the held-out text: the student's perplexity (its own tokens), nats per
 character (teacher and student, comparable across tokenizers), the aligned share and the aligned top-1
 agreement (the two most likely next tokens have the same text). One run each, same seed: noisy.
 
     python benchmarks/cross_tokenizer.py --teacher T --student S --data TRAIN [--validation VAL]
-        [--steps 60] [--runs-dir runs/cross_tokenizer] [--set train.seq_len=128 ...] [--same-student S2]
+        [--steps 60] [--runs-dir runs/cross_tokenizer] [--set train.seq_len=128 ...] [--same-teacher T2]
     python benchmarks/cross_tokenizer.py --tiny     # the tests' tiny pair (toy grammar), built in a temp folder
 
---same-student: a student sharing the teacher's tokenizer, trained with plain soft-label KD for the speed
-reference (seconds per step of cross-tokenizer KD against same-tokenizer KD).
+--same-teacher: a teacher sharing the student's tokenizer, for the speed reference (seconds per step of
+cross-tokenizer KD against same-tokenizer KD of the same student on the same data).
 """
 from __future__ import annotations
 
@@ -39,14 +40,15 @@ SHOWN = ("student_perplexity", "student_nats_per_char", "teacher_nats_per_char",
 
 
 def _tiny_pair(folder: Path) -> tuple[str, str, str, str, str]:
-    """(teacher, student, same-tokenizer student, train file, validation file) from tests/tiny.py."""
+    """(teacher, student, a teacher with the student's tokenizer, train file, validation file) from tests/tiny.py."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import tiny
     byte_level = tiny.build_tokenizer(folder / "byte-level")
     sentencepiece = tiny.build_sentencepiece_tokenizer(folder / "sentencepiece")
     teacher = tiny.pretrain(tiny.save_llama(folder / "teacher", byte_level, layers=4, hidden=64, seed=0), byte_level)
     student = tiny.save_llama(folder / "student", sentencepiece, layers=2, hidden=32, seed=1)
-    same = tiny.save_llama(folder / "same-student", byte_level, layers=2, hidden=32, seed=1)
+    same = tiny.pretrain(tiny.save_llama(folder / "same-teacher", sentencepiece, layers=4, hidden=64, seed=0),
+                         sentencepiece)
     train, val = tiny.write_corpus_files(folder / "corpus", n_train=2000, n_val=200)
     return str(teacher), str(student), str(same), str(train), str(val)
 
@@ -69,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher")
     parser.add_argument("--student")
-    parser.add_argument("--same-student")
+    parser.add_argument("--same-teacher")
     parser.add_argument("--data")
     parser.add_argument("--validation")
     parser.add_argument("--tiny", action="store_true")
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
     if args.tiny:
-        args.teacher, args.student, args.same_student, args.data, args.validation = _tiny_pair(Path(tempfile.mkdtemp()))
+        args.teacher, args.student, args.same_teacher, args.data, args.validation = _tiny_pair(Path(tempfile.mkdtemp()))
         args.set = ["train.batch_size=8", "train.seq_len=32", "train.lr=1e-2", "train.logging_steps=10", *args.set]
     if not (args.teacher and args.student and args.data):
         parser.error("give --teacher, --student and --data, or --tiny")
@@ -88,8 +90,8 @@ def main() -> None:
         f"train.max_steps={args.steps}", "train.eval_steps=0", "evaluation.speed=false", "train.bf16=off",
         *args.set])
     rows = [_run(base, overrides, args.runs_dir, name) for name, overrides in SETTINGS.items()]
-    if args.same_student:
-        same = apply_overrides(copy.deepcopy(base), [f"student.name_or_path={args.same_student}"])
+    if args.same_teacher:
+        same = apply_overrides(copy.deepcopy(base), [f"teacher.name_or_path={args.same_teacher}"])
         rows.append(_run(same, [], args.runs_dir, "same_tokenizer_kd"))
     print(json.dumps(rows, indent=1))
     print("\n| setting | steps | s/step | " + " | ".join(SHOWN) + " |")

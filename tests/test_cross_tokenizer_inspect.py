@@ -164,3 +164,17 @@ def test_a_cross_tokenizer_run_with_one_tokenizer_is_read_token_by_token(cross_r
     inspector, _, config = cross_run
     same = config.replace(student=dataclasses.replace(config.student, name_or_path=config.teacher.name_or_path))
     assert inspector._crosses(config) and not inspector._crosses(same)
+
+
+def test_the_colour_choice_follows_the_run_and_any_other_value_is_refused_by_name(cross_run, distilled_source):
+    """The colour dropdown takes any value (its choices change with the run), so the view checks it."""
+    inspector, _, _ = cross_run
+    services = SimpleNamespace(inspector=inspector)
+    assert inspect_tab.inspect_view(services, "cross", None, TEXT, 1.0, 5, "forward_kl", 1).heatmap  # read as ULD
+    for stat in ("bogus", "agree"):
+        with pytest.raises(ValueError, match="colour by"):
+            inspect_tab.inspect_view(services, "cross", None, TEXT, 1.0, 5, stat, 1)
+    run, _, _ = distilled_source
+    plain_services = SimpleNamespace(inspector=Inspector(run.path.parent))
+    with pytest.raises(ValueError, match="colour by: 'uld' is not measured here"):
+        inspect_tab.inspect_view(plain_services, run.path.name, None, TEXT, 1.0, 5, "uld", 1)

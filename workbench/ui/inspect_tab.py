@@ -33,6 +33,7 @@ from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
 
 STAT_CHOICES = [(label, key) for key, label in STATS.items()]
+ALIGNED_CHOICES = [(label, key) for key, label in ALIGNED_STATS.items()]
 _KL = "KL(teacher ‖ student)"  # the divergence trace's name in plots.token_profile and plots.trajectory_figure
 
 
@@ -66,6 +67,8 @@ def inspect_view(services: Services, run_id: str, step: float | None, text: str,
     analysis = found.analysis if found else inspector.analysis(run_id, point.key, text)
     if isinstance(analysis, AlignedAnalysis):
         return aligned_view(analysis, point, temperature, k, stat, position)
+    if stat not in STATS:
+        raise ValueError(f"colour by: {stat!r} is not measured here; choose one of {', '.join(STATS)}")
     first = found.prompt_len - 1 if found else 0
     stats = token_stats(analysis, temperature)
     rows = len(analysis)
@@ -202,7 +205,9 @@ def create_inspect_tab(services: Services) -> None:
         with gr.Row():
             temperature = gr.Slider(0.25, 8, value=1, step=0.25, label="Temperature T", elem_id="inspect-temperature")
             k = gr.Slider(3, 30, value=10, step=1, label="Top-k tokens")
-            stat = gr.Dropdown(STAT_CHOICES, value="forward_kl", label="Colour by")
+            # Its choices change with the run (two tokenizers: ULD); the view checks the value itself, so
+            # Gradio's own check, which may compare with the other run's choices, is off.
+            stat = gr.Dropdown(STAT_CHOICES, value="forward_kl", label="Colour by", allow_custom_value=True)
         inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect-go")
         summary = gr.Markdown(elem_id="inspect-summary")
         heatmap = gr.HTML("", css_template=CSS, js_on_load=CLICK_JS, elem_id="inspect-heatmap")
@@ -244,17 +249,21 @@ def create_inspect_tab(services: Services) -> None:
             return *rendered, gr.skip(), gr.skip()
         return *rendered, "reverse_kl", sampled
 
-    def choose_run(run_id):
+    def choose_run(run_id, colour):
         if not run_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             points = services.inspector.points(run_id)
             texts = services.inspector.validation_texts(run_id)
+            cross = services.inspector.cross_tokenizer(run_id)
         except (ValueError, OSError) as err:
             refused = gr.Dropdown(choices=[], info=plain(err))  # info renders Markdown
-            return gr.skip(), refused, refused, gr.skip()
+            return gr.skip(), refused, refused, gr.skip(), gr.skip()
+        # What a token's colour can show: across two tokenizers, ULD and the statistics each model has alone.
+        colours = (gr.Dropdown(ALIGNED_CHOICES, value=colour if colour in ALIGNED_STATS else "uld") if cross
+                   else gr.Dropdown(STAT_CHOICES, value=colour if colour in STATS else "forward_kl"))
         try:  # apart: a run whose held-out data has no blocks still has texts to inspect
-            if services.inspector.cross_tokenizer(run_id):
+            if cross:
                 prompts = gr.Dropdown(choices=[], value=None, info="Sample needs one tokenizer: this run's "
                                                                    "teacher reads other tokens")
             else:
@@ -264,7 +273,8 @@ def create_inspect_tab(services: Services) -> None:
             prompts = gr.Dropdown(choices=[], value=None, info=plain(err))
         last = points[-1].step
         return (gr.Slider(0, max(last, 1), value=last, step=1),
-                gr.Dropdown(choices=[(t[:80].replace("\n", " "), t) for t in texts], value=None), prompts, None)
+                gr.Dropdown(choices=[(t[:80].replace("\n", " "), t) for t in texts], value=None), prompts, None,
+                colours)
 
     def click(evt: gr.EventData):
         return evt.pos
@@ -284,7 +294,8 @@ def create_inspect_tab(services: Services) -> None:
 
     current = controls + [shown]
     tab.select(lambda chosen: run_picker(_runs(services), chosen), run, run, api_name="inspect_runs")
-    run.input(choose_run, run, [step, sample, prompt, shown], api_name="inspect_run").then(render, current, outputs)
+    run.input(choose_run, [run, stat], [step, sample, prompt, shown, stat], api_name="inspect_run").then(
+        render, current, outputs)
     sample.input(lambda chosen: chosen or gr.skip(), sample, text)
     inspect_button.click(inspect_text, controls, outputs + [shown], api_name="inspect")
     sample_button.click(sample_answer, [run, step, prompt, seed, temperature, k], outputs + [stat, shown],

@@ -38,9 +38,12 @@ from workbench.ui.plots import temperature_preview as preview_figure
 from workbench.ui.services import Services
 
 DEFAULT_PAIR = "offline default: SmolLM2-135M-Instruct → 6 of its layers"
-# Teacher -> student pairs that share a tokenizer, for users who have the hub.
+GEMMA_PAIR = "offline, two tokenizers: Gemma-3-270M → SmolLM2's 6 layers (loss.cross_tokenizer)"
+# Teacher -> student pairs that share a tokenizer (the Gemma pair: two families, for cross-tokenizer KD;
+# fetched with prepare-defaults --gemma), the others for users who have the hub.
 KNOWN_PAIRS = {
     DEFAULT_PAIR: ("defaults:teacher", "defaults:student"),
+    GEMMA_PAIR: ("defaults:gemma-3-270m", "defaults:student"),
     "gpt2 → distilgpt2": ("gpt2", "distilgpt2"),
     "SmolLM2-360M → SmolLM2-135M": ("HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-135M"),
     "Qwen2.5-1.5B → Qwen2.5-0.5B": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B"),
