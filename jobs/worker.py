@@ -27,8 +27,9 @@ def main(argv: list[str]) -> int:
     hf_logging.disable_progress_bar()
     spec = JobSpec.read(argv[0])
     try:
+        # A job the app started never fetches a model the app's owner has not (a visitor's resume would).
         run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=lambda m: print(m, flush=True),
-                     cache_dir=spec.cache_dir)
+                     cache_dir=spec.cache_dir, fetch_missing=False)
     except Cancelled as stopped:
         print(f"cancelled: {stopped}", flush=True)
         return EXIT_CANCELLED

@@ -2,6 +2,7 @@
 and soft-label runs whose teacher and student come from different tokenizer families."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -155,7 +156,7 @@ def test_the_kd_term_counts_unaligned_targets_but_adds_nothing_for_them():
     labels = torch.tensor([[1, 2, -100, 3]])
     aligned = torch.tensor([[True, False, True, True]])
     every = torch.arange(6)
-    signal = AlignedLogits(teacher, aligned, "hybrid", 6, every, every)
+    signal = AlignedLogits(teacher[aligned], aligned, "hybrid", 6, every, every)  # rows kept for aligned positions
     spec = DistillConfig().loss
     l1 = (F.softmax(student, -1) - F.softmax(teacher, -1)).abs().sum(-1)[0]
     # Targets at 0, 1 and 3; position 1 has no partner, position 2 no target: (l1[0] + l1[3]) over 3 targets.
@@ -215,3 +216,72 @@ def test_pre_flight_says_what_cross_tokenizer_kd_will_compare(teacher_dir, other
     assert ready.ok, ready.problems
     note = next(note for note in ready.notes if note.startswith("cross-tokenizer KD (hybrid)"))
     assert "of the student's have a teacher partner" in note and "exist in both vocabularies" in note
+
+
+def test_picking_the_two_family_pair_in_set_up_turns_cross_tokenizer_kd_on():
+    from workbench.ui.setup_tab import DEFAULT_PAIR, GEMMA_PAIR, pick_pair
+    assert pick_pair(GEMMA_PAIR) == ("defaults:gemma-3-270m", "defaults:student", "hybrid")
+    assert pick_pair(DEFAULT_PAIR) == ("defaults:teacher", "defaults:student", "off")
+    import gradio as gr
+    assert pick_pair("not a pair") == (gr.skip(),) * 3  # nothing changes
+
+
+@pytest.mark.parametrize("mode", ["uld", "hybrid"])
+def test_pure_kd_on_a_batch_with_no_aligned_position_is_a_zero_step_not_a_crash(mode):
+    from workbench.losses.distill import distill_loss
+    spec = dataclasses.replace(DistillConfig().loss, alpha=0.0, cross_tokenizer=mode)
+    student = torch.randn(2, 5, 7, requires_grad=True)
+    signal = AlignedLogits(torch.randn(0, 9), torch.zeros(2, 5, dtype=torch.bool), mode, 7,
+                           torch.tensor([0, 1]), torch.tensor([3, 4]))
+    terms = distill_loss(student, signal, torch.randint(0, 7, (2, 5)), spec, num_items_in_batch=10)
+    terms["loss"].backward()
+    assert terms["loss"].item() == 0 and torch.equal(student.grad, torch.zeros_like(student))
+
+
+def test_a_teacher_that_starts_texts_with_its_begin_token_reads_exactly_one(tokenizer, other_tokenizer, tmp_path):
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer.from_str(other_tokenizer.backend_tokenizer.to_str())  # a copy: the fixture is shared
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    teacher = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                      bos_token="<bos>", eos_token="<eos>")
+    assert teacher("the cat").input_ids[0] == teacher.bos_token_id  # it adds its own
+    plain_ids = tokenizer("the cat sees a dog.", add_special_tokens=False).input_ids
+    for ids in (plain_ids, [tokenizer.bos_token_id, *plain_ids]):
+        found = _align(TokenBridge(tokenizer, teacher), ids)
+        teacher_ids = found.teacher_ids[0].tolist()
+        assert teacher_ids.count(teacher.bos_token_id) == 1 and teacher_ids[0] == teacher.bos_token_id
+
+
+def test_the_teachers_rows_are_its_logits_at_each_partner(teacher_dir, other_student, tokenizer, other_tokenizer):
+    from transformers import AutoModelForCausalLM
+    from workbench.engine.strategies.soft import SoftLabelStrategy
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    config = DistillConfig.from_dict({"teacher": {"name_or_path": str(teacher_dir)},
+                                      "student": {"name_or_path": str(other_student)},
+                                      "data": {"source": "unused.txt"}, "loss": {"cross_tokenizer": "uld"}})
+    bridge = TokenBridge(other_tokenizer, tokenizer)
+    strategy = SoftLabelStrategy(config, teacher, None, None, bridge)
+    rows = [other_tokenizer(text, add_special_tokens=False).input_ids for text in (TEXT, "a dog reads.")]
+    ids = torch.full((2, len(rows[0])), other_tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+    signal = strategy._live_signal({"input_ids": ids, "attention_mask": mask}, fused=False)
+    found = bridge.align(ids, mask)
+    with torch.no_grad():
+        full = teacher(input_ids=found.teacher_ids, attention_mask=found.teacher_mask).logits
+    expected = [full[b, found.partner[b, i]] for b, i in zip(*found.aligned[:, :-1].nonzero(as_tuple=True))]
+    assert torch.allclose(signal.logits, torch.stack(expected), atol=1e-4)  # the head on hidden states = the logits
+    assert torch.equal(signal.aligned, found.aligned[:, :-1]) and not signal.aligned[1, len(rows[1]):].any()
+
+
+def test_per_character_numbers_count_the_same_characters_for_both_models():
+    from workbench.eval.aligned import _scored
+    # Student "the| cat|." ends 3, 7, 8; teacher "t|he| c|at|." ends 1, 3, 5, 7, 8. Packed text: the student
+    # scores " cat." (tokens 1 and 2: 5 characters); the teacher's tokens wholly inside it are " c", "at", ".".
+    assert _scored([3, 7, 8], [1, 3, 5, 7, 8], [True, True]) == (5, [False, True, True, True])
+    # A prompt and its completion ".": only that character is scored, for both.
+    assert _scored([3, 7, 8], [1, 3, 5, 7, 8], [False, True]) == (1, [False, False, False, True])
+    # A character split over two teacher byte tokens counts with the one that completes it.
+    assert _scored([2, 4], [2, None, 4], [True]) == (2, [True, True])

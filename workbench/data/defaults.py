@@ -154,8 +154,9 @@ def resolve_default(value: str, where: str, cache_dir: Path | None = None) -> st
 
 
 def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
-                     progress: Progress | None = None) -> DistillConfig:
-    """Replace `defaults:NAME` sources with paths in the prepared cache (preparing it on first use)."""
+                     progress: Progress | None = None, fetch_missing: bool = True) -> DistillConfig:
+    """Replace `defaults:NAME` sources with paths in the prepared cache (preparing it on first use). The
+    second model family is fetched only with fetch_missing (the command line; never a job the app started)."""
     used = default_fields(config)
     if not used:
         return config
@@ -163,7 +164,7 @@ def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
     sections = {}
     for section, field in used:
         current = sections.get(section, getattr(config, section))
-        path = _default_path(getattr(current, field), root, f"{section}.{field}", cache_dir, progress)
+        path = _default_path(getattr(current, field), root, f"{section}.{field}", cache_dir, progress, fetch_missing)
         sections[section] = dataclasses.replace(current, **{field: path})
     return config.replace(**sections)
 

@@ -11,7 +11,7 @@ by sha256. It is converted like the default teacher (defaults.convert_teacher) i
       manifest.json
 
 and named `defaults:gemma-3-270m` in configs. Not prepared at app start (238 MB): `python -m workbench
-prepare-defaults --gemma`, or the first run that names it.
+prepare-defaults --gemma`, or the first command-line run that names it; the app refuses such a run until then.
 """
 from __future__ import annotations
 

@@ -311,7 +311,7 @@ def _check_cross_tokenizer(config: DistillConfig, teacher, student, report: Pref
         bridge, (aligned, positions) = _remembered(("cross", _model_key(config.teacher), _model_key(config.student),
                                                     config.student.init_from_teacher_layers, data,
                                                     config.train.seq_len), measure)
-    except ModelLoadError as err:
+    except (ModelLoadError, VocabMismatchError) as err:
         report.problems.append(("student.name_or_path" if "student" in str(err) else "teacher.name_or_path", str(err)))
         return
     except DataError as err:

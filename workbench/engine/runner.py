@@ -58,11 +58,13 @@ def default_run_dir(config: DistillConfig) -> RunDir:
 
 
 def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: bool = False,
-                 echo: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> dict:
+                 echo: Callable[[str], None] | None = None, cache_dir: Path | None = None,
+                 fetch_missing: bool = True) -> dict:
     """Train and save the student; returns the final held-out metrics. On failure status.json says
     'failed' with the error, and the exception propagates. SIGTERM or Ctrl-C stop the run at the next
     step boundary with a checkpoint (status 'cancelled', Cancelled raised). `defaults:` sources are
-    resolved to the prepared offline defaults in `cache_dir` first, so config.json names real paths."""
+    resolved to the prepared offline defaults in `cache_dir` first, so config.json names real paths
+    (fetch_missing False: a model not fetched yet fails the run instead of being fetched)."""
     run = (run_dir or default_run_dir(config)).create()
     main = is_main_process()
     if main:
@@ -74,7 +76,7 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
     stop = StopRequest()
     try:
         with stop.installed():
-            config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None))
+            config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None), fetch_missing)
             if main:
                 config.save(run.file(CONFIG))
             if config.strategy == "hard_label":

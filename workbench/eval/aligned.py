@@ -5,9 +5,12 @@ text (workbench/models/token_bridge.py), per aligned student target position:
   aligned_share            aligned positions / student target positions
   aligned_top1_agreement   the two models' most likely next tokens have the same text
   aligned_uld              ULD between their next-token distributions at T = 1 (losses/cross_tokenizer.py)
-and per character of the held-out text, each model over its own tokens (a per-token perplexity depends
+and per character of the scored text, each model over its own tokens (a per-token perplexity depends
 on how finely a tokenizer cuts, so only per-character numbers compare across tokenizers):
   teacher_nats_per_char, student_nats_per_char
+The scored text is the characters of the student's target tokens (with packed text everything after each
+row's first token; with task data the completions); the teacher's -log p counts for its tokens that lie
+wholly inside it (a character split over byte tokens counts with the token that completes it).
 """
 from __future__ import annotations
 
@@ -17,6 +20,28 @@ import torch.nn.functional as F
 from workbench.losses.cross_tokenizer import uld_distance
 from workbench.losses.divergences import IGNORE_INDEX
 from workbench.models.token_bridge import TokenBridge
+
+
+def _spans(ends: list[int | None]) -> list[tuple[int, int]]:
+    """[start, end) characters per token; a token inside a character spans its completing token's text."""
+    spans, start, pending = [], 0, 0
+    for end in ends:
+        pending += 1
+        if end is not None:
+            spans.extend([(start, end)] * pending)
+            start, pending = end, 0
+    return spans + [(start, start)] * pending
+
+
+def _scored(student_ends, teacher_ends, targets: list[bool]) -> tuple[int, list[bool]]:
+    """(scored characters, which teacher tokens 1.. lie wholly inside them) for one row; targets[k] says
+    whether student token k + 1 is a target."""
+    covered: set[int] = set()
+    for (start, end), target in zip(_spans(student_ends)[1:], targets):
+        if target:
+            covered.update(range(start, end))
+    inside = [end > start and all(c in covered for c in range(start, end)) for start, end in _spans(teacher_ends)[1:]]
+    return len(covered), inside
 
 
 def _nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -49,10 +74,14 @@ def aligned_metrics(teacher, student, bridge: TokenBridge, dataset, collator, ba
         sums["uld"] += float(uld_distance(s_rows, t_rows).sum())
         sums["top1"] += sum(student_texts[s] is not None and student_texts[s] == teacher_texts[t]
                             for s, t in zip(s_rows.argmax(-1).tolist(), t_rows.argmax(-1).tolist()))
-        teacher_labels = alignment.teacher_ids[:, 1:].masked_fill(alignment.teacher_mask[:, 1:] == 0, IGNORE_INDEX)
+        teacher_labels = torch.full_like(alignment.teacher_ids[:, 1:], IGNORE_INDEX)
+        for row, target_row in enumerate(targets.tolist()):
+            characters, inside = _scored(alignment.student_ends[row], alignment.teacher_ends[row], target_row)
+            sums["characters"] += characters
+            keep = torch.tensor(inside, dtype=torch.bool, device=device)
+            teacher_labels[row, :len(inside)][keep] = alignment.teacher_ids[row, 1:len(inside) + 1][keep]
         sums["teacher_nll"] += _nll(t_logits[:, :-1], teacher_labels)
         sums["student_nll"] += _nll(s_logits, labels)
-        sums["characters"] += int(alignment.characters.sum())
         if progress:
             done = min(start + batch_size, total)
             progress(f"held-out text across tokenizers: {done}/{total} blocks", done / total)

@@ -79,11 +79,12 @@ class CachedTopK:
 
 @dataclass(frozen=True)
 class AlignedLogits:
-    """A teacher with another tokenizer (workbench/models/token_bridge.py): its logits (..., V_t) at the
-    teacher position partnered with each student position, and whether there is one (...). The KD term is
-    a cross-tokenizer distance (workbench/losses/cross_tokenizer.py: mode "uld" or "hybrid", with the
-    shared ids) at aligned target positions; the others add 0 but still count in the per-token mean, so
-    accumulation stays exact and the term's weight follows the aligned share (logged beside it)."""
+    """A teacher with another tokenizer (workbench/models/token_bridge.py): its logits (N, V_t) at the
+    partners of the N aligned student positions (in the row-major order of `aligned`, (...) bool), so only
+    rows that are compared exist. The KD term is a cross-tokenizer distance (losses/cross_tokenizer.py:
+    mode "uld" or "hybrid", with the shared ids) at aligned target positions; the other targets add 0 but
+    still count in the per-token mean, so accumulation stays exact and the term's weight follows the
+    aligned share (logged beside it). Never fused: `rows` must select every position."""
     logits: Tensor
     aligned: Tensor
     mode: str
@@ -91,17 +92,19 @@ class AlignedLogits:
     student_shared: Tensor | None = None
     teacher_shared: Tensor | None = None
 
-    def _targets(self, labels: Tensor, rows: slice = ALL) -> Tensor:
-        return (labels != IGNORE_INDEX) & self.aligned[rows]
+    def _targets(self, labels: Tensor) -> Tensor:
+        return (labels != IGNORE_INDEX) & self.aligned
 
     def share(self, labels: Tensor, num_items_in_batch=None) -> Tensor:
         """Aligned target positions over target positions (over num_items_in_batch when given)."""
-        aligned = self._targets(labels).float()
-        return masked_reduce(aligned, labels, num_items_in_batch)
+        return masked_reduce(self._targets(labels).float(), labels, num_items_in_batch)
 
     def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
-        targets = self._targets(labels, rows)
-        student, teacher = student_logits[..., :self.student_vocab][targets], self.logits[rows][targets]  # (N, V)
+        if rows != ALL:
+            raise ValueError("cross-tokenizer KD runs on whole batches, not the fused loss's chunks")
+        targets = self._targets(labels)
+        student = student_logits[..., :self.student_vocab][targets]   # (n, V_s)
+        teacher = self.logits[targets[self.aligned]]                   # (n, V_t): the stored rows that are targets
         if self.mode == "hybrid":
             per_position = hybrid_distance(student, teacher, self.student_shared, self.teacher_shared,
                                            spec.temperature)

@@ -26,6 +26,8 @@ import torch
 from tokenizers.decoders import DecodeStream
 from torch import Tensor
 
+from workbench.models.loading import VocabMismatchError
+
 SPECIAL_WIDTH = 1  # a special token's width in the shared character coordinate
 
 
@@ -36,12 +38,15 @@ class Alignment:
     teacher_ids, teacher_mask: (B, L_t) the teacher's tokens of the same text, right-padded.
     partner: (B, L) the teacher position compared with each student position (0 where there is none).
     aligned: (B, L) whether the student position has a partner.
-    characters: (B,) the length of each row's text (a special token counts as one character)."""
+    characters: (B,) the length of each row's text (a special token counts as one character).
+    student_ends, teacher_ends: per row, the character where each token ends (None inside a character)."""
     teacher_ids: Tensor
     teacher_mask: Tensor
     partner: Tensor
     aligned: Tensor
     characters: Tensor
+    student_ends: list[list[int | None]]
+    teacher_ends: list[list[int | None]]
 
 
 def decoded_pieces(tokenizer, ids: list[int]) -> list[str]:
@@ -70,8 +75,13 @@ class TokenBridge:
     def __init__(self, student_tokenizer, teacher_tokenizer, student_vocab: int | None = None,
                  teacher_vocab: int | None = None, teacher_context: int | None = None):
         self.student, self.teacher = student_tokenizer, teacher_tokenizer
-        self.student_vocab = min(student_vocab or len(student_tokenizer), len(student_tokenizer))
-        self.teacher_vocab = min(teacher_vocab or len(teacher_tokenizer), len(teacher_tokenizer))
+        for role, tokenizer, size in (("student", student_tokenizer, student_vocab),
+                                      ("teacher", teacher_tokenizer, teacher_vocab)):
+            if size is not None and len(tokenizer) > size:  # an id past the logits would fail the forward
+                raise VocabMismatchError(f"the {role} tokenizer has {len(tokenizer):,} tokens but the {role} model "
+                                         f"only {size:,} logits")
+        self.student_vocab = student_vocab or len(student_tokenizer)
+        self.teacher_vocab = teacher_vocab or len(teacher_tokenizer)
         self.teacher_context = teacher_context
         self._specials = {int(i) for i in student_tokenizer.all_special_ids}
         self._special_map = {i: self._teacher_special(i) for i in self._specials}
@@ -121,7 +131,11 @@ class TokenBridge:
     def _teacher_tokens(self, pieces) -> tuple[list[int], list[int]]:
         """The teacher's ids for the pieces and the character where each ends."""
         ids, ends, position = [], [], 0
-        if self._teacher_bos is not None:
+        # A teacher that starts every text with its begin token gets it, unless the student's row starts
+        # with its own (mapped to the same token below): the teacher never reads two.
+        starts_with_bos = bool(pieces) and isinstance(pieces[0], int) and \
+            self._special_map.get(pieces[0]) == self._teacher_bos
+        if self._teacher_bos is not None and not starts_with_bos:
             ids.append(self._teacher_bos)
             ends.append(0)
         for piece in pieces:
@@ -145,7 +159,7 @@ class TokenBridge:
 
     def align(self, input_ids: Tensor, attention_mask: Tensor) -> Alignment:
         """The teacher's tokens and the partners for a right-padded student batch (B, L)."""
-        rows, partners, characters = [], [], []
+        rows, partners, characters, all_student_ends, all_teacher_ends = [], [], [], [], []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             ids = ids[:sum(mask)]
             student_ends, pieces = self._walk(ids)
@@ -156,6 +170,8 @@ class TokenBridge:
             last = {end: j for j, end in enumerate(teacher_ends) if end is not None}
             partners.append([last.get(end, -1) if end is not None else -1 for end in student_ends])
             rows.append(teacher_ids)
+            all_student_ends.append(student_ends)
+            all_teacher_ends.append(teacher_ends)
         width = max(1, max(len(r) for r in rows))
         b, length = input_ids.shape
         pad = self.teacher.pad_token_id if self.teacher.pad_token_id is not None else 0
@@ -169,7 +185,8 @@ class TokenBridge:
         device = input_ids.device
         aligned = partner >= 0
         return Alignment(teacher_ids.to(device), teacher_mask.to(device), partner.clamp(min=0).to(device),
-                         aligned.to(device), torch.tensor(characters, device=device))
+                         aligned.to(device), torch.tensor(characters, device=device), all_student_ends,
+                         all_teacher_ends)
 
     def token_texts(self) -> tuple[list[str | None], list[str | None]]:
         """Each compared id's text, student's and teacher's (None: not whole characters)."""

@@ -48,6 +48,9 @@ KNOWN_PAIRS = {
     "SmolLM2-360M → SmolLM2-135M": ("HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-135M"),
     "Qwen2.5-1.5B → Qwen2.5-0.5B": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B"),
 }
+# Known pairs of two tokenizer families: picking one turns cross-tokenizer KD on (hybrid measured better
+# than ULD on the Gemma pair: README); picking any other known pair turns it off.
+CROSS_PAIRS = {GEMMA_PAIR: "hybrid"}
 PRUNED_LAYERS = 6  # the layers a student pruned from the teacher keeps when the config names none
 LIVE_TEACHER = tuple(s for s in STRATEGIES if s != "hard_label")  # the strategies that train on data.source
 # The strategies whose loss the loss group's knobs set: on_policy has its own divergence, α and T.
@@ -80,6 +83,13 @@ SHOWN_WHEN = {
     **generation_panel.SHOWN_WHEN,
 }
 PREVIEW_TEXT = "In the beginning God created the heavens and the"
+
+
+def pick_pair(name: str) -> tuple:
+    """(teacher, student, loss.cross_tokenizer) for a known pair; nothing changes for anything else."""
+    if name not in KNOWN_PAIRS:
+        return gr.skip(), gr.skip(), gr.skip()
+    return (*KNOWN_PAIRS[name], CROSS_PAIRS.get(name, "off"))
 
 
 def _problems_markdown(err: ConfigError) -> str:
@@ -198,8 +208,7 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
 
     teacher, student, layers = (components[key] for key in ("teacher.name_or_path", "student.name_or_path",
                                                             "student.init_from_teacher_layers"))
-    components["pair"].change(lambda name: KNOWN_PAIRS.get(name, (gr.skip(), gr.skip())), components["pair"],
-                              [teacher, student])
+    components["pair"].change(pick_pair, components["pair"], [teacher, student, components["loss.cross_tokenizer"]])
     components["student_kind"].change(
         lambda kind, kept: PRUNED_LAYERS if kind == STUDENT_PRUNED and not kept else gr.skip(),
         [components["student_kind"], layers], layers)

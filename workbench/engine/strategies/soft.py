@@ -17,6 +17,7 @@ import hashlib
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 from workbench.engine.strategies.base import Strategy
 from workbench.losses.distill import distill_loss
@@ -160,15 +161,24 @@ class SoftLabelStrategy(Strategy):
         return LiveLogits(logits[:, :-1], self.shared_vocab)
 
     def _aligned_signal(self, inputs) -> AlignedLogits:
-        """The teacher's logits on its own tokens of the batch's text, taken at the partner of each student
-        position 0..L-2 (each predicts the next token): (B, L-1, V_t) with V_t the teacher's tokenizer size."""
+        """The teacher on its own tokens of the batch's text, its logits taken at the partner of each aligned
+        student position 0..L-2 (each predicts the next token): (N, V_t), V_t its tokenizer's size. With a
+        plain LM head only those N hidden states go through it, never the (B, L_t, V_t) logits (1 GB for a
+        262k vocabulary at 4 x 256 tokens)."""
         alignment = self.bridge.align(inputs["input_ids"], inputs["attention_mask"])
-        logits = self.teacher(input_ids=alignment.teacher_ids, attention_mask=alignment.teacher_mask).logits
-        logits = logits[..., :self.bridge.teacher_vocab].float()
-        partner = alignment.partner[:, :-1]
-        taken = logits.gather(1, partner[..., None].expand(-1, -1, logits.shape[-1]))
+        aligned = alignment.aligned[:, :-1]
+        batch, position = aligned.nonzero(as_tuple=True)
+        partner = alignment.partner[:, :-1][batch, position]
+        ids, mask = alignment.teacher_ids, alignment.teacher_mask
+        if _fusable(self.teacher):
+            head = self.teacher.get_output_embeddings()
+            hidden = self.teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                                  logits_to_keep=1).hidden_states[-1]
+            rows = F.linear(hidden[batch, partner], head.weight, head.bias)
+        else:
+            rows = self.teacher(input_ids=ids, attention_mask=mask).logits[batch, partner]
         mode = self.loss_spec.cross_tokenizer
         shared = self.bridge.shared_ids() if mode == "hybrid" else (None, None)
-        device = taken.device
-        return AlignedLogits(taken, alignment.aligned[:, :-1], mode, self.bridge.student_vocab,
-                             *(None if ids is None else ids.to(device) for ids in shared))
+        device = rows.device
+        return AlignedLogits(rows[:, :self.bridge.teacher_vocab].float(), aligned, mode, self.bridge.student_vocab,
+                             *(None if pair is None else pair.to(device) for pair in shared))
