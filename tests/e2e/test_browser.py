@@ -66,8 +66,8 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
     expect(page.locator("#evaluate-table")).to_contain_text("untrained")
     page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
     # every tab once, after visiting them all (Gradio repeats or drops tabs if anything but a Tab sits in Tabs)
-    assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Set up", "Runs", "Inspect", "Evaluate",
-                                                                     "Compare", "Config"]
+    assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Learn", "Set up", "Runs", "Inspect",
+                                                                     "Chat", "Evaluate", "Compare", "Config"]
 
 
 def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):
@@ -169,3 +169,20 @@ def test_hostile_text_renders_as_text(page, app_url, teacher_dir, student_dir, c
     assert dialogs == [] and page.locator("img[src='x']").count() == 0
     page.locator("#setup-strategy input").click()
     page.get_by_role("option", name="soft_label").click()
+
+
+def test_learn_shows_the_default_teacher_before_any_run(page, app_url):
+    """The Learn tab on the offline default, no run needed: the storage plot is there before anything is read;
+    a sentence read, a token clicked and T moved each update the view, and moving T runs no model."""
+    page.get_by_role("tab", name="Learn").click()
+    expect(page.locator("#learn-storage-note")).to_contain_text("= 130 bytes")
+    page.get_by_role("button", name="Read it with the teacher and the student").click()
+    wait_for_text(page, "#learn-status", "both models ran once")
+    page.locator("#learn-tokens .token").nth(3).click()  # the prediction of token 3 is position 2
+    wait_for_text(page, "#learn-labels-note", "Position 2")
+    temperature = page.locator("#learn-temperature input[type=number]")
+    temperature.fill("8")
+    temperature.press("Enter")
+    wait_for_text(page, "#learn-labels-note", "At T = 8")
+    expect(page.locator("#learn-status")).to_contain_text("no model ran")
+    page.screenshot(path=SHOTS / "0-learn.png", full_page=True)

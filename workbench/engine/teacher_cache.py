@@ -40,6 +40,16 @@ class CacheError(ValueError):
     pass
 
 
+def ids_dtype(vocab: int):
+    """The narrowest integer type the stored token ids fit: uint16 holds ids 0..65535."""
+    return np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def bytes_per_token(k: int, vocab: int) -> int:
+    """What one position costs on disk: k fp16 log-probabilities, k ids, one fp16 tail log-mass."""
+    return k * 2 + k * np.dtype(ids_dtype(vocab)).itemsize + 2
+
+
 def data_hash(dataset) -> str:
     """The tokenized blocks, in order: a cache row belongs to exactly one block of one dataset."""
     digest = hashlib.sha256()
@@ -82,11 +92,11 @@ class Manifest:
 
     @property
     def ids_dtype(self):
-        return np.uint16 if self.vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+        return ids_dtype(self.vocab)
 
     @property
     def bytes_per_token(self) -> int:
-        return self.k * 2 + self.k * np.dtype(self.ids_dtype).itemsize + 2
+        return bytes_per_token(self.k, self.vocab)
 
 
 def _read_manifest(folder: Path) -> Manifest | None:

@@ -1,11 +1,13 @@
 """The inspector as a service: a run's teacher and students loaded once, analyses cached per text (or per
 answer a student sampled to a held-out prompt), so the UI's sliders (temperature, position, top-k, step)
-never wait for a model. Thread-safe: Gradio runs handlers in worker threads."""
+never wait for a model. The Chat tab borrows the same loaded models (chat_models). Thread-safe: Gradio runs
+handlers in worker threads."""
 from __future__ import annotations
 
 import math
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.config.gate import Gate
@@ -19,7 +21,7 @@ from workbench.eval.on_policy_measure import (
     sample_answer,
 )
 from workbench.eval.aligned_tokens import AlignedAnalysis, aligned_trajectory, analyse_aligned
-from workbench.eval.pairing import is_cross_tokenizer, token_comparable
+from workbench.eval.pairing import has_local_teacher, is_cross_tokenizer, token_comparable
 from workbench.eval.token_stats import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
 from workbench.models.loading import context_length, load_tokenizer, logit_size, shared_logit_size
 from workbench.models.students import (
@@ -55,6 +57,19 @@ class _Lru(OrderedDict):
             self.move_to_end(key)
             return self[key]
         return None
+
+
+@dataclass(frozen=True)
+class ChatModels:
+    """What answering a prompt with a run's models needs: its student at one saved point and the tokenizer
+    training used; its teacher and the teacher's own tokenizer (None: not asked for, or no checkpoint here,
+    as an API teacher); `comparable`: the teacher reads the student's tokens, so it can rate each of them."""
+    point: StudentPoint
+    student: object
+    tokenizer: object
+    teacher: object | None
+    teacher_tokenizer: object | None
+    comparable: bool
 
 
 def _analysis_bytes(found: TokenAnalysis | AlignedAnalysis) -> int:
@@ -160,6 +175,21 @@ class Inspector:
 
         return self._cached(self._samples, (run_id, point.key, _stamp(point), index, seed), make)
 
+    def chat_models(self, run_id: str, key: str, with_teacher: bool = True) -> ChatModels:
+        """The run's student at `key` and (`with_teacher`) its teacher, loaded once and shared with the other
+        views. Unlike the views of a text, a hard-label teacher with another tokenizer is given too: it can
+        still answer beside the student, only not rate the student's tokens (`comparable` False)."""
+        run, config = self.run(run_id)
+        point = _point(run, config, key)
+        teacher = teacher_tokenizer = None
+        if with_teacher and has_local_teacher(config):
+            teacher = self._cached(self._teachers, _teacher_key(config), lambda: load_teacher_fp32(config))
+            teacher_tokenizer = self._tokenizer_of(_teacher_key(config),
+                                                   lambda: load_tokenizer(config.teacher, "teacher"))
+        comparable = teacher is not None and not self._crosses(config) and token_comparable(config)
+        return ChatModels(point, self._student(run_id, config, point, teacher), self._tokenizer(config), teacher,
+                          teacher_tokenizer, comparable)
+
     def trajectory(self, run_id: str, text: str, position: int, temperature: float, k: int = 5,
                    max_tokens: int = MAX_TOKENS) -> Trajectory:
         """One position's student distribution at every saved point of the run, vs the teacher's."""
@@ -259,11 +289,14 @@ class Inspector:
 
     def _tokenizer(self, config: DistillConfig):
         """The tokenizer training used (soft-label runs were checked for one vocabulary)."""
-        key = _student_key(config)
+        return self._tokenizer_of(_student_key(config), lambda: student_tokenizer(config))
+
+    def _tokenizer_of(self, key: tuple, load):
+        """The tokenizer of the checkpoint `key` names, loaded once (a pruned student's is its teacher's)."""
         with self._lock:
             found = self._tokenizers.get(key)
         if found is None:
-            found = student_tokenizer(config)
+            found = load()
             with self._lock:
                 self._tokenizers[key] = found
         return found

@@ -185,6 +185,14 @@ def sample_answer(teacher, student, tokenizer, prompt: list[int], max_new_tokens
     [prompt], max_new_tokens = fitted(teacher, student, [prompt], max_new_tokens)
     limit = vocab_limit(teacher, student, tokenizer)
     answer = sample(student, [prompt], settings_for(tokenizer, limit, KINDS["sampled"], max_new_tokens), seed)[0]
+    return read_answer(teacher, student, tokenizer, prompt, answer, start)
+
+
+def read_answer(teacher, student, tokenizer, prompt: list[int], answer: list[int],
+                started: float | None = None) -> SampledAnswer:
+    """Both models read prompt + answer (one forward each, no gradients), so the teacher's view of each answer
+    token is there to read; `seconds` counts from `started` (perf_counter), or covers the two forwards."""
+    start = time.perf_counter() if started is None else started
     ids = torch.tensor([prompt + answer])
     mask = torch.ones_like(ids)
     vocab = shared_logit_size(teacher, student)

@@ -1,5 +1,6 @@
 """The temperature preview: a teacher's next-token distribution at T = 1 and at a chosen T, so the
-set-up form's α and T are not blind knobs. The teacher stays loaded between previews (one at a time)."""
+set-up form's α and T are not blind knobs. The teacher stays loaded between previews (one at a time), and
+the Learn tab reads with the same loaded teacher (loaded_teacher), so the default is in memory once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,9 +25,15 @@ class TemperaturePreview:
     entropy_t: float
 
 
+def spec_key(spec: ModelSpec) -> tuple:
+    """What identifies a loaded model: the fields ModelSpec takes first, in its order."""
+    return spec.name_or_path, spec.revision, spec.dtype, spec.trust_remote_code, spec.gguf_file
+
+
 @lru_cache(maxsize=1)
-def _loaded(spec_key: tuple):
-    spec = ModelSpec(*spec_key)
+def loaded_teacher(key: tuple):
+    """(tokenizer, fp32 model in eval mode) of the ModelSpec whose spec_key is `key`."""
+    spec = ModelSpec(*key)
     return load_tokenizer(spec, "teacher"), load_model(spec, "teacher", torch.float32).eval()
 
 
@@ -37,7 +44,7 @@ def temperature_preview(spec: ModelSpec, text: str, temperature: float, top: int
         raise ValueError("preview text: write a few words for the teacher to continue")
     if temperature <= 0:
         raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-    tokenizer, model = _loaded((spec.name_or_path, spec.revision, spec.dtype, spec.trust_remote_code, spec.gguf_file))
+    tokenizer, model = loaded_teacher(spec_key(spec))
     ids = tokenizer(text, return_tensors="pt").input_ids[:, -512:]
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, -1].float()  # (vocab,)

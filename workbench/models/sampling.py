@@ -2,8 +2,8 @@
 mode and without autograd, under a seed of its own.
 
 This is the seam where a faster engine (vLLM, SGLang) could be plugged in on a GPU: everything a caller
-needs is `sample(model, prompts, settings, seed) -> completions`, token ids in and out. The HF path is
-what runs here.
+needs is `sample(model, prompts, settings, seed) -> completions`, token ids in and out, or `stream(model,
+prompt, settings, seed)` for one prompt's tokens as they come (the Chat tab). The HF path is what runs here.
 
 Reproducibility: the global RNG is forked and seeded with `seed` for the call and restored after it, so a
 caller that derives the seed from (run seed, step, rank) gets the same samples whenever it meets the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -113,3 +114,42 @@ def sample(model: torch.nn.Module, prompts: list[list[int]], settings: SamplingS
         inner.train(was_training)
     new = out[:, ids.shape[1]:].tolist()  # (B, generated) after the left-padded prompts
     return [cut_at_eos(row, eos) for row in new]
+
+
+@torch.no_grad()
+def stream(model: torch.nn.Module, prompt: list[int], settings: SamplingSettings, seed: int) -> Iterator[int]:
+    """One completion of one non-empty prompt, token by token as it is chosen (the last one is an end token
+    when the model ended it). Greedy, it is sample()'s completion; sampled, it follows the same settings but
+    draws from a generator of its own instead of the global RNG, so streams of several models can be
+    interleaved (or stepped from any thread) and each still gives one answer per seed. The model must be in
+    eval mode: a stream runs across many calls of its consumer, which may stop it at any token, so it cannot
+    switch the model's mode back afterwards."""
+    inner = unwrap(model)
+    device = next(inner.parameters()).device
+    eos = end_ids(inner, settings.eos_ids)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: one row of probabilities is drawn from there
+    ids, cache = torch.tensor([prompt], dtype=torch.long, device=device), None
+    for _ in range(settings.max_new_tokens):
+        # Only the last position's logits: the prompt's first forward would otherwise make (P, V) of them.
+        out = inner(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache  # the next step reads only its new token
+        token = _choose(out.logits[0, -1].float().cpu(), settings, generator)
+        yield token
+        if token in eos:
+            return
+        ids = torch.tensor([[token]], dtype=torch.long, device=device)
+
+
+def _choose(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator) -> int:
+    """The next token from one row of logits (V,): greedy at T = 0, else drawn at T from the smallest set of
+    most likely tokens whose mass reaches top-p (as generate()'s top-p), ids from vocab_limit on excluded."""
+    if settings.vocab_limit:
+        logits = logits[:settings.vocab_limit]
+    if settings.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / settings.temperature, -1)
+    if settings.top_p < 1:
+        ranked, order = probs.sort(descending=True)
+        kept = ranked.cumsum(0) - ranked < settings.top_p  # the most likely token is always kept
+        probs = torch.zeros_like(probs).scatter(0, order[kept], ranked[kept])
+    return int(torch.multinomial(probs, 1, generator=generator))

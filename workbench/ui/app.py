@@ -7,10 +7,12 @@ import gradio as gr
 
 from workbench.config.schema import DistillConfig
 from workbench.ui.compare_tab import create_compare_tab
+from workbench.ui.chat_tab import create_chat_tab
 from workbench.ui.config_tab import create_config_tab
 from workbench.ui.defaults_banner import create_defaults_banner
 from workbench.ui.evaluate_tab import create_evaluate_tab
 from workbench.ui.inspect_tab import create_inspect_tab
+from workbench.ui.learn_tab import create_learn_tab
 from workbench.ui.runs_tab import create_runs_tab
 from workbench.ui.services import Services
 from workbench.ui.setup_tab import create_setup_tab
@@ -18,10 +20,13 @@ from workbench.ui.setup_tab import create_setup_tab
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CONFIG = ASSETS / "configs" / "default.yaml"
 INTRO = """# Distill Workbench
-Distill a teacher language model into a smaller student. **Set up** a run (the offline default is
-preselected), **Launch** it as a background job, watch it in **Runs**, see token by token where the
-student departs from the teacher in **Inspect**, get its run card in **Evaluate**, and put runs side by
-side in **Compare**. Every run is also a folder and a YAML config that runs the same from the command line."""
+Distill a teacher language model into a smaller student. New here? **Learn** shows on a real teacher, before
+any run, what a student is trained on: soft vs hard labels, temperature, α and the T² factor. **Set up** a run
+(the offline default is preselected), **Launch** it as a background job, watch it in **Runs**, see token by
+token where the student departs from the teacher in **Inspect**, ask teacher, student and baseline the
+same prompt side by side in **Chat**, get its run card in **Evaluate**, and put runs
+side by side in **Compare**. Every run is also a folder and a YAML config that runs the same from the command
+line."""
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -39,9 +44,11 @@ def build_app(services: Services) -> gr.Blocks:
                         f"{gate.max_upload_mb:g} MiB. Everyone who can open this page sees every run.",
                         elem_id="public-notice")
         with gr.Tabs(elem_id="tabs") as tabs:
+            create_learn_tab(services)  # first: it needs no run, so a newcomer sees dark knowledge at once
             setup_inputs = create_setup_tab(services, default)
             create_runs_tab(services, setup_inputs, tabs)  # "Clone into Set up" fills the form and opens its tab
             create_inspect_tab(services)
+            create_chat_tab(services)
             create_evaluate_tab(services)
             create_compare_tab(services)
             create_config_tab(DEFAULT_CONFIG.read_text(encoding="utf-8"))

@@ -28,10 +28,11 @@ def with_terms(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def token_labels(tokens: list[str]) -> list[str]:
     """Axis labels for tokens: escaped (they are model output, and plotly renders a subset of HTML in
-    labels), whitespace shown as escapes, and unique (two ids can decode to the same text)."""
+    labels), whitespace shown as escapes, and unique (two ids can decode to the same text). Quotes stay as
+    they are: no tag can open once < is escaped, and plotly shows &quot; as those six characters."""
     labels, seen = [], set()
     for token in tokens:
-        label = html.escape(repr(token)[1:-1]) or "(empty)"
+        label = html.escape(repr(token)[1:-1], quote=False) or "(empty)"
         while label in seen:
             label += "​"  # an invisible suffix keeps plotly from merging two categories
         seen.add(label)
