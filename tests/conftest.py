@@ -46,6 +46,7 @@ SLOW_TESTS = {
                            "test_api_failures_keep_partial_results_and_resume",
                            "test_the_form_launches_hard_label_and_the_data_is_reused"},
     "test_ui.py": {"test_launch_refuses_invalid_input_and_submits_valid_input",
+                   "test_launch_with_baseline_queues_it_and_a_refused_baseline_leaves_the_run",
                    "test_pruned_student_form_trains_end_to_end", "test_inspect_and_evaluate_views_of_a_finished_run"},
     "test_gate.py": {"test_a_planted_run_is_neither_inspected_nor_evaluated",
                      "test_a_planted_run_folder_links_to_nothing_outside_it"},

@@ -123,6 +123,36 @@ def test_a_public_app_caps_the_steps(services, tiny_form, teacher_dir, monkeypat
     assert err.value.field == "train.max_steps"
 
 
+def test_the_lesson_preset_is_the_lesson_config_with_its_baseline_ticked(services):
+    values = setup_tab.lesson_values()
+    plan = form_to_config(SetupForm.from_list(DistillConfig.load(DEFAULT_CONFIG), values), services.gate,
+                          services.uploads_dir)
+    lesson = DistillConfig.load(setup_tab.LESSON_CONFIG)
+    assert plan.with_baseline and plan.processes == 1
+    for section in ("teacher", "student", "data", "loss", "evaluation"):
+        assert getattr(plan.config, section) == getattr(lesson, section), section
+    train = plan.config.train
+    assert (train.max_steps, train.seq_len, train.lr, train.eval_steps) == (40, 128, 1e-3, 10)
+    assert plan.config.data.max_eval_examples == 8 and not plan.config.evaluation.speed
+    # Every other form starts unticked: only the preset (or the user) asks for a baseline.
+    assert not SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).values["with_baseline"]
+
+
+def test_launch_with_baseline_queues_it_and_a_refused_baseline_leaves_the_run(services, tiny_form, monkeypatch):
+    text, run_id = setup_tab.launch(services, tiny_form.replace({"output.run_name": "taught", "with_baseline": True}))
+    assert run_id == "taught" and "taught-ce-baseline" in text and "queued behind it" in text
+    jobs = {job["run_id"]: job for job in services.jobs.jobs()}
+    assert set(jobs) == {"taught", "taught-ce-baseline"}
+    assert services.launch_of("taught-ce-baseline")[0].loss.alpha == 1.0
+
+    def full(run_id, session=None):
+        raise ConfigError([("session", "this app is shared and busy")])
+    monkeypatch.setattr(services, "add_baseline", full)
+    text, run_id = setup_tab.launch(services, tiny_form.replace({"output.run_name": "alone", "with_baseline": True}))
+    assert run_id == "alone" and "was not queued" in text and "busy" in text
+    assert services.jobs.wait("taught-ce-baseline", timeout=300)["state"] == "succeeded"
+
+
 def test_launch_refuses_invalid_input_and_submits_valid_input(services, tiny_form):
     text, _ = setup_tab.launch(services, tiny_form.replace({"loss.alpha": -0.1, "output.run_name": "bad"}))
     assert "Not launched" in text and "loss.alpha" in text and services.jobs.jobs() == []

@@ -1,5 +1,6 @@
 """The workbench in a real browser: set up, launch, watch, compare, inspect, evaluate, each strategy's
 fields, and hostile text shown as text (fixtures in browser.py)."""
+import re
 import time
 
 from browser import SHOTS, app_url, fill_form, page, wait_for_text  # noqa: F401 (fixtures)
@@ -58,6 +59,22 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
     page.wait_for_function("([sel, old]) => document.querySelector(sel)?.textContent !== old",
                            arg=["#inspect-distributions .gtitle", before])
     page.screenshot(path=SHOTS / "5-inspect.png", full_page=True)
+
+    # Chat: the same run's teacher and final student answer one prompt; each student token is rated, a click
+    # shows both distributions; no baseline was trained, and the column says so.
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-run input").click()
+    page.get_by_role("option", name="alpha-half").click()
+    expect(page.locator("#chat-step input")).to_have_value(re.compile(r"^final \(step \d+\)$"))
+    page.locator("#chat-prompt textarea").fill("the cat <b>sees</b>")
+    page.locator("#chat-send").click()
+    page.wait_for_selector("#chat-student span.dw-tok[data-pos]")
+    expect(page.locator("#chat-baseline-head")).to_contain_text("no CE-only baseline")
+    expect(page.locator("#chat-student-head")).to_contain_text("Rated by the teacher")
+    page.locator("#chat-student span.dw-tok[data-pos='0']").click()
+    wait_for_text(page, "#chat-detail", "answer token 1")
+    page.wait_for_function("document.querySelectorAll('#chat-distributions .trace.bars').length == 2")
+    page.screenshot(path=SHOTS / "5b-chat.png", full_page=True)
 
     page.get_by_role("tab", name="Evaluate").click()
     page.locator("#evaluate-run input").click()

@@ -42,6 +42,7 @@ UI_FIELDS = (
     FormField("prompt_upload", str, optional=True, names="generation.prompts"),
     FormField("num_processes", int),
     FormField("accelerate_config", str),  # an accelerate config file (FSDP, DeepSpeed) for multi-GPU jobs
+    FormField("with_baseline", bool),  # queue the run's CE-only baseline behind it (Compare's verdict needs one)
 )
 
 
@@ -58,7 +59,7 @@ def start_values(config: DistillConfig) -> dict[str, Any]:
     choices = {"student_kind": STUDENT_PRUNED if config.student.init_from_teacher_layers else STUDENT_CHECKPOINT,
                "data_kind": DATA_HUB if own_data else DATA_DEFAULT, "data_upload": None,
                "hub_dataset": source if own_data else "", "prompt_upload": None, "num_processes": 1,
-               "accelerate_config": ""}
+               "accelerate_config": "", "with_baseline": False}
     return {**config_values(config), **{f.key: choices[f.key] for f in UI_FIELDS}}
 
 
@@ -93,6 +94,7 @@ class Launch:
     config: DistillConfig
     processes: int
     accelerate_config: str | None
+    with_baseline: bool = False
 
 
 def _as_int(value: Any) -> tuple[int | None, str | None]:
@@ -220,7 +222,7 @@ def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
     config = gate.check(type(form.base).from_dict(data))
     if pruned and not v["teacher.name_or_path"]:
         raise ConfigError([("teacher.name_or_path", "is required to prune a student from it")])
-    return Launch(config, processes, accelerate_config)
+    return Launch(config, processes, accelerate_config, v["with_baseline"])
 
 
 def _student(v: dict, data: dict, gate: Gate, problems: list) -> bool:

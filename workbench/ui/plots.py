@@ -148,11 +148,16 @@ def heldout_gap(total_steps) -> float:
     """Held-out points further apart than a quarter of the run are not joined: with one at step 0 and one
     at the end, a line between them would read as a trend that was never measured. No known length
     (None, NaN from a damaged run): no point is joined."""
+    return planned(total_steps) / 4
+
+
+def planned(total_steps) -> float:
+    """A run's planned length as a number of steps; 0 for none known (None, NaN, text)."""
     try:
         steps = float(total_steps)
     except (TypeError, ValueError):
         return 0.0
-    return steps / 4 if math.isfinite(steps) and steps > 0 else 0.0
+    return steps if math.isfinite(steps) and steps > 0 else 0.0
 
 
 def compare_curves(metrics: pd.DataFrame, term: str = "loss") -> go.Figure:

@@ -1,8 +1,9 @@
 """Runs tab: every job with its name, tags, state, progress, ETA, last loss and speed, polled by gr.Timer,
 with the machine monitor beside it; buttons enabled by the chosen run's state (cancel, resume, move in the
-queue, delete after a confirmation), a Refresh button, the end of the worker log, live loss curves (and for an
-on-policy run its samples and their curves: on_policy_panel.py), the run's name, tags and notes, its config and
-"Clone into Set up". What the buttons do: runs_actions.py.
+queue, delete after a confirmation), a Refresh button, the end of the worker log, live loss curves (for a
+co-distillation run also its teacher's and student's CE against α: co_plots.py; for an on-policy run its samples
+and their curves: on_policy_panel.py), the run's name, tags and notes, its config and "Clone into Set up".
+What the buttons do: runs_actions.py.
 
 The table is Gradio's Dataframe. Gradio 6 draws it as a header table with a hidden sizing row
 (<tbody class="sizing-body" aria-hidden="true">, CSS visibility: collapse) whose cells are each column's
@@ -18,9 +19,10 @@ import pandas as pd
 
 from workbench.engine.callbacks import format_eta
 from workbench.store.rundir import finite_number
+from workbench.ui.co_plots import co_caption, co_distillation_curves, schedule_of
 from workbench.ui.monitor import usage_markdown
 from workbench.ui.on_policy_panel import OnPolicyView, create_on_policy_view, on_policy_outputs
-from workbench.ui.plots import run_curves
+from workbench.ui.plots import run_curves, with_terms
 from workbench.ui.runs_actions import ACTIONS, act, allowed_actions, annotate, clone
 from workbench.ui.services import Services
 from workbench.ui.tables import rounded
@@ -134,6 +136,40 @@ def run_views(services: Services, run_id: str | None) -> list:
     return [services.config_text(run_id), notes["name"], ", ".join(notes["tags"]), notes["notes"], False]
 
 
+@dataclass
+class CoView:
+    """A co-distillation run's own plot (both learners' CE against α) and its caption, in one box shown only
+    for such a run."""
+    box: gr.Column
+    plot: gr.Plot
+    caption: gr.Markdown
+
+    @property
+    def outputs(self) -> list:
+        return [self.box, self.plot, self.caption]
+
+
+def create_co_view() -> CoView:
+    with gr.Column(visible=False, elem_id="run-co-distillation") as box:
+        plot = gr.Plot(label="Teacher and student CE, and α", elem_id="co-curves")
+        caption = gr.Markdown(elem_id="co-caption")
+    return CoView(box, plot, caption)
+
+
+def co_outputs(services: Services, run_id: str | None, changed: bool) -> list:
+    """CoView.outputs for a run, as on_policy_outputs: shown for a co-distillation run, hidden for any other,
+    nothing sent when its logged points have not changed."""
+    if run_id and not changed:
+        return [gr.skip()] * 3
+    if not run_id or services.strategy(run_id) != "co_distillation":
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    metrics, evals = with_terms(services.store.metrics([run_id])), services.store.evals([run_id])
+    schedule = schedule_of(services.stored_config(run_id))
+    total = services.store.planned_steps(run_id)
+    return [gr.update(visible=True), co_distillation_curves(metrics, evals, schedule.warmup, total),
+            co_caption(metrics, schedule, total)]
+
+
 def _session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
@@ -141,7 +177,7 @@ def _session(request: gr.Request | None) -> str | None:
 def poll(services: Services, session: str | None, selected: str | None, key: tuple) -> tuple:
     """Every poll's outputs (RunsView.polled): the table, the run picker, curves, log, buttons, monitor, the
     chosen run's own views when the choice changed (first load, or the chosen run was deleted), and its
-    on-policy views when its logged points changed."""
+    co-distillation and on-policy views when its logged points changed."""
     jobs = services.jobs.jobs()
     frame = jobs_table(services, jobs)
     labels = [(f"{name} ({run_id})" if name else run_id, run_id) for run_id, name in zip(frame.run, frame.name)]
@@ -154,15 +190,16 @@ def poll(services: Services, session: str | None, selected: str | None, key: tup
     own = run_views(services, chosen) if chosen != selected else [gr.skip()] * len(RunsView.VIEWS)
     return (frame, picker, gr.skip() if figure is None else figure, text, new_key,
             *buttons(jobs, chosen, services.owns(chosen, session)), machine, *own,
-            *on_policy_outputs(services, chosen, figure is not None))
+            *co_outputs(services, chosen, figure is not None), *on_policy_outputs(services, chosen, figure is not None))
 
 
 def pick(services: Services, session: str | None, run_id: str | None) -> tuple:
-    """A run chosen in the picker: its curves, log, buttons, own views and on-policy views (RunsView.picked)."""
+    """A run chosen in the picker: its curves, log, buttons, own views, co-distillation and on-policy views
+    (RunsView.picked)."""
     figure, text, key = run_details(services, run_id)
     mine = services.owns(run_id, session)
     return (figure, text, key, *buttons(services.jobs.jobs(), run_id, mine), *run_views(services, run_id),
-            *on_policy_outputs(services, run_id, True))
+            *co_outputs(services, run_id, True), *on_policy_outputs(services, run_id, True))
 
 
 @dataclass
@@ -187,6 +224,7 @@ class RunsView:
     clone: gr.Button
     timer: gr.Timer
     shown: gr.State         # what the plot shows: redrawn only when it changes, so zoom survives polling
+    co: CoView
     on_policy: OnPolicyView
 
     @property
@@ -200,11 +238,12 @@ class RunsView:
     @property
     def polled(self) -> list:
         return [self.table, self.run, self.curves, self.log, self.shown, *self.buttons, self.machine, *self.views,
-                *self.on_policy.outputs]
+                *self.co.outputs, *self.on_policy.outputs]
 
     @property
     def picked(self) -> list:
-        return [self.curves, self.log, self.shown, *self.buttons, *self.views, *self.on_policy.outputs]
+        return [self.curves, self.log, self.shown, *self.buttons, *self.views, *self.co.outputs,
+                *self.on_policy.outputs]
 
 
 def _layout(services: Services) -> RunsView:
@@ -228,6 +267,7 @@ def _layout(services: Services) -> RunsView:
             action["delete"] = gr.Button("Delete", variant="stop", elem_id="runs-delete")
         message = gr.Markdown(elem_id="runs-message")
         curves = gr.Plot(label="Loss curves", elem_id="run-curves")
+        co = create_co_view()
         on_policy = create_on_policy_view()
         log = gr.Textbox(label="Worker log (newest last)", lines=12, max_lines=12, elem_id="worker-log")
         with gr.Accordion("Name, tags and notes", open=False):
@@ -242,7 +282,7 @@ def _layout(services: Services) -> RunsView:
         # and the tab bar then shows a tab twice (or loses one).
         timer, shown = gr.Timer(POLL_S), gr.State(())
     return RunsView(tab, table, machine, run, refresh, action, confirm, message, curves, log, name, tags, notes, save,
-                    config, clone_button, timer, shown, on_policy)
+                    config, clone_button, timer, shown, co, on_policy)
 
 
 def create_runs_tab(services: Services, setup_inputs: dict, tabs: gr.Tabs) -> None:

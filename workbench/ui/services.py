@@ -2,6 +2,7 @@
 offline-default preparation. Built once by app.py; the UI never trains or opens run files itself."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,6 +222,16 @@ class Services:
         """The run's strategy as the store knows it; None before the run is first ingested."""
         found = self.store.cursor().execute("SELECT strategy FROM runs WHERE run_id = ?", [run_id]).fetchone()
         return found[0] if found else None
+
+    def stored_config(self, run_id: str) -> dict:
+        """The run's resolved config as the store last ingested it (config.json); {} before that, or for a
+        config that is no JSON object."""
+        found = self.store.cursor().execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        try:
+            config = json.loads(found[0]) if found and found[0] else {}
+        except (TypeError, ValueError, RecursionError):
+            return {}
+        return config if isinstance(config, dict) else {}
 
     def latest_samples(self, run_id: str) -> list[dict]:
         """The completions an on-policy run's student sampled at its latest logging step that kept some
