@@ -9,6 +9,7 @@
     python -m workbench evaluate RUN_DIR [--student checkpoint-50] [--baseline RUN_DIR]
     python -m workbench cache CONFIG.yaml OUT_DIR [--k 32] [--set ...]   precompute the teacher's top k
     python -m workbench generate CONFIG.yaml OUT_DIR [--set ...]   the hard-label teacher writes its data
+    python -m workbench export RUN_DIR --int8 [--out DIR]    the final student as int8, measured against fp32
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                "  train, resume, cache       workbench/engine/ (runner, trainer, strategies, teacher cache)\n"
                "  validate                   workbench/config/ (DistillConfig, its fields and checks)\n"
                "  evaluate                   workbench/eval/ (held-out metrics, the run card)\n"
+               "  export                     workbench/eval/quantization.py, workbench/models/quantize.py\n"
                "  generate                   workbench/hardlabel/ (the teacher writes the data)\n"
                "  prune                      workbench/models/ (a student cut from the teacher)\n"
                "  prepare-defaults           workbench/data/ (the offline default)\n"
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory holding config.json")
     evaluate.add_argument("--student", help="initial, checkpoint-STEP or final (default: the latest saved)")
     evaluate.add_argument("--baseline", help="the run directory of a CE-only baseline to compare with")
+    export = sub.add_parser("export", help="export a run's final student as int8 (dynamic quantisation of its "
+                                           "linear layers), measured against the fp32 student on held-out text")
+    export.add_argument("run_dir", help="a finished run directory (RUN/student holds its final student)")
+    export.add_argument("--int8", action="store_true", required=True,
+                        help="int8 dynamic quantisation (the one export format so far)")
+    export.add_argument("--out", help="folder for the export (default: RUN_DIR/student-int8)")
     cache = sub.add_parser("cache", help="run the config's teacher once over its training data and store its "
                                          "top-k log-probabilities (resumable); runs then set loss.teacher_cache")
     cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
@@ -132,6 +140,25 @@ def _evaluate(args) -> int:
                                                            flush=True))
     print(report["card"])
     print(f"written to {RunDir(args.run_dir).evaluation_file(report['step'])}")
+    return 0
+
+
+def _export(args) -> int:
+    from workbench.eval.quantization import INT8_SUBDIR, NoFinalStudent, export_int8
+    from workbench.store.rundir import CONFIG, RunDir
+    run = RunDir(args.run_dir)
+    if not run.file(CONFIG).is_file():
+        print(f"error: {run.path} is not a run directory (no {CONFIG})", file=sys.stderr)
+        return EXIT_CONFIG
+    start = time.perf_counter()
+    try:
+        report = export_int8(run, args.out)
+    except NoFinalStudent as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = args.out or run.path / INT8_SUBDIR
+    print(report["line"])
+    print(f"written to {out} (quantization.json, README.md) in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -239,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "resume":

@@ -91,3 +91,25 @@ def write_trained_teacher_card(path: Path, config: DistillConfig, final: dict, p
         lines += ["## Held-out metrics at the last step", "", "| metric | value |", "| --- | --- |", *rows, ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+INT8_HEADING = "## int8 export"
+
+
+def write_int8_card(path: Path, student_card: str | None, run_name: str, line: str, weights_file: str) -> Path:
+    """The int8 export's README: the fp32 student's card (when it has one) with an int8 section that says
+    how it was quantised, what it costs in quality, and how to load it."""
+    head = student_card.partition("\n" + INT8_HEADING + "\n")[0].rstrip("\n") if student_card else (
+        "---\nlibrary_name: transformers\ntags:\n- distillation\n- distill-workbench\n---\n\n"
+        f"# {run_name}\n\nA student distilled with Distill Workbench.")
+    section = [INT8_HEADING, "", f"**{line}.**", "",
+               f"The weights in `{weights_file}` are the student after PyTorch dynamic quantisation of every "
+               "linear layer to int8 (activations are quantised per batch at run time; embeddings and norms "
+               "stay fp32). Perplexity, size and speed are measured against the fp32 student on the run's "
+               "held-out text, on the CPU (the int8 kernels are CPU-only); `quantization.json` holds the numbers.",
+               "", "Load it with Distill Workbench:", "", "```python",
+               "from workbench.models.quantize import load_int8", "model = load_int8('path/to/this/folder')", "```", ""]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + "\n\n" + "\n".join(section), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
