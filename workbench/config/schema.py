@@ -185,6 +185,7 @@ class EvalSpec:
 class OutputSpec:
     runs_dir: str = knob("runs", "Folder that holds one run directory per run")
     run_name: str | None = knob(None, "Run directory name (default: time stamp and strategy)")
+    study: str | None = knob(None, "The study this run belongs to (set by the study that queued it)")
 
 
 @dataclass
