@@ -1,6 +1,7 @@
 """Evaluation: agreement and KL of a model with itself, calibration error against synthetic predictors,
 the run's held-out CE equal to the trainer's, the run card, evaluations in DuckDB, and the CE-only
 baseline's config and verdict."""
+import dataclasses
 import math
 
 import pandas as pd
@@ -97,10 +98,12 @@ def test_any_checkpoint_can_be_evaluated_later(distilled_run):
         evaluate_run(run, "checkpoint-7")
 
 
-def test_ce_baseline_config_changes_only_alpha(distilled_config):
-    config = distilled_config
+def test_ce_baseline_config_changes_only_the_loss(distilled_config):
+    config = distilled_config.replace(loss=dataclasses.replace(distilled_config.loss, temperature=2.0, chunk_size=7))
     base = ce_baseline_config(config)
     assert base.loss.alpha == 1.0 and base.output.run_name is None
+    # the KD knobs change nothing at α = 1: defaults, so runs differing only in them share a baseline
+    assert (base.loss.temperature, base.loss.chunk_size) == (1.0, 7)
     assert (base.student, base.data, base.train, base.teacher) == (config.student, config.data, config.train,
                                                                     config.teacher)
     with pytest.raises(ValueError, match="already 1"):

@@ -36,7 +36,7 @@ def layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] in ("jobs", "app"):
         return parts[0]
-    if module in ("workbench.cli", "workbench.__main__"):
+    if module in ("workbench.cli", "workbench.cli_study", "workbench.__main__"):
         return "cli"
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
 

@@ -10,6 +10,7 @@
     python -m workbench cache CONFIG.yaml OUT_DIR [--k 32] [--set ...]   precompute the teacher's top k
     python -m workbench generate CONFIG.yaml OUT_DIR [--set ...]   the hard-label teacher writes its data
     python -m workbench export RUN_DIR --int8 [--out DIR]    the final student as int8, measured against fp32
+    python -m workbench study STUDY.yaml [--set ...] [--max-jobs N] | --resume STUDY_ID   a group of runs
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                "  validate                   workbench/config/ (DistillConfig, its fields and checks)\n"
                "  evaluate                   workbench/eval/ (held-out metrics, the run card)\n"
                "  export                     workbench/eval/quantization.py, workbench/models/quantize.py\n"
+               "  study                      jobs/study.py, workbench/config/study.py, workbench/eval/study_results.py\n"
                "  generate                   workbench/hardlabel/ (the teacher writes the data)\n"
                "  prune                      workbench/models/ (a student cut from the teacher)\n"
                "  prepare-defaults           workbench/data/ (the offline default)\n"
@@ -87,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("out_dir", help="folder for completions.jsonl and its manifest")
     generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     generate.add_argument("--cache-dir", help="where the offline defaults live")
+    study = sub.add_parser("study", help="queue a study (a grid or list of settings over a base config, with "
+                                         "CE-only baselines if asked) and follow it; Ctrl-C cancels it whole")
+    study.add_argument("study", nargs="?", help="a study file (name, base, grid, settings, baselines)")
+    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the base config (repeatable)")
+    study.add_argument("--runs-dir", help="the runs folder (default: the base config's output.runs_dir)")
+    study.add_argument("--max-jobs", type=int, default=1, help="runs trained at once (default 1)")
+    study.add_argument("--resume", metavar="STUDY_ID", help="continue a cancelled or cut-off study instead")
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -160,6 +170,15 @@ def _export(args) -> int:
     print(report["line"])
     print(f"written to {out} (quantization.json, README.md) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _study(args) -> int:
+    if bool(args.study) == bool(args.resume):
+        raise ConfigError([("study", "give a study file, or --resume STUDY_ID (not both)")])
+    if not 1 <= args.max_jobs <= 64:
+        raise ConfigError([("--max-jobs", f"must be in [1, 64], got {args.max_jobs}")])
+    from workbench.cli_study import run_study
+    return run_study(args)
 
 
 def _cache(args) -> int:
@@ -268,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "study":
+            return _study(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "resume":

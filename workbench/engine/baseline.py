@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 
 from workbench.config.escaping import plain
-from workbench.config.schema import DistillConfig
+from workbench.config.schema import DistillConfig, LossSpec
 from workbench.store.rundir import finite_number
 
 
@@ -20,8 +20,10 @@ def ce_baseline_config(config: DistillConfig) -> DistillConfig:
     if config.loss.alpha == 1.0 and config.strategy == "soft_label":
         raise ValueError("loss.alpha is already 1: this run is CE-only, it is its own baseline")
     # soft_label at α = 1 whatever the run's strategy: a co-distillation schedule or a layer term would
-    # keep the teacher in the loss.
-    return config.replace(strategy="soft_label", loss=dataclasses.replace(config.loss, alpha=1.0),
+    # keep the teacher in the loss. The KD knobs (T, divergence, cache) take their defaults: they change
+    # nothing at α = 1, and runs that differ only in them (a grid over α and T) then share one baseline.
+    loss = LossSpec(alpha=1.0, chunk_size=config.loss.chunk_size)
+    return config.replace(strategy="soft_label", loss=loss,
                           output=dataclasses.replace(config.output, run_name=None))
 
 

@@ -14,23 +14,26 @@ Tables (readers get pandas DataFrames):
              validation), end-of-run summaries (train), and student evaluations (evaluation, one set
              per evaluated step, from RUN/evaluations/)
   artifacts  (run, kind, path): config, log, checkpoints, the student, its adapter and model card
+  studies    one row per study (RUNS/.studies/STUDY.json): its name, the fields it varies, and its plan
+             (which run answers which setting, and each distilled run's baseline); runs.study names it
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "workbench.duckdb"
 
 RUN_COLUMNS = {
     "run_id": "VARCHAR PRIMARY KEY", "path": "VARCHAR", "teacher": "VARCHAR", "student": "VARCHAR",
     "strategy": "VARCHAR", "divergence": "VARCHAR", "alpha": "DOUBLE", "temperature": "DOUBLE",
     "beta": "DOUBLE", "skew_lambda": "DOUBLE", "lr": "DOUBLE", "steps": "INTEGER", "batch_size": "INTEGER",
-    "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR", "baseline_of": "VARCHAR",
+    "grad_accum": "INTEGER", "seq_len": "INTEGER", "seed": "INTEGER", "lora": "BOOLEAN", "data": "VARCHAR", "baseline_of": "VARCHAR", "study": "VARCHAR",
     "status": "VARCHAR", "step": "INTEGER", "error": "VARCHAR", "created": "TIMESTAMP",
     "started": "TIMESTAMP", "updated": "TIMESTAMP", "config": "JSON",
     # Text, not VARCHAR[]: a list column breaks the tables that show query results; SQL still finds a tag
@@ -45,13 +48,16 @@ METRIC_COLUMNS = {
 EVAL_COLUMNS = {"run_id": "VARCHAR", "seq": "INTEGER", "step": "INTEGER", "split": "VARCHAR",
                 "metric": "VARCHAR", "value": "DOUBLE"}
 ARTIFACT_COLUMNS = {"run_id": "VARCHAR", "kind": "VARCHAR", "path": "VARCHAR"}
+STUDY_COLUMNS = {"study_id": "VARCHAR PRIMARY KEY", "name": "VARCHAR", "created": "TIMESTAMP", "fields": "JSON",
+                 "runs": "JSON", "spec": "JSON", "cancelled": "TIMESTAMP"}
 # Where incremental ingestion stopped in each run's files (see workbench/store/ingest.py).
 INGEST_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "metrics_inode": "BIGINT", "metrics_offset": "BIGINT",
                   "metrics_seq": "INTEGER", "signature": "VARCHAR"}
 
 TABLES = {"runs": (RUN_COLUMNS, ""), "metrics": (METRIC_COLUMNS, ", PRIMARY KEY (run_id, seq)"),
           "evals": (EVAL_COLUMNS, ", PRIMARY KEY (run_id, split, seq, metric)"),
-          "artifacts": (ARTIFACT_COLUMNS, ", PRIMARY KEY (run_id, path)"), "ingest_state": (INGEST_COLUMNS, "")}
+          "artifacts": (ARTIFACT_COLUMNS, ", PRIMARY KEY (run_id, path)"), "ingest_state": (INGEST_COLUMNS, ""),
+          "studies": (STUDY_COLUMNS, "")}
 USER_TABLES = ("runs", "metrics", "evals", "artifacts")
 # What one query typed by a user may take of the shared connection.
 QUERY_MAX_ROWS = 10_000
@@ -149,6 +155,67 @@ class Store:
             cur = self.cursor()
             for table in (*USER_TABLES, "ingest_state"):
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+    def write_studies(self, rows: list[dict]) -> None:
+        """Replace the studies table with these rows (a few small records, re-read whole each pass)."""
+        with self._write_lock:
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                cur.execute("DELETE FROM studies")
+                _insert(cur, "studies", STUDY_COLUMNS, rows)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def studies(self) -> pd.DataFrame:
+        """Every study with its number of planned runs and how many have finished, newest first."""
+        return self.cursor().execute("""
+            SELECT s.study_id, s.name, s.created, json_array_length(s.runs) AS planned,
+                   count(r.run_id) FILTER (WHERE r.status = 'succeeded') AS finished,
+                   count(r.run_id) FILTER (WHERE r.status IN ('queued', 'starting', 'running')) AS active,
+                   s.fields
+            FROM studies s LEFT JOIN runs r ON r.study = s.study_id
+            GROUP BY ALL ORDER BY s.created DESC""").df()
+
+    def study(self, study_id: str) -> dict | None:
+        row = self.cursor().execute("SELECT name, fields, runs, spec, cancelled FROM studies WHERE study_id = ?",
+                                    [study_id]).fetchone()
+        if row is None:
+            return None
+        return {"study_id": study_id, "name": row[0], "fields": json.loads(row[1]), "runs": json.loads(row[2]),
+                "spec": json.loads(row[3]), "cancelled": row[4]}
+
+    def study_runs(self, run_ids: list[str]) -> pd.DataFrame:
+        """Per run: status, the last held-out CE during training, when it started and its last training log
+        (Unix time), and its folder; the final evaluation's numbers come from final_evaluations."""
+        return self.cursor().execute("""
+            WITH last AS (SELECT run_id, arg_max(value, seq) AS heldout_ce FROM evals
+                          WHERE split = 'validation' AND metric = 'ce' AND list_contains(?, run_id) GROUP BY run_id),
+                 clock AS (SELECT run_id, max(time) AS last_log FROM metrics WHERE list_contains(?, run_id)
+                           GROUP BY run_id)
+            SELECT r.run_id, r.status, r.step, r.steps, r.seed, r.path, r.baseline_of, l.heldout_ce, r.started,
+                   c.last_log
+            FROM runs r LEFT JOIN last l USING (run_id) LEFT JOIN clock c USING (run_id)
+            WHERE list_contains(?, r.run_id) ORDER BY r.run_id""", [list(run_ids)] * 3).df()
+
+    def final_evaluations(self, run_ids: list[str]) -> pd.DataFrame:
+        """(run_id, metric, value) of each run's latest student evaluation."""
+        return self.cursor().execute("""
+            SELECT run_id, metric, value FROM evals WHERE split = 'evaluation' AND list_contains(?, run_id)
+            QUALIFY step = max(step) OVER (PARTITION BY run_id)""", [list(run_ids)]).df()
+
+    def heldout_curves(self, run_ids: list[str]) -> pd.DataFrame:
+        """Held-out CE during training with the Unix time of the training log at the same step (none at step
+        0): (run_id, step, time, ce)."""
+        return self.cursor().execute("""
+            WITH t AS (SELECT run_id, step, max(time) AS time FROM metrics WHERE list_contains(?, run_id)
+                       GROUP BY ALL)
+            SELECT e.run_id, e.step, t.time, e.value AS ce
+            FROM evals e LEFT JOIN t ON t.run_id = e.run_id AND t.step = e.step
+            WHERE e.split = 'validation' AND e.metric = 'ce' AND list_contains(?, e.run_id)
+            ORDER BY e.run_id, e.step""", [list(run_ids)] * 2).df()
 
     def ingest_state(self, run_id: str) -> dict | None:
         cur = self.cursor()

@@ -5,6 +5,7 @@ inode) and a signature of the other files. Ingesting again reads only lines appe
 whose files did not change costs a few stat calls. A resumed run rewrites metrics.jsonl (new inode,
 lines past the checkpoint dropped): its metric rows are then read again from the start. Rows are
 numbered by their line in the file, so an incremental database equals one rebuilt from scratch.
+Study records (RUNS/.studies/) are few and small: the studies table is rewritten whole when one changes.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from workbench.store.rundir import (
     is_run_dir,
     read_json,
 )
+from workbench.store.studies import studies_dir, study_records
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,19 @@ def run_row(run: RunDir) -> dict:
         "grad_accum": _integer(train.get("grad_accum")), "seq_len": _integer(train.get("seq_len")),
         "seed": _integer(train.get("seed")), "lora": _flag(_section(student, "lora").get("enabled")),
         "data": _text(_section(config, "data").get("source")), "baseline_of": _text(spec.get("baseline_of")),
+        "study": _text(_section(config, "output").get("study")),
         "status": _text(status.get("state")), "step": _integer(status.get("step")), "error": _text(status.get("error")),
         "created": _timestamp(created), "started": _timestamp(status.get("started")),
         "updated": _timestamp(status.get("updated")), "config": dumps(config) if config else None,
         "name": notes["name"], "tags": ", ".join(notes["tags"]), "notes": notes["notes"],
     }
+
+
+def study_row(record: dict) -> dict:
+    return {"study_id": record["study_id"], "name": _text(record.get("name")),
+            "created": _timestamp(record.get("created")), "fields": dumps(record.get("fields") or []),
+            "runs": dumps(record["runs"]), "spec": dumps(record.get("spec") or {}),
+            "cancelled": _timestamp(record.get("cancelled"))}
 
 
 def parse_record(run_id: str, seq: int, record: dict) -> tuple[dict | None, list[dict]]:
@@ -179,6 +189,7 @@ class Ingestor:
         self.store = store
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self._lock = threading.Lock()
+        self._studies_seen: str | None = None
 
     def ingest_run(self, path: str | Path) -> int:
         """Bring one run up to date; returns the number of new metric and eval rows."""
@@ -251,7 +262,23 @@ class Ingestor:
             if self.runs_dir.is_dir() else {}
         for gone in set(self.store.run_ids()) - set(present):
             self.store.forget(gone)
+        self.ingest_studies()
         return sum(self.ingest_run(path) for path in present.values())
+
+    def ingest_studies(self) -> None:
+        """The studies table from RUNS/.studies/, rewritten whole when any record changed."""
+        folder = studies_dir(self.runs_dir)
+        try:
+            seen = "|".join(_stamp(p) for p in sorted(folder.iterdir())) if folder.is_dir() else ""
+        except OSError as err:
+            seen = f"unreadable: {err}"
+        if seen == self._studies_seen:
+            return
+        records, problems = study_records(self.runs_dir)
+        for problem in problems:
+            log.warning("%s: %s", folder, problem)
+        self.store.write_studies([study_row(r) for r in records])
+        self._studies_seen = seen
 
 
 class IngestLoop:

@@ -16,6 +16,9 @@ from workbench.ui.learn_tab import create_learn_tab
 from workbench.ui.runs_tab import create_runs_tab
 from workbench.ui.services import Services
 from workbench.ui.setup_tab import create_setup_tab
+from workbench.ui.studies_tab import create_studies_tab
+from workbench.ui.study_panel import create_study_panel
+from workbench.ui.study_service import StudyService
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CONFIG = ASSETS / "configs" / "default.yaml"
@@ -24,8 +27,8 @@ Distill a teacher language model into a smaller student. New here? **Learn** sho
 any run, what a student is trained on: soft vs hard labels, temperature, α and the T² factor. **Set up** a run
 (the offline default is preselected), **Launch** it as a background job, watch it in **Runs**, see token by
 token where the student departs from the teacher in **Inspect**, ask teacher, student and baseline the
-same prompt side by side in **Chat**, get its run card in **Evaluate**, and put runs
-side by side in **Compare**. Every run is also a folder and a YAML config that runs the same from the command
+same prompt side by side in **Chat**, get its run card in **Evaluate**, put runs
+side by side in **Compare**, and run a whole grid of them (sizes, α, T, seeds, with CE-only baselines) as a **Study**. Every run is also a folder and a YAML config that runs the same from the command
 line."""
 
 
@@ -45,12 +48,15 @@ def build_app(services: Services) -> gr.Blocks:
                         elem_id="public-notice")
         with gr.Tabs(elem_id="tabs") as tabs:
             create_learn_tab(services)  # first: it needs no run, so a newcomer sees dark knowledge at once
-            setup_inputs = create_setup_tab(services, default)
+            studies = StudyService(services)
+            setup_inputs = create_setup_tab(services, default, lambda inputs: create_study_panel(studies, default,
+                                                                                                 inputs))
             create_runs_tab(services, setup_inputs, tabs)  # "Clone into Set up" fills the form and opens its tab
             create_inspect_tab(services)
             create_chat_tab(services)
             create_evaluate_tab(services)
             create_compare_tab(services)
+            create_studies_tab(studies)
             create_config_tab(DEFAULT_CONFIG.read_text(encoding="utf-8"))
         gr.Markdown(f"Runs folder: `{services.runs_dir}` · results store: `{services.store.path}`")
     return app

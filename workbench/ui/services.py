@@ -88,7 +88,7 @@ class Services:
         """Queue a job. In public mode a browser session may have at most gate.max_jobs_per_session runs
         queued or running, and the whole app gate.max_active_jobs (a visitor can open new sessions at will),
         enforced here whatever the form shows."""
-        self._check_capacity(session)
+        self.check_capacity(session)
         run_id = self.jobs.submit(config, **launch)
         if session is not None:
             self.sessions.setdefault(session, []).append(run_id)
@@ -97,7 +97,7 @@ class Services:
     def resume(self, run_id: str, session: str | None = None) -> None:
         """Queue a stopped job again, counted against the same limits as a new one."""
         self.check_owner(run_id, session, "resume")
-        self._check_capacity(session)
+        self.check_capacity(session)
         self.jobs.resume(run_id)
         if session is not None and run_id not in self.sessions.get(session, []):
             self.sessions.setdefault(session, []).append(run_id)
@@ -150,18 +150,21 @@ class Services:
             raise PermissionError(f"this app is shared: only the browser session that launched {run_id} may "
                                   f"{what} it")
 
-    def _check_capacity(self, session: str | None) -> None:
+    def check_capacity(self, session: str | None, adding: int = 1) -> None:
+        """ConfigError unless `adding` more runs fit the shared app's caps (none outside public mode)."""
         if self.gate.max_active_jobs is None:
             return
         states = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
         active = [r for r, state in states.items() if state in ACTIVE]
-        if len(active) >= self.gate.max_active_jobs:
+        if len(active) + adding > self.gate.max_active_jobs:
             raise ConfigError([("session", f"this app is shared and busy: {len(active)} runs are waiting or "
-                                           "training; try again when one has finished")])
+                                           f"training and {adding} more do not fit; try again when some have "
+                                           "finished")])
         mine = [r for r in self.sessions.get(session, []) if states.get(r) in ACTIVE]
-        if session is not None and len(mine) >= self.gate.max_jobs_per_session:
+        if session is not None and len(mine) + adding > self.gate.max_jobs_per_session:
             raise ConfigError([("session", f"this app is shared: at most {self.gate.max_jobs_per_session} runs of "
-                                           f"yours may be queued or running at once; wait for {', '.join(mine)}")])
+                                           f"yours may be queued or running at once; {adding} more do not fit"
+                                           + (f" beside {', '.join(mine)}" if mine else ""))])
 
     def add_baseline(self, run_id: str, session: str | None = None) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""

@@ -199,8 +199,9 @@ def _makers(services: Services) -> dict:
     }
 
 
-def create_setup_tab(services: Services, default: DistillConfig) -> dict:
-    """The tab, its form generated from `default`'s class and started from its values; key -> component."""
+def create_setup_tab(services: Services, default: DistillConfig, extra=None) -> dict:
+    """The tab, its form generated from `default`'s class and started from its values; key -> component.
+    `extra(inputs)` places more under the form, inside the tab (the Study panel)."""
     start = SetupForm.from_config(default)
     fields = setup_fields(type(default))
     with gr.Tab("Set up", id="setup"):
@@ -220,7 +221,9 @@ def create_setup_tab(services: Services, default: DistillConfig) -> dict:
             save_button = gr.Button("Save config as YAML")
             download = gr.DownloadButton("Download config (YAML)", visible=False)
         verdict = gr.Markdown(elem_id="setup-verdict")
-    inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
+        inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
+        if extra is not None:
+            extra(inputs)
     rules = [(components[key], control, test) for key, (control, test) in SHOWN_WHEN.items()]
     rules += [(box, "strategy", lambda chosen, group=group: chosen in group.strategies)
               for group, box in zip(LAYOUT, boxes) if group.strategies]

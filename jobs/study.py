@@ -1,0 +1,135 @@
+"""Studies as a whole: queue every run of a plan through the job manager (so --max-jobs holds), cancel or
+resume them together, and say where the study stands.
+
+The record (workbench/store/studies.py) is written before any run is queued and names every planned run, so
+a study cut off while queuing (app stopped, a run refused) is finished by resuming it: runs never queued are
+queued then, stopped ones continue from their last checkpoint, finished ones are left alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from jobs.manager import RESUMABLE, JobManager
+from jobs.study_plan import Plan, PlannedRun, plan_study
+from workbench.config.schema import DistillConfig
+from workbench.config.study import StudySpec
+from workbench.store.rundir import FINAL_STATES, finite_number
+from workbench.store.studies import read_study, study_file, write_study
+
+ACTIVE = ("queued", "starting", "running", "cancelling")
+
+
+def _free_id(manager: JobManager, name: str) -> str:
+    study_id, n = name, 2
+    while study_file(manager.runs_dir, study_id).exists() or (manager.runs_dir / study_id).exists():
+        study_id, n = f"{name}-{n}", n + 1
+    return study_id
+
+
+def _record(plan: Plan, study_id: str) -> dict:
+    """Run ids are the study's id and the setting's number: NAME-01, NAME-02 ... and NAME-ce01 for baselines."""
+    baseline_ids = [f"{study_id}-ce{b.index + 1:02d}" for b in plan.baselines]
+    runs = []
+    for run in plan.runs:
+        runs.append({"run_id": f"{study_id}-{run.index + 1:02d}", "role": "distilled", "setting": run.setting,
+                     "baseline": None if run.baseline is None else baseline_ids[run.baseline]})
+    runs += [{"run_id": baseline_ids[b.index], "role": "baseline", "setting": b.setting, "baseline": None}
+             for b in plan.baselines]
+    return {"study_id": study_id, "name": plan.spec.name, "created": time.time(), "fields": plan.fields(),
+            "spec": {"grid": plan.spec.grid, "settings": plan.spec.settings, "baselines": plan.spec.baselines},
+            "base": plan.base.to_dict(), "cancelled": None, "runs": runs}
+
+
+class StudyManager:
+    def __init__(self, jobs: JobManager):
+        self.jobs = jobs
+
+    def create(self, plan: Plan, num_processes: int = 1) -> str:
+        """Check every run against the app's gate, write the record, queue the runs; the study id."""
+        if self.jobs.gate is not None:
+            for run in plan.runs + plan.baselines:
+                self.jobs.gate.check(run.config, num_processes, None)
+        with self.jobs._lock:
+            study_id = _free_id(self.jobs, plan.spec.name)
+            record = _record(plan, study_id)
+            record["num_processes"] = num_processes
+            write_study(self.jobs.runs_dir, record)
+        self._queue_missing(record)
+        return study_id
+
+    def cancel(self, study_id: str) -> dict[str, str]:
+        """Cancel every queued or running run of the study; {run_id: state right after}."""
+        record = read_study(self.jobs.runs_dir, study_id)
+        record["cancelled"] = time.time()
+        write_study(self.jobs.runs_dir, record)
+        states = self.states(record)
+        return {run_id: self.jobs.cancel(run_id) for run_id, state in states.items() if state in ACTIVE}
+
+    def resume(self, study_id: str) -> list[str]:
+        """Queue again what the study still needs: stopped runs continue, runs never queued are queued."""
+        record = read_study(self.jobs.runs_dir, study_id)
+        record["cancelled"] = None
+        write_study(self.jobs.runs_dir, record)
+        resumed = [run_id for run_id, state in self.states(record).items() if state in RESUMABLE]
+        for run_id in resumed:
+            self.jobs.resume(run_id)
+        return resumed + self._queue_missing(record)
+
+    def states(self, record: dict) -> dict[str, str]:
+        """{run_id: state} for every planned run; 'not queued' for one with no run folder yet."""
+        known = {job["run_id"]: job["state"] for job in self.jobs.jobs()}
+        return {run["run_id"]: known.get(run["run_id"], "not queued") for run in record["runs"]}
+
+    def progress(self, study_id: str) -> dict:
+        """Counts by state, steps done of steps planned, and a rough time left from the runs finished so far."""
+        record = read_study(self.jobs.runs_dir, study_id)
+        jobs = {job["run_id"]: job for job in self.jobs.jobs()}
+        steps = int(record["base"].get("train", {}).get("max_steps") or 0)
+        counts: dict[str, int] = {}
+        done_steps, durations = 0, []
+        for run in record["runs"]:
+            job = jobs.get(run["run_id"], {})
+            state = job.get("state", "not queued")
+            counts[state] = counts.get(state, 0) + 1
+            done_steps += steps if state == "succeeded" else int(finite_number(job.get("step")) or 0)
+            started, ended = finite_number(job.get("started")), finite_number(job.get("updated"))
+            if state == "succeeded" and started and ended:
+                durations.append(ended - started)
+        left = sum(n for state, n in counts.items() if state not in FINAL_STATES)
+        per_run = sum(durations) / len(durations) if durations else None
+        slots = max(1, self.jobs.max_concurrent)
+        return {"study_id": study_id, "name": record["name"], "runs": len(record["runs"]), "states": counts,
+                "steps_done": done_steps, "steps_planned": steps * len(record["runs"]),
+                "eta_s": None if per_run is None or not left else per_run * left / slots,
+                "cancelled": record.get("cancelled") is not None}
+
+    def _queue_missing(self, record: dict) -> list[str]:
+        """Queue the planned runs that have no run folder, in plan order, each baseline after its first run."""
+        configs = planned_runs(record)
+        first_user = {}
+        for run in record["runs"]:
+            if run["baseline"] is not None:
+                first_user.setdefault(run["baseline"], run["run_id"])
+        queued = []
+        for run in (r for r in record["runs"] if r["role"] == "distilled"):
+            ids = [run["run_id"]] + ([run["baseline"]] if first_user.get(run["baseline"]) == run["run_id"] else [])
+            for run_id in ids:
+                if (self.jobs.runs_dir / run_id).exists():
+                    continue
+                planned = configs[run_id]
+                config = planned.config.replace(output=dataclasses.replace(
+                    planned.config.output, study=record["study_id"]))
+                self.jobs.submit(config, run_name=run_id, num_processes=record.get("num_processes", 1),
+                                 baseline_of=run["run_id"] if planned.role == "baseline" else None)
+                queued.append(run_id)
+        return queued
+
+
+def planned_runs(record: dict) -> dict[str, PlannedRun]:
+    """{run_id: planned run} of a stored record, rebuilt from its spec and base (the same expansion as at
+    creation, so the record need not hold a config per run)."""
+    plan = plan_study(StudySpec(name=record["name"], **record["spec"]), DistillConfig.from_dict(record["base"]))
+    study_id = record["study_id"]
+    return {**{f"{study_id}-{r.index + 1:02d}": r for r in plan.runs},
+            **{f"{study_id}-ce{b.index + 1:02d}": b for b in plan.baselines}}
