@@ -151,6 +151,7 @@ def test_background_preparation_reports_progress_then_the_manifest(defaults_root
         return defaults_root
 
     monkeypatch.setattr(defaults, "prepare_defaults", slow_prepare)
+    monkeypatch.setattr(defaults.ood_corpus, "prepared", lambda cache_dir=None: defaults_root / "ood.jsonl")
     echoed = []
     prep = Preparation(echo=echoed.append).start()
     deadline = time.time() + 5

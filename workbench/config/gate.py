@@ -78,7 +78,8 @@ def references(config: DistillConfig) -> list[tuple[str, str | None, tuple[str, 
     if not config.student.init_from_teacher_layers:
         found.append(("student.name_or_path", config.student.name_or_path, MODEL_SUFFIXES, True))
     found += [("data.source", config.data.source, DATA_SUFFIXES, True),
-              ("data.validation_source", config.data.validation_source, DATA_SUFFIXES, True)]
+              ("data.validation_source", config.data.validation_source, DATA_SUFFIXES, True),
+              ("evaluation.ood_source", config.evaluation.ood_source, DATA_SUFFIXES, True)]
     if not config.generation.prompts.startswith(PROJECT_PROMPTS):
         found.append(("generation.prompts", config.generation.prompts, DATA_SUFFIXES, False))
     prompts = config.on_policy.prompts.strip()
@@ -178,8 +179,8 @@ class Gate:
 
     def reference_problem(self, value: str | None, suffixes: tuple[str, ...] = MODEL_SUFFIXES,
                           defaults_ok: bool = True) -> str | None:
-        """A model or data reference: empty, a `defaults:` name (where the loaders resolve one: models and
-        data.source / validation_source), a hub id, or a path inside the roots."""
+        """A model or data reference: empty, a `defaults:` name (where the loaders resolve one: models,
+        data.source / validation_source and evaluation.ood_source), a hub id, or a path inside the roots."""
         value = (value or "").strip()
         if not value or (defaults_ok and value.startswith(DEFAULTS_PREFIX)):
             return None

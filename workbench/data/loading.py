@@ -6,6 +6,7 @@ Every problem a user can cause raises DataError, which names the config field, t
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -71,9 +72,9 @@ def check_file(path: Path, spec: DataSpec, field: str) -> None:
                                             f"data.max_file_mb={spec.max_file_mb:g} MiB; raise the limit or "
                                             "use a smaller file")
     if size == 0:
-        raise DataError(field, f"{path} is empty (0 bytes); give a file with training text")
+        raise DataError(field, f"{path} is empty (0 bytes); give a file with text")
     if path.suffix.lower() in TEXT_SUFFIXES and not _has_text(path, field):
-        raise DataError(field, f"{path} holds only whitespace; give a file with training text")
+        raise DataError(field, f"{path} holds only whitespace; give a file with text")
 
 
 def _reason(err: BaseException) -> str:
@@ -304,9 +305,10 @@ def _check_eos(tokenizer) -> None:
                                                 "use a tokenizer that defines eos_token")
 
 
-def _build_held(held: datasets.Dataset, fmt: str, spec: DataSpec, tokenizer, seq_len: int) -> datasets.Dataset:
-    held = (_pack if spec.packing else _examples)(held, fmt, spec, tokenizer, seq_len, _held_out_field(spec),
-                                                  "the held-out data")
+def _build_held(held: datasets.Dataset, fmt: str, spec: DataSpec, tokenizer, seq_len: int,
+                field: str | None = None, where: str = "the held-out data") -> datasets.Dataset:
+    held = (_pack if spec.packing else _examples)(held, fmt, spec, tokenizer, seq_len, field or _held_out_field(spec),
+                                                  where)
     if spec.max_eval_examples is not None:
         held = held.select(range(min(len(held), spec.max_eval_examples)))
     return held
@@ -329,6 +331,22 @@ def heldout_dataset(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> datas
     train, held = load_raw(spec, seed)
     return _build_held(held, resolve_format(spec, train.column_names), spec, tokenizer, seq_len) \
         if held is not None else None
+
+
+def other_heldout_dataset(source: str, spec: DataSpec, tokenizer, seq_len: int, field: str) -> datasets.Dataset:
+    """Blocks of other held-out text (evaluation.ood_source: a local file or a hub dataset's train split), built
+    as the held-out blocks are (packing, seq_len, the max_eval_examples cap). Its format is read from its own
+    columns, so plain text measures a chat-trained student too; every problem names `field`."""
+    _check_eos(tokenizer)
+    rows = _load(source, None, "train", spec, field)
+    own = dataclasses.replace(spec, format="auto")
+    try:
+        fmt = resolve_format(own, rows.column_names, repr(source))
+        return _build_held(rows, fmt, own, tokenizer, seq_len, field, repr(source))
+    except DataError as err:
+        if err.field == field:
+            raise
+        raise DataError(field, str(err)) from None
 
 
 def heldout_documents(spec: DataSpec, tokenizer, seed: int, limit: int = 20) -> list[str]:

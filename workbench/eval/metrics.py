@@ -124,3 +124,12 @@ def quality_retained(untrained_ce: float, student_ce: float, teacher_ce: float) 
     untrained student was already at least as good as the teacher (nothing to recover)."""
     gap = untrained_ce - teacher_ce
     return (untrained_ce - student_ce) / gap if gap > 0 else None
+
+
+def heldout_summary(measured: HeldoutMetrics) -> dict[str, float | None]:
+    """HeldoutMetrics.result() and, where the untrained student and the teacher were both measured, the
+    quality the student kept (quality_retained)."""
+    out: dict[str, float | None] = dict(measured.result())
+    if "untrained_ce" in out and "teacher_ce" in out:
+        out["quality_retained"] = quality_retained(out["untrained_ce"], out["student_ce"], out["teacher_ce"])
+    return out

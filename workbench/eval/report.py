@@ -12,7 +12,8 @@ import torch
 from workbench.config.schema import DEFAULT_PROMPTS, DistillConfig, ModelSpec
 from workbench.data.loading import PadCollator, heldout_dataset, load_raw, render_chat
 from workbench.eval.aligned import aligned_metrics
-from workbench.eval.metrics import heldout_metrics, quality_retained
+from workbench.eval.metrics import heldout_metrics, heldout_summary
+from workbench.eval.out_of_domain import card_lines, load_ood, ood_metrics
 from workbench.eval.on_policy_measure import ANSWER_TOKENS, PROMPT_TOKENS, heldout_prompts, on_policy_measure
 from workbench.eval.pairing import has_local_teacher, token_comparable
 from workbench.eval.speed import generate, speed_and_size
@@ -64,7 +65,8 @@ def _final_student(run: RunDir) -> tuple[DistillConfig, StudentPoint] | None:
 
 def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | None = None,
                  config: DistillConfig | None = None, progress: Progress | None = None) -> dict:
-    """Evaluate the student at `point_key` (default: the latest saved) on the GPU when there is one.
+    """Evaluate the student at `point_key` (default: the latest saved) on the GPU when there is one, on the
+    held-out text and, when evaluation.ood_source names one, on out-of-domain text (out_of_domain.py).
     A baseline is compared only with a final student: both then had the same number of steps."""
     say = progress or (lambda _message, _fraction: None)
     config = config or reading_config(run)
@@ -75,12 +77,45 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     if held is None or len(held) == 0:
         raise ValueError("data.validation_fraction: the run has no held-out text to evaluate on; give "
                          "data.validation_source or a validation_fraction > 0")
+    ood = load_ood(config, tokenizer)
     say("loading teacher and students", 0.02)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # A teacher is compared token by token only when it reads the student's tokens; a hard-label teacher
     # with another tokenizer is still measured for speed and generations, an API teacher not at all.
     local, comparable = has_local_teacher(config), token_comparable(config)
     teacher = load_teacher_fp32(config) if local else None
+    models, found = _models(config, points, point, teacher if comparable else None, teacher, baseline)
+    models = {name: model.to(device) for name, model in models.items()}
+    collator, vocab, batch = PadCollator(tokenizer), shared_logit_size(*models.values()), config.train.batch_size
+    heldout = heldout_metrics(models, held, collator, batch, vocab, lambda message, f: say(message, 0.05 + 0.4 * f))
+    metrics = heldout_summary(heldout)
+    metrics.update(ood_metrics(models, ood, collator, batch, vocab,
+                               lambda message, f: say(f"out of domain: {message}", 0.45 + 0.1 * f)))
+    if local and (comparable or config.loss.cross_tokenizer != "off"):
+        metrics.update(_teacher_measures(config, tokenizer, teacher.to(device), models["student"], held, comparable,
+                                         lambda message, f: say(message, 0.55 + 0.08 * f)))
+    teachers = {"teacher": (teacher.to(device), load_tokenizer(config.teacher, "teacher"))} if local else {}
+    roles = {**teachers, "student": (models["student"], tokenizer)}
+    speed = _speed(config, point, roles, held, say) if config.evaluation.speed else {}
+    metrics.update(_ratios(speed) if speed else {})
+    report = {"run_id": run.path.name, "step": point.step, "student": point.label, "created": time.time(),
+              "device": str(device), "baseline": baseline.path.name if found is not None else None,
+              "metrics": metrics, "speed": speed, "ood_source": ood.source, "ood_error": ood.error,
+              "reliability": {name: heldout.reliability(name) for name in ("teacher", "student")},
+              "generations": _generations(config, roles, say)}
+    report["card"] = run_card(metrics, device.type, ood.error)
+    run.evaluations.mkdir(exist_ok=True)
+    write_json_atomic(run.evaluation_file(point.step), report)
+    if point.label == "final" and (run.student / "README.md").exists():
+        set_evaluation_section(run.student / "README.md", report["card"])
+    say("evaluation done", 1.0)
+    return report
+
+
+def _models(config: DistillConfig, points: list[StudentPoint], point: StudentPoint, compared: torch.nn.Module | None,
+            teacher: torch.nn.Module | None, baseline: RunDir | None) -> tuple[dict, tuple | None]:
+    """The models measured on held-out text, by role (student, untrained, baseline, teacher when `compared`),
+    and the baseline's (config, final point) when it has a final student."""
     initial = load_student_at(config, points[0], teacher=teacher)
     models = {"student": initial if point.step == 0 else load_student_at(config, point, teacher=teacher,
                                                                           initial=initial)}
@@ -89,41 +124,43 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     found = _final_student(baseline) if baseline is not None and point.label == "final" else None
     if found is not None:
         models["baseline"] = load_student_at(*found)
+    if compared is not None:
+        models["teacher"] = compared
+    return models, found
+
+
+def _teacher_measures(config: DistillConfig, tokenizer, teacher: torch.nn.Module, student: torch.nn.Module, held,
+                      comparable: bool, say: Progress) -> dict:
+    """A teacher that reads the student's tokens scores the student's own answers token by token
+    (on-policy measures); one with another tokenizer is compared where both have read the same text."""
+    collator, batch = PadCollator(tokenizer), config.train.batch_size
     if comparable:
-        models["teacher"] = teacher
-    models = {name: model.to(device) for name, model in models.items()}
-    heldout = heldout_metrics(models, held, PadCollator(tokenizer), config.train.batch_size,
-                              shared_logit_size(*models.values()),
-                              lambda message, f: say(message, 0.05 + 0.5 * f))
-    metrics = heldout.result()
-    if "untrained_ce" in metrics and "teacher_ce" in metrics:
-        metrics["quality_retained"] = quality_retained(metrics["untrained_ce"], metrics["student_ce"],
-                                                       metrics["teacher_ce"])
-    if local and not comparable and config.loss.cross_tokenizer != "off":
-        bridge = TokenBridge(tokenizer, load_tokenizer(config.teacher, "teacher"), logit_size(models["student"]),
-                             logit_size(teacher), context_length(teacher))
-        metrics.update(aligned_metrics(teacher.to(device), models["student"], bridge, held, PadCollator(tokenizer),
-                                       config.train.batch_size, lambda message, f: say(message, 0.55 + 0.08 * f)))
-    if comparable:  # the teacher scores the student's own answers token by token: it must read its tokens
-        prompts = heldout_prompts(held, PROMPT_TOKENS)
-        metrics.update(on_policy_measure(models["teacher"], models["student"], tokenizer, prompts,
-                                         ANSWER_TOKENS, config.train.batch_size,
-                                         lambda message, f: say(message, 0.55 + 0.08 * f)))
-    teachers = {"teacher": (teacher.to(device), load_tokenizer(config.teacher, "teacher"))} if local else {}
-    roles = {**teachers, "student": (models["student"], tokenizer)}
+        return on_policy_measure(teacher, student, tokenizer, heldout_prompts(held, PROMPT_TOKENS), ANSWER_TOKENS,
+                                 batch, say)
+    bridge = TokenBridge(tokenizer, load_tokenizer(config.teacher, "teacher"), logit_size(student),
+                         logit_size(teacher), context_length(teacher))
+    return aligned_metrics(teacher, student, bridge, held, collator, batch, say)
+
+
+def _speed(config: DistillConfig, point: StudentPoint, roles: dict, held, say: Progress) -> dict:
+    """Forward tokens/s, generation ms/token and size of each role's model."""
+    say("measuring speed", 0.65)
+    local = "teacher" in roles
+    sample = roles["student"][1].decode(held[0]["input_ids"])
+    prompt = config.evaluation.prompts[0] if config.evaluation.prompts else "The"
+    # An adapter-only checkpoint's folder holds no model weights: its size on disk says nothing here.
+    folders = {"teacher": _model_folder(config.teacher, "teacher") if local else None,
+               "student": point.path if point.path is not None and not is_adapter_only(point.path) else None}
     speed = {}
-    if config.evaluation.speed:
-        say("measuring speed", 0.65)
-        sample = tokenizer.decode(held[0]["input_ids"])
-        prompt = config.evaluation.prompts[0] if config.evaluation.prompts else "The"
-        # An adapter-only checkpoint's folder holds no model weights: its size on disk says nothing here.
-        folders = {"teacher": _model_folder(config.teacher, "teacher") if local else None,
-                   "student": point.path if point.path is not None and not is_adapter_only(point.path) else None}
-        for role, (model, tok) in roles.items():
-            # Each model reads the same text in its own tokens (one tokenizer: the same ids).
-            ids = tok(sample, return_tensors="pt", add_special_tokens=False).input_ids[:, :len(held[0]["input_ids"])]
-            speed[role] = speed_and_size(model, folders[role], ids, tok(prompt, return_tensors="pt").input_ids)
-        metrics.update(_ratios(speed))
+    for role, (model, tok) in roles.items():
+        # Each model reads the same text in its own tokens (one tokenizer: the same ids).
+        ids = tok(sample, return_tensors="pt", add_special_tokens=False).input_ids[:, :len(held[0]["input_ids"])]
+        speed[role] = speed_and_size(model, folders[role], ids, tok(prompt, return_tensors="pt").input_ids)
+    return speed
+
+
+def _generations(config: DistillConfig, roles: dict, say: Progress) -> list[dict]:
+    """Each role's greedy continuation of each generation prompt."""
     generations = []
     prompts = _generation_prompts(config) if config.evaluation.max_new_tokens else []
     chat = config.strategy == "hard_label"  # its student learned to answer a user turn, in its own template
@@ -133,18 +170,7 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
             role: generate(model, tok, render_chat(tok, [{"role": "user", "content": prompt}], True) if chat else prompt,
                            config.evaluation.max_new_tokens, add_special_tokens=not (chat and tok.chat_template))
             for role, (model, tok) in roles.items()}})
-    report = {"run_id": run.path.name, "step": point.step, "student": point.label, "created": time.time(),
-              "device": str(device), "baseline": baseline.path.name if found is not None else None,
-              "metrics": metrics, "speed": speed,
-              "reliability": {name: heldout.reliability(name) for name in ("teacher", "student")},
-              "generations": generations}
-    report["card"] = run_card(metrics, device.type)
-    run.evaluations.mkdir(exist_ok=True)
-    write_json_atomic(run.evaluation_file(point.step), report)
-    if point.label == "final" and (run.student / "README.md").exists():
-        set_evaluation_section(run.student / "README.md", report["card"])
-    say("evaluation done", 1.0)
-    return report
+    return generations
 
 
 def _generation_prompts(config: DistillConfig) -> list[str]:
@@ -173,8 +199,9 @@ def _times(ratio: float, more: str, less: str) -> str:
     return f"{ratio:.1f}× {more}" if ratio >= 1 else f"{1 / ratio:.1f}× {less}"
 
 
-def run_card(m: dict, device: str = "cpu") -> str:
-    """DistilBERT's summary line for this student, then the numbers behind it (markdown)."""
+def run_card(m: dict, device: str = "cpu", ood_error: str | None = None) -> str:
+    """DistilBERT's summary line for this student, then the numbers behind it (markdown); the out-of-domain
+    numbers beside the held-out ones (or `ood_error`, why there are none)."""
     claims = []
     if "size_ratio" in m:
         claims.append(_times(m["size_ratio"], "smaller", "larger"))
@@ -194,6 +221,7 @@ def run_card(m: dict, device: str = "cpu") -> str:
     if "baseline_perplexity" in m:
         ppl.append(f"CE-only baseline {m['baseline_perplexity']:.2f}")
     lines.append(f"- Held-out perplexity ({m['heldout_tokens']:.0f} tokens): {', '.join(ppl)}")
+    lines += card_lines(m, ood_error)
     if "top1_agreement" in m:
         lines.append(f"- Agreement with the teacher: top-1 {100 * m['top1_agreement']:.1f}%, "
                      f"top-5 {100 * m['top5_agreement']:.1f}%; KL(teacher ‖ student) {m['forward_kl']:.3f} "
