@@ -64,7 +64,7 @@ def test_unfinished_baselines_give_no_gain_and_plots_say_what_they_need():
     runs.loc[runs.role == "baseline", "status"] = "running"
     table = setting_table(runs, RECORD)
     assert table.verdict[0] == "waiting for finished pairs" and math.isnan(table.ce_ppl[0])
-    assert "at least two sizes" in capacity_gap(runs).layout.annotations[0].text
+    assert "two sizes or more" in capacity_gap(runs).layout.annotations[0].text
     assert "two fields" in heatmap(table, RECORD).layout.annotations[0].text
 
 

@@ -84,7 +84,31 @@ def test_inspect_a_finished_run_in_the_browser(page, app_url):
     page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
     # every tab once, after visiting them all (Gradio repeats or drops tabs if anything but a Tab sits in Tabs)
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Learn", "Set up", "Runs", "Inspect",
-                                                                     "Chat", "Evaluate", "Compare", "Config"]
+                                                                     "Chat", "Evaluate", "Compare", "Studies",
+                                                                     "Config"]
+
+
+def test_a_study_from_set_up_in_the_browser(page, app_url, teacher_dir, student_dir, corpus_files):
+    """Set up's Study panel queues a grid over α with its shared CE-only baseline; the Studies tab follows it
+    to the end and shows its table, verdict and plots."""
+    fill_form(page, teacher_dir, student_dir, corpus_files[0], alpha="0.5", run_name="not-used-by-a-study")
+    page.get_by_text("Study: many runs from this form").click()
+    page.locator("#study-name textarea, #study-name input").first.fill("browser-study")
+    page.locator("#study-grid textarea").fill("loss.alpha: [0.0, 0.5]")
+    page.locator("#study-seeds textarea, #study-seeds input").first.fill("1")
+    page.locator("#study-launch").click()
+    wait_for_text(page, "#study-launch-message", "browser-study launched")
+    expect(page.locator("#study-launch-message")).to_contain_text("2 runs and 1 CE-only baselines")
+    page.get_by_role("tab", name="Studies").click()
+    deadline = time.time() + 300
+    while "3 succeeded" not in (page.locator("#study-status").inner_text() or ""):
+        assert time.time() < deadline, page.locator("#study-status").inner_text()
+        page.locator("#studies-refresh").click()
+        time.sleep(2)
+    wait_for_text(page, "#study-verdict", "Did distillation beat plain fine-tuning?")
+    expect(page.locator("#study-table")).to_contain_text("gain_pct")
+    page.wait_for_function("document.querySelectorAll('#study-clock .scatterlayer .trace').length == 3")
+    page.screenshot(path=SHOTS / "6b-study.png", full_page=True)
 
 
 def test_each_strategy_shows_its_own_fields_in_the_browser(page, app_url):

@@ -18,6 +18,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from workbench.store.database import Store
 
 SEED = "train.seed"
+# The per-setting table's columns after the setting's own: the in-domain answer first, then out of domain.
+TABLE_ORDER = ["seeds", "ppl", "ppl_sd", "ce_ppl", "ce_ppl_sd", "gain_pct", "gain_pct_sd", "verdict", "ood_ppl",
+               "ood_ppl_sd", "ce_ood_ppl", "ood_gain_pct", "ood_gain_pct_sd", "ood_verdict", "quality_kept",
+               "quality_kept_sd", "ood_quality_kept", "ood_quality_kept_sd", "minutes", "minutes_sd", "ce_minutes"]
 NUMBERS = ("ppl", "quality_kept", "ood_ppl", "ood_quality_kept", "teacher_ppl", "untrained_ppl",
            "ood_teacher_ppl", "ood_untrained_ppl", "minutes", "params")
 
@@ -134,7 +138,7 @@ def setting_table(frame: pd.DataFrame, record: dict) -> pd.DataFrame:
         row["verdict"] = verdict(group.gain) if group.baseline.notna().any() else "no baseline planned"
         row["ood_verdict"] = verdict(group.ood_gain) if group.ood_gain.notna().any() else ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if not rows else [c for c in columns + TABLE_ORDER if c in rows[0]])
 
 
 def _ppl_by(curve: pd.DataFrame, start: float, minutes: float) -> float | None:
@@ -142,6 +146,10 @@ def _ppl_by(curve: pd.DataFrame, start: float, minutes: float) -> float | None:
     times = [0.0 if step == 0 else (t - start) / 60 for step, t in zip(curve.step, curve.time)]
     reached = [ce for m, ce in zip(times, curve.ce) if not pd.isna(m) and m <= minutes]
     return _exp(reached[-1]) if reached else None
+
+
+def _took(minutes: float) -> str:
+    return f"{minutes * 60:.0f} s" if minutes < 1 else f"{minutes:.1f} min"
 
 
 def equal_compute(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
@@ -152,15 +160,15 @@ def equal_compute(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
         if ce is None or ce.status != "succeeded" or pd.isna(kd.minutes) or pd.isna(ce.minutes) or not ce.started:
             continue
         if ce.minutes < kd.minutes:
-            lines.append(f"{kd.run_id}: KD reached {kd.ppl:.1f} in {kd.minutes:.1f} min; its CE-only baseline "
-                         f"finished sooner, {ce.ppl:.1f} in {ce.minutes:.1f} min: given KD's minutes, CE-only would "
+            lines.append(f"{kd.run_id}: KD reached {kd.ppl:.1f} in {_took(kd.minutes)}; its CE-only baseline "
+                         f"finished sooner, {ce.ppl:.1f} in {_took(ce.minutes)}: given KD's time, CE-only would "
                          f"have trained {kd.minutes / ce.minutes:.1f}× as many steps (queue that to compare at "
                          "equal compute).")
         else:
             by_then = _ppl_by(curves[curves.run_id == kd.baseline], ce.started, kd.minutes)
             if by_then is not None:
-                lines.append(f"{kd.run_id}: KD reached {kd.ppl:.1f} in {kd.minutes:.1f} min; CE-only had reached "
-                             f"{by_then:.1f} by then ({ce.ppl:.1f} at its end, {ce.minutes:.1f} min).")
+                lines.append(f"{kd.run_id}: KD reached {kd.ppl:.1f} in {_took(kd.minutes)}; CE-only had reached "
+                             f"{by_then:.1f} by then ({ce.ppl:.1f} at its end, {_took(ce.minutes)}).")
     return lines
 
 

@@ -71,17 +71,17 @@ def create_studies_tab(studies: StudyService) -> None:
     with gr.Tab("Studies", id="studies"):
         with gr.Row():
             picker = gr.Dropdown([], label="Study", allow_custom_value=False, scale=3)
-            refresh = gr.Button("Refresh", size="sm", scale=0)
+            refresh = gr.Button("Refresh", size="sm", scale=0, elem_id="studies-refresh")
             cancel = gr.Button("Cancel study", size="sm", scale=0)
             resume = gr.Button("Resume study", size="sm", scale=0)
         status = gr.Markdown(HOW, elem_id="study-status")
         table = gr.Dataframe(label="One row per setting: mean, spread (_sd) over seeds, KD gain over CE-only (%)",
-                             interactive=False)
+                             interactive=False, elem_id="study-table")
         verdict = gr.Markdown(elem_id="study-verdict")
         with gr.Row():
             gap = gr.Plot(label="Capacity gap")
             grid = gr.Plot(label="Two fields")
-        clock = gr.Plot(label="Equal compute")
+        clock = gr.Plot(label="Equal compute", elem_id="study-clock")
         with gr.Accordion("Every run of the study", open=False):
             runs = gr.Dataframe(interactive=False)
     outputs = [status, table, verdict, gap, grid, clock, runs]

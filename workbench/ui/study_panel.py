@@ -36,12 +36,13 @@ def create_study_panel(studies: StudyService, default, inputs: dict) -> None:
     with gr.Accordion("Study: many runs from this form (a grid over its fields, seeds, CE-only baselines)",
                       open=False):
         with gr.Row():
-            name = gr.Textbox("study", label="Study name", max_length=48)
-            seeds = gr.Textbox("1, 2", label="Seeds (train.seed)", info="two or more give each number its spread")
+            name = gr.Textbox("study", label="Study name", max_length=48, elem_id="study-name")
+            seeds = gr.Textbox("1, 2", label="Seeds (train.seed)", info="two or more give each number its spread",
+                               elem_id="study-seeds")
             baselines = gr.Checkbox(True, label="CE-only baseline for each distilled run",
                                     info="shared where runs differ only in KD knobs")
-        grid = gr.Textbox(GRID_EXAMPLE, label="Grid", lines=3, info=GRID_INFO)
-        button = gr.Button("Launch study")
+        grid = gr.Textbox(GRID_EXAMPLE, label="Grid", lines=3, info=GRID_INFO, elem_id="study-grid")
+        button = gr.Button("Launch study", elem_id="study-launch")
         message = gr.Markdown(elem_id="study-launch-message")
 
     def on_launch(request: gr.Request, study_name, grid_text, seeds_text, with_baselines, *values):

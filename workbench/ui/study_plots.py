@@ -17,8 +17,9 @@ KD, CE = "#636efa", "#ef553b"
 
 
 def _empty(message: str) -> go.Figure:
+    """A figure holding only `message` (our own text, with <br> where it should wrap)."""
     fig = go.Figure()
-    fig.add_annotation(text=html.escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(xaxis_visible=False, yaxis_visible=False, height=260)
     return fig
 
@@ -37,8 +38,8 @@ def capacity_gap(runs: pd.DataFrame) -> go.Figure:
     their spread over seeds; out-of-domain perplexity dotted; the teacher a line, the untrained student crosses."""
     done = runs[runs.status == "succeeded"]
     if done.params.nunique() < 2:
-        return _empty("The capacity-gap curve needs finished students of at least two sizes "
-                      "(vary student.init_from_teacher_layers, or the student).")
+        return _empty("The capacity-gap curve needs finished students of two sizes or more<br>"
+                      "(vary student.init_from_teacher_layers, or the student)")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out perplexity", "quality kept (% of the gap closed)"))
     for role, name, color in (("distilled", "KD", KD), ("baseline", "CE-only", CE)):
         part = runs[runs.role == role]
@@ -71,8 +72,8 @@ def heatmap(table: pd.DataFrame, record: dict, value: str = "ppl") -> go.Figure:
     """Mean `value` over the first two varied fields (seeds and any further fields averaged)."""
     fields = setting_columns(record)
     if len(fields) < 2 or table.empty:
-        return _empty("A heatmap needs a study that varies two fields besides the seed (e.g. loss.alpha and "
-                      "loss.temperature).")
+        return _empty("A heatmap needs a study that varies two fields besides the seed<br>"
+                      "(e.g. loss.alpha and loss.temperature)")
     x, y = fields[:2]
     cells = table.assign(**{x: table[x].map(_label), y: table[y].map(_label)}).pivot_table(
         index=y, columns=x, values=value, aggfunc="mean")
