@@ -94,7 +94,7 @@ def test_settings_out_of_range_are_refused_naming_the_field():
            ("seed", (1, 1, 8, -1)), ("seed", (1, 1, 8, 2**32)), ("seed", (1, 1, 8, float("inf"))),
            ("seed", (1, 1, 8, None))]
     for field, values in bad:
-        with pytest.raises(ValueError, match=rf"^{field} must be a (whole )?number in [\[(]"):
+        with pytest.raises(ValueError, match=rf"^invalid config: {field}: must be a (whole )?number in [\[(]"):
             chat_settings(*values)
 
 
@@ -207,14 +207,14 @@ def test_the_tab_streams_rates_and_shows_a_clicked_token(runs):
     assert "dw-selected" in body and f"{rated['baseline'].rated.rkl[1]:.3f}" in detail
     assert {trace.name for trace in figure.data} == {"teacher", "CE-only baseline"}
     for clicked in (-1, 99, "1", None, 1.5):
-        assert "position must be a whole number" in inspect_token("student", rated, clicked)[1]
+        assert "**position**: must be a whole number" in inspect_token("student", rated, clicked)[1]
     assert "not rated" in inspect_token("student", {}, 0)[1]
 
 
 def test_refusals_name_the_field_or_the_run(runs, tmp_path):
     blocks = _app(_services(runs))
     rounds = _send(blocks, "plain", "initial (step 0)", PROMPT, 0.8, 0.9, MAX_NEW_TOKENS + 1, 0)
-    assert len(rounds) == 1 and html.unescape(rounds[0][0]).startswith("**max_new_tokens must be a whole number "
+    assert len(rounds) == 1 and html.unescape(rounds[0][0]).startswith("**max_new_tokens**: must be a whole number "
                                                                        "in [1, 256], got 257")
     assert all(value == gr.skip() for value in rounds[0][1:])  # what was shown stays
     assert "prompt: at most" in _send(blocks, "plain", "initial (step 0)", "x" * (MAX_PROMPT_CHARS + 1), 1, 1, 4, 0)[0][0]

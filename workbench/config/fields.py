@@ -49,6 +49,28 @@ def show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _bound(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def number_in(value: Any, field: str, low: float, high: float, *, whole: bool = False,
+              open_low: bool = False) -> Any:
+    """`value` as a finite number in [low, high] ((low, high] if `open_low`), an int if `whole` (a whole float
+    passes: a gr.Number sends 32.0); ConfigError naming `field` otherwise. For handler arguments: a handler is
+    an HTTP endpoint, so its value may be anything (a bool, a string, 10**400, NaN)."""
+    try:
+        fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (not whole or float(value).is_integer()) and (value > low if open_low else value >= low)
+                and value <= high)
+    except OverflowError:  # an int too large for a float (10**400)
+        fits = False
+    if not fits:
+        bounds = f"{'(' if open_low else '['}{_bound(low)}, {_bound(high)}]"
+        raise ConfigError([(field, f"must be {'a whole number' if whole else 'a number'} in {bounds}, "
+                                   f"got {show(value)}")])
+    return int(value) if whole else float(value)
+
+
 def knob(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
          low: float | None = None, high: float | None = None, low_open: bool = False,
          high_open: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:

@@ -4,13 +4,11 @@ teacher_cache.py writes: k fp16 log-probabilities, k uint16 or int32 ids, one fp
 labels (one token id: what plain fine-tuning stores). Pure arithmetic, for the Learn tab's storage plot."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
 
-from workbench.config.fields import ConfigError, show
+from workbench.config.fields import number_in
 from workbench.engine.teacher_cache import bytes_per_token, ids_dtype
 
 # The offline default's training chapters (World English Bible, Ruth, Ecclesiastes, Jonah, Mark and
@@ -41,22 +39,11 @@ PRESETS = (
 )
 
 
-def _whole(field: str, value, low: int, high: int) -> int:
-    """A whole number in [low, high]; floats that are whole (a gr.Number sends 32.0) pass."""
-    if isinstance(value, bool) or not isinstance(value, (Integral, float)):
-        raise ConfigError([(field, f"must be a whole number, got {show(value)}")])
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise ConfigError([(field, f"must be a whole number, got {show(value)}")])
-    if not low <= int(value) <= high:
-        raise ConfigError([(field, f"must be in [{low:,}, {high:,}], got {int(value):,}")])
-    return int(value)
-
-
 def check_scenario(vocab, tokens, k) -> tuple[Scenario, int]:
     """(the user's scenario, k), each field checked by name."""
-    vocab = _whole("vocabulary", vocab, 2, MAX_VOCAB)
-    tokens = _whole("tokens", tokens, 1, MAX_TOKENS)
-    return Scenario("your numbers", vocab, tokens), _whole("k", k, 1, vocab)
+    vocab = number_in(vocab, "vocabulary", 2, MAX_VOCAB, whole=True)
+    tokens = number_in(tokens, "tokens", 1, MAX_TOKENS, whole=True)
+    return Scenario("your numbers", vocab, tokens), number_in(k, "k", 1, vocab, whole=True)
 
 
 def label_bytes(vocab: int) -> int:

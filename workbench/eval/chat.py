@@ -10,12 +10,11 @@ forward of every model on a shared machine."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from workbench.config.fields import show
+from workbench.config.fields import number_in
 from workbench.eval.inspector import ChatModels, Inspector
 from workbench.eval.on_policy_measure import read_answer, settings_for, vocab_limit
 from workbench.eval.token_stats import TopK, top_k_rows
@@ -48,26 +47,12 @@ class ChatSettings:
                 f"seed {self.seed}")
 
 
-def _number(value, name: str, low: float, high: float, whole: bool = False, open_low: bool = False):
-    """`value` if it is a finite number (a whole one if `whole`) in the range, else ValueError naming `name`."""
-    try:
-        fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and (not whole or value == int(value)) and (value > low if open_low else value >= low)
-                and value <= high)
-    except OverflowError:  # an integer too large for a float (10**400)
-        fits = False
-    if not fits:
-        bounds = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be {'a whole number' if whole else 'a number'} in {bounds}, got {show(value)}")
-    return int(value) if whole else float(value)
-
-
 def chat_settings(temperature, top_p, max_new_tokens, seed) -> ChatSettings:
     """The sampling settings, checked whatever a caller sent."""
-    return ChatSettings(_number(temperature, "temperature", 0, MAX_TEMPERATURE),
-                        _number(top_p, "top_p", 0, 1, open_low=True),
-                        _number(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS, whole=True),
-                        _number(seed, "seed", 0, MAX_SEED, whole=True))
+    return ChatSettings(number_in(temperature, "temperature", 0, MAX_TEMPERATURE),
+                        number_in(top_p, "top_p", 0, 1, open_low=True),
+                        number_in(max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS, whole=True),
+                        number_in(seed, "seed", 0, MAX_SEED, whole=True))
 
 
 def chat_prompt(prompt) -> str:

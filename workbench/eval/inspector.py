@@ -4,12 +4,12 @@ never wait for a model. The Chat tab borrows the same loaded models (chat_models
 handlers in worker threads."""
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.config.fields import number_in
 from workbench.config.gate import Gate
 from workbench.config.schema import DistillConfig
 from workbench.data.loading import heldout_dataset, heldout_documents
@@ -311,11 +311,9 @@ def _point(run: RunDir, config: DistillConfig, key: str) -> StudentPoint:
 
 def whole(value, name: str, limit: int) -> int:
     """`value` as an index in [0, limit): a handler is an HTTP endpoint, so it may be anything."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (number and value == int(value) and 0 <= value < limit):
-        raise ValueError(f"{name} must be a whole number in [0, {limit - 1}], got {value!r}" if limit
-                         else f"{name}: the run has no held-out prompts")
-    return int(value)
+    if limit < 1:
+        raise ValueError(f"{name}: the run has no held-out prompts")
+    return number_in(value, name, 0, limit - 1, whole=True)
 
 
 def _teacher_key(config: DistillConfig) -> tuple:

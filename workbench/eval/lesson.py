@@ -7,14 +7,12 @@ Every knob an HTTP caller can send is checked here, naming the field: α in [0, 
 a row of the sentence."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from workbench.config.fields import ConfigError, show
+from workbench.config.fields import number_in, show
 from workbench.eval.token_stats import TokenAnalysis, softened
 from workbench.losses.divergences import ce_loss, forward_kl, kd_loss
 
@@ -25,39 +23,18 @@ TOP_TOKENS = 10
 GRADIENT_TEMPERATURES = (*(round(10 ** (i / 12 - 1), 4) for i in range(28)), MAX_TEMPERATURE)
 
 
-def _number(field: str, value) -> float:
-    """A finite real number (bool is no number here, though Python counts it as one)."""
-    if isinstance(value, Real) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int such as 10**400
-            number = math.inf
-        if math.isfinite(number):
-            return number
-    raise ConfigError([(field, f"must be a finite number, got {show(value)}")])
-
-
 def check_alpha(alpha) -> float:
     """α, the weight of CE on the actual next token; 1 − α weighs the teacher's term."""
-    value = _number("alpha", alpha)
-    if not 0 <= value <= 1:
-        raise ConfigError([("alpha", f"must be in [0, 1], got {value:g}")])
-    return value
+    return number_in(alpha, "alpha", 0.0, 1.0)
 
 
 def check_temperature(temperature) -> float:
-    value = _number("temperature", temperature)
-    if not 0 < value <= MAX_TEMPERATURE:
-        raise ConfigError([("temperature", f"must be in (0, {MAX_TEMPERATURE:g}], got {value:g}")])
-    return value
+    return number_in(temperature, "temperature", 0.0, MAX_TEMPERATURE, open_low=True)
 
 
 def check_position(position, rows: int) -> int:
     """A row of the sentence: row i is the prediction of token i + 1 from tokens 0..i."""
-    value = _number("position", position)
-    if value != int(value) or not 0 <= value < rows:
-        raise ConfigError([("position", f"must be a whole number in [0, {rows - 1}], got {show(position)}")])
-    return int(value)
+    return number_in(position, "position", 0, rows - 1, whole=True)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from workbench.config.escaping import plain
+from workbench.config.fields import ConfigError
 from workbench.eval.chat import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
@@ -97,7 +98,7 @@ def answer_prompt(services: Services, run_id, key, prompt, temperature, top_p, m
         settings = chat_settings(temperature, top_p, max_new_tokens, seed)
         chat = open_chat(services.inspector, run_id, key, services.baseline_of(run_id), prompt, settings)
     except (ValueError, OSError, RuntimeError) as err:
-        yield refused(f"**{plain(err)}**")
+        yield refused(said(err))
         return
     try:
         for answers in chat_stream(chat, settings.seed):
@@ -107,7 +108,14 @@ def answer_prompt(services: Services, run_id, key, prompt, temperature, top_p, m
             rated = {a.role: a for a in answers if a.rated is not None}
             yield "", *heads, *bodies, rated, "", None
     except (ValueError, OSError, RuntimeError) as err:  # out of memory, a model that cannot run this prompt
-        yield refused(f"**{plain(err)}**")
+        yield refused(said(err))
+
+
+def said(err: Exception) -> str:
+    """A refusal as Markdown: each bad field named, or the error's own words."""
+    if isinstance(err, ConfigError):
+        return "\n".join(f"**{plain(field)}**: {plain(message)}" for field, message in err.problems)
+    return f"**{plain(err)}**"
 
 
 def inspect_token(role: str, rated: dict, clicked) -> tuple[str, str, go.Figure | None]:
@@ -120,7 +128,7 @@ def inspect_token(role: str, rated: dict, clicked) -> tuple[str, str, go.Figure 
     try:
         position = whole(clicked, "position", len(r.tokens))
     except ValueError as err:
-        return gr.skip(), f"**{plain(err)}**", gr.skip()
+        return gr.skip(), said(err), gr.skip()
     top = r.top[position]
     detail = (f"**{plain(ROLES[role])}**, answer token {position + 1} ({plain(repr(r.tokens[position]))}): "
               f"{RATED} {r.rkl[position]:.3f} nats where it was chosen; the teacher gives that token probability "
