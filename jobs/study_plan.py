@@ -1,6 +1,11 @@
 """A study's runs: its spec (workbench/config/study.py) expanded over the base config into validated configs,
 each distilled run paired with its CE-only baseline when asked. Baselines that would train the same config
-(a grid over α and T has one CE-only run per student and seed) are planned once and shared."""
+(a grid over α and T has one CE-only run per student and seed) are planned once and shared.
+
+A teacher cache named by the base (loss.teacher_cache) is shared by every run whose data allows: a run whose
+setting changes the teacher, the data or the block length would not match it (the cache is checked against
+both at start), and a strategy other than soft_label cannot read one, so those runs train from the live
+teacher instead, and the plan says which."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +46,27 @@ class Plan:
         return seen
 
 
+# Fields whose change makes a run's blocks or teacher differ from those a shared cache was built from.
+CACHE_KEYS = ("teacher.", "data.", "train.seq_len", "train.seed")
+
+
+def _value(data: dict, field: str):
+    for part in field.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _cache_readable(base: DistillConfig, setting: dict) -> bool:
+    """Whether the base's teacher cache fits the run of this setting (see the module docstring)."""
+    known = base.to_dict()
+    changed = [f for f, v in setting.items() if f.startswith(CACHE_KEYS) and _value(known, f) != v]
+    return setting.get("strategy", base.strategy) == "soft_label" and not changed
+
+
 def _with_setting(base: DistillConfig, setting: dict, where: str) -> DistillConfig:
     data = base.to_dict()
+    if base.loss.teacher_cache and "loss.teacher_cache" not in setting and not _cache_readable(base, setting):
+        data["loss"]["teacher_cache"] = None
     for field, value in setting.items():
         node = data
         *sections, last = field.split(".")

@@ -1,6 +1,7 @@
 """Studies: a grid or list over config fields planned into validated runs (baselines shared where they would
 train the same config), queued through the job manager, cancelled and resumed as a whole, and stored in
 DuckDB from the run folders alone."""
+import dataclasses
 import json
 import time
 
@@ -189,3 +190,14 @@ def test_the_shipped_capacity_study_plans_six_runs_and_six_baselines():
     assert (len(plan.runs), len(plan.baselines)) == (6, 6)
     assert sorted({r.config.student.init_from_teacher_layers for r in plan.runs}) == [3, 6, 10]
     assert config.evaluation.max_new_tokens == 0 and config.train.max_steps == 40
+
+
+def test_a_teacher_cache_is_shared_where_the_data_allows(base, tmp_path):
+    cached = base.replace(loss=dataclasses.replace(base.loss, teacher_cache=str(tmp_path / "cache")))
+    plan = plan_study(StudySpec("c", grid={"strategy": ["soft_label", "co_distillation"],
+                                           "train.seed": [cached.train.seed, 7]}, baselines=True), cached)
+    uses = {(r.config.strategy, r.config.train.seed): r.config.loss.teacher_cache for r in plan.runs}
+    # the base's seed reads the same blocks; another seed, or a strategy that needs the live teacher, does not
+    assert uses == {("soft_label", cached.train.seed): str(tmp_path / "cache"), ("soft_label", 7): None,
+                    ("co_distillation", cached.train.seed): None, ("co_distillation", 7): None}
+    assert all(b.config.loss.teacher_cache is None for b in plan.baselines)  # CE-only needs no teacher
