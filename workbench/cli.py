@@ -10,6 +10,7 @@
     python -m workbench cache CONFIG.yaml OUT_DIR [--k 32] [--set ...]   precompute the teacher's top k
     python -m workbench generate CONFIG.yaml OUT_DIR [--set ...]   the hard-label teacher writes its data
     python -m workbench export RUN_DIR --int8 [--out DIR]    the final student as int8, measured against fp32
+    python -m workbench export RUN_DIR --gguf [--dtype f16] [--out DIR]   the final student as one GGUF file
     python -m workbench study STUDY.yaml [--set ...] [--max-jobs N] | --resume STUDY_ID   a group of runs
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                "  train, resume, cache       workbench/engine/ (runner, trainer, strategies, teacher cache)\n"
                "  validate                   workbench/config/ (DistillConfig, its fields and checks)\n"
                "  evaluate                   workbench/eval/ (held-out metrics, the run card)\n"
-               "  export                     workbench/eval/quantization.py, workbench/models/quantize.py\n"
+               "  export                     workbench/eval/ (quantization, exports), models/ (quantize, gguf_export)\n"
                "  study                      jobs/study.py, workbench/config/study.py, workbench/eval/study_results.py\n"
                "  generate                   workbench/hardlabel/ (the teacher writes the data)\n"
                "  prune                      workbench/models/ (a student cut from the teacher)\n"
@@ -66,12 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory holding config.json")
     evaluate.add_argument("--student", help="initial, checkpoint-STEP or final (default: the latest saved)")
     evaluate.add_argument("--baseline", help="the run directory of a CE-only baseline to compare with")
-    export = sub.add_parser("export", help="export a run's final student as int8 (dynamic quantisation of its "
-                                           "linear layers), measured against the fp32 student on held-out text")
+    export = sub.add_parser("export", help="export a run's final student: int8 (measured against full precision "
+                                           "on held-out text) or one GGUF file (llama.cpp, Ollama)")
     export.add_argument("run_dir", help="a finished run directory (RUN/student holds its final student)")
-    export.add_argument("--int8", action="store_true", required=True,
-                        help="int8 dynamic quantisation (the one export format so far)")
-    export.add_argument("--out", help="folder for the export (default: RUN_DIR/student-int8)")
+    export_format = export.add_mutually_exclusive_group(required=True)
+    export_format.add_argument("--int8", action="store_true",
+                               help="int8 dynamic quantisation of the embedding and linear layers")
+    export_format.add_argument("--gguf", action="store_true", help="one .gguf file (Llama-architecture students)")
+    export.add_argument("--dtype", choices=("f16", "f32"), default="f16", help="GGUF tensor type (default f16)")
+    export.add_argument("--out", help="folder for the export (default: RUN_DIR/student-int8 or RUN_DIR/student-gguf)")
     cache = sub.add_parser("cache", help="run the config's teacher once over its training data and store its "
                                          "top-k log-probabilities (resumable); runs then set loss.teacher_cache")
     cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
@@ -154,7 +158,9 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from workbench.eval.quantization import INT8_SUBDIR, NoFinalStudent, export_int8
+    from workbench.eval.exports import GGUF_REPORT, GGUF_SUBDIR, export
+    from workbench.eval.quantization import INT8_SUBDIR, REPORT, NoFinalStudent
+    from workbench.models.gguf_export import UnsupportedArchitecture
     from workbench.store.rundir import CONFIG, RunDir
     run = RunDir(args.run_dir)
     if not run.file(CONFIG).is_file():
@@ -162,13 +168,14 @@ def _export(args) -> int:
         return EXIT_CONFIG
     start = time.perf_counter()
     try:
-        report = export_int8(run, args.out)
-    except NoFinalStudent as err:
+        report = export(run, "gguf" if args.gguf else "int8", args.out, args.dtype)
+    except (NoFinalStudent, UnsupportedArchitecture) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    out = args.out or run.path / INT8_SUBDIR
+    out = args.out or run.path / (GGUF_SUBDIR if args.gguf else INT8_SUBDIR)
     print(report["line"])
-    print(f"written to {out} (quantization.json, README.md) in {time.perf_counter() - start:.1f} s")
+    print(f"written to {out} ({GGUF_REPORT if args.gguf else REPORT}, README.md) in "
+          f"{time.perf_counter() - start:.1f} s")
     return 0
 
 

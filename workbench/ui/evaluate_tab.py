@@ -1,11 +1,13 @@
 """Evaluate tab: a run's evaluations (the run card, held-out metrics per model, a reliability diagram,
-generations side by side), evaluating any saved student on demand, and the CE-only baseline."""
+generations side by side), evaluating any saved student on demand, the CE-only baseline, and exporting the
+final student (workbench/ui/export_panel.py)."""
 from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
 
 from workbench.config.escaping import plain
+from workbench.ui.export_panel import create_export_panel, export_view
 from workbench.ui.plots import reliability
 from workbench.ui.pickers import run_picker
 from workbench.ui.services import Services
@@ -136,6 +138,7 @@ def create_evaluate_tab(services: Services) -> None:
         status = gr.Markdown(elem_id="evaluate-status")
         # Its own place: the poll rewrites the evaluation status above every few seconds.
         baseline_message = gr.Markdown(elem_id="evaluate-baseline-message")
+        exports = create_export_panel(services, run)
         # Inside the Tab: a Timer or State directly in gr.Tabs shifts the tabs' order in Gradio's front end,
         # and the tab bar then shows a tab twice (or loses one).
         timer = gr.Timer(POLL_S)
@@ -148,6 +151,8 @@ def create_evaluate_tab(services: Services) -> None:
     tab.select(lambda chosen: run_picker(services.store.runs().run_id.tolist(), chosen), run, run,
                api_name="evaluate_runs")
     run.input(lambda r: choose(services, r), run, [shown, student, *views, seen], api_name="choose")
+    # change, not input: the tab's picker sets the run too.
+    run.change(lambda r: export_view(services, r), run, list(exports), api_name="exports")
     shown.input(lambda r, s: report_view(services, r, s), [run, shown], views)
     evaluate.click(lambda r, k: request_evaluation(services, r, k), [run, student], status, api_name="evaluate")
     baseline.click(on_baseline, run, baseline_message, api_name="add_baseline")
