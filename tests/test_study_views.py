@@ -53,6 +53,15 @@ def test_the_table_averages_over_seeds_and_judges_the_gain_against_its_spread():
     assert table.loc[6, "ce_ppl"] == 100.0 and table.loc[6, "ood_gain_pct"] == pytest.approx(100 * (300 - 162) / 300)
 
 
+def test_a_baseline_measured_beside_the_run_is_preferred_to_its_own_evaluation():
+    runs = _runs({(3, 1): 90.0}, {(3, 1): 100.0})
+    runs.loc[runs.role == "baseline", "ood_ppl"] = float("nan")  # its own evaluation had no out-of-domain text
+    runs["paired_ce_ppl"], runs["paired_ce_ood_ppl"] = 120.0, 360.0
+    table = setting_table(runs, RECORD)
+    assert table.gain_pct[0] == pytest.approx(25.0) and table.ood_gain_pct[0] == pytest.approx(50.0)
+    assert table.ce_ood_ppl[0] == 360.0
+
+
 @pytest.mark.parametrize("gains, words", [([], "waiting"), ([5.0], "one seed"), ([5.0, 6.0], "KD 5.5% lower"),
                                           ([-5.0, -6.0], "higher"), ([8.0, -6.0], "within noise")])
 def test_verdict_edges(gains, words):

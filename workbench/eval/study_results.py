@@ -69,6 +69,8 @@ def run_frame(store: Store, record: dict) -> pd.DataFrame:
                      "quality_kept": 100 * ev.get("quality_retained", float("nan")),
                      "ood_ppl": _exp(ev.get("ood_student_ce")),
                      "ood_quality_kept": 100 * ev.get("ood_quality_retained", float("nan")),
+                     # the baseline as this run's own evaluation measured it (evaluate --baseline): same text
+                     "paired_ce_ppl": _exp(ev.get("baseline_ce")), "paired_ce_ood_ppl": _exp(ev.get("ood_baseline_ce")),
                      "teacher_ppl": _exp(ev.get("teacher_ce")), "untrained_ppl": _exp(ev.get("untrained_ce")),
                      "ood_teacher_ppl": _exp(ev.get("ood_teacher_ce")),
                      "ood_untrained_ppl": _exp(ev.get("ood_untrained_ce")),
@@ -103,14 +105,22 @@ def verdict(gains: pd.Series) -> str:
     return f"KD {abs(mean):.1f}% {word} ± {sd:.1f} over {n} seeds"
 
 
+def _baseline_number(run, ce, column: str) -> float:
+    """The baseline's perplexity: as the run's own evaluation measured it beside the run (on the same text),
+    else from the baseline's evaluation."""
+    paired = run.get(f"paired_ce_{column}")
+    if paired is not None and not pd.isna(paired):
+        return paired
+    return ce[column] if ce is not None and ce.status == "succeeded" else float("nan")
+
+
 def _gains(frame: pd.DataFrame, column: str) -> pd.Series:
     by_id = frame.set_index("run_id")
     kd = frame[(frame.role == "distilled") & frame.baseline.notna() & (frame.status == "succeeded")]
     gains = []
     for _, run in kd.iterrows():
-        ce = by_id.loc[run.baseline] if run.baseline in by_id.index else None
-        ok = ce is not None and ce.status == "succeeded" and ce[column] > 0
-        gains.append(100 * (ce[column] - run[column]) / ce[column] if ok else float("nan"))
+        ce = _baseline_number(run, by_id.loc[run.baseline] if run.baseline in by_id.index else None, column)
+        gains.append(100 * (ce - run[column]) / ce if ce > 0 else float("nan"))
     return pd.Series(gains, index=kd.index, dtype=float)
 
 
@@ -131,7 +141,8 @@ def setting_table(frame: pd.DataFrame, record: dict) -> pd.DataFrame:
         baselines = by_id.loc[[b for b in group.baseline.dropna() if b in by_id.index]]
         done = baselines[baselines.status == "succeeded"] if len(baselines) else baselines
         row["ce_ppl"], row["ce_ppl_sd"], _ = _spread(done.ppl) if len(done) else (float("nan"),) * 3
-        row["ce_ood_ppl"], _, _ = _spread(done.ood_ppl) if len(done) else (float("nan"),) * 3
+        paired = group.get("paired_ce_ood_ppl", pd.Series(dtype=float)).dropna()
+        row["ce_ood_ppl"], _, _ = _spread(paired if len(paired) else done.ood_ppl if len(done) else paired)
         row["ce_minutes"], _, _ = _spread(done.minutes) if len(done) else (float("nan"),) * 3
         row["gain_pct"], row["gain_pct_sd"], _ = _spread(group.gain)
         row["ood_gain_pct"], row["ood_gain_pct_sd"], _ = _spread(group.ood_gain)
