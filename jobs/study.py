@@ -85,13 +85,16 @@ class StudyManager:
         """Counts by state, steps done of steps planned, and a rough time left from the runs finished so far."""
         record = read_study(self.jobs.runs_dir, study_id)
         jobs = {job["run_id"]: job for job in self.jobs.jobs()}
-        steps = int(record["base"].get("train", {}).get("max_steps") or 0)
+        base_steps = int(record["base"].get("train", {}).get("max_steps") or 0)
         counts: dict[str, int] = {}
-        done_steps, durations = 0, []
+        done_steps, planned_steps, durations = 0, 0, []
         for run in record["runs"]:
             job = jobs.get(run["run_id"], {})
             state = job.get("state", "not queued")
             counts[state] = counts.get(state, 0) + 1
+            # a grid over train.max_steps: each started run says its own total
+            steps = int(finite_number(job.get("total_steps")) or run["setting"].get("train.max_steps") or base_steps)
+            planned_steps += steps
             done_steps += steps if state == "succeeded" else int(finite_number(job.get("step")) or 0)
             started, ended = finite_number(job.get("started")), finite_number(job.get("updated"))
             if state == "succeeded" and started and ended:
@@ -100,7 +103,7 @@ class StudyManager:
         per_run = sum(durations) / len(durations) if durations else None
         slots = max(1, self.jobs.max_concurrent)
         return {"study_id": study_id, "name": record["name"], "runs": len(record["runs"]), "states": counts,
-                "steps_done": done_steps, "steps_planned": steps * len(record["runs"]),
+                "steps_done": done_steps, "steps_planned": planned_steps,
                 "eta_s": None if per_run is None or not left else per_run * left / slots,
                 "cancelled": record.get("cancelled") is not None}
 

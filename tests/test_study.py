@@ -100,7 +100,8 @@ def test_a_study_runs_through_the_queue_and_is_rebuilt_into_the_store(tmp_path, 
     assert set(manager._live) == {"s-01", "s-ce01"} and manager._queue == ["s-02"]
     _wait(lambda: manager.poll() or all(s == "succeeded" for s in studies.states(record).values()),
           what="the study's runs")
-    assert studies.progress(study_id)["states"] == {"succeeded": 3}
+    progress = studies.progress(study_id)
+    assert progress["states"] == {"succeeded": 3} and progress["steps_done"] == progress["steps_planned"] == 9
     store = Store(tmp_path / "db.duckdb")
     Ingestor(store, manager.runs_dir).ingest_all()
     row = store.studies().iloc[0]
