@@ -80,8 +80,10 @@ def finished_run(runs, name: str, loss: float = 3.0) -> RunDir:
 
 
 def rows(services: Services, run_id: str) -> dict[str, int]:
+    """The run's rows in every table keyed by run (a study's row outlives its runs: it is its own record)."""
     return {table: services.store.cursor().execute(f"SELECT count(*) FROM {table} WHERE run_id = ?",
-                                                   [run_id]).fetchone()[0] for table in TABLES}
+                                                   [run_id]).fetchone()[0]
+            for table, (columns, _) in TABLES.items() if "run_id" in columns}
 
 
 def queue(manager: JobManager) -> list[str]:
