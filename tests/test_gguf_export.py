@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
 import tiny
 from workbench.eval.exports import GGUF_SUBDIR, export, exports_of
 from workbench.models.gguf_export import UnsupportedArchitecture, _permute, check_supported, write_gguf
-from workbench.store.rundir import STATUS, RunDir
+from workbench.store.rundir import EXIT_CONFIG, STATUS, RunDir
 
 TEXTS = ["the cat sees the red ball . a dog likes an apple .", "a small bird reads a letter ."]
 
@@ -126,3 +126,21 @@ def test_the_default_student_exports_and_loads_with_its_logits(defaults_root, tm
     ids = tokenizer(text, return_tensors="pt").input_ids
     want, got = _logits(model, ids), _logits(loaded, ids)
     assert (got - want).abs().max() < 2e-2 * want.std() and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.slow
+def test_cli_exports_gguf_and_refuses_other_architectures(distilled_config, student_dir, tokenizer, tiny_dir,
+                                                          tmp_path):
+    from test_quantize import _cli
+    run = _finished_run(tmp_path, distilled_config, student_dir, "llama")
+    done = _cli("export", run.path, "--gguf", "--dtype", "f32")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run.path / GGUF_SUBDIR / "gguf.json").read_text())
+    assert report["dtype"] == "f32" and report["line"] in done.stdout
+    assert (run.path / GGUF_SUBDIR / report["file"]).exists()
+    gpt2 = _finished_run(tmp_path, distilled_config, tiny.save_gpt2(tiny_dir / "cli-gpt2", tokenizer, layers=1,
+                                                                    hidden=16, seed=0), "gpt2")
+    done = _cli("export", gpt2.path, "--gguf")
+    assert done.returncode == EXIT_CONFIG and "GPT2LMHeadModel (model_type 'gpt2')" in done.stderr
+    assert not (gpt2.path / GGUF_SUBDIR).exists()
+    assert "not allowed with argument" in _cli("export", gpt2.path, "--gguf", "--int8").stderr  # one at a time

@@ -99,5 +99,5 @@ def summary_line(r: dict) -> str:
     size = f"{r['size_ratio']:.1f}× smaller on disk" if r.get("size_ratio") else "size of the fp32 files unknown"
     speed = (f"{r['speedup']:.1f}× faster" if r["speedup"] >= 1 else f"{1 / r['speedup']:.1f}× slower")
     change = 100 * (r["int8_perplexity"] / r["fp32_perplexity"] - 1)
-    return (f"int8 (embedding and linear layers): {size}, {speed} forward on this CPU, held-out "
+    return (f"int8 (embedding and most linear layers): {size}, {speed} forward on this CPU, held-out "
             f"perplexity {r['fp32_perplexity']:.1f} → {r['int8_perplexity']:.1f} ({change:+.1f}%)")
