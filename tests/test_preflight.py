@@ -3,6 +3,7 @@ memory) naming the field, warns only when close, shows a refusal without the res
 reads unchanged model folders once."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import namedtuple
 
@@ -90,3 +91,11 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_flagged(teacher_dir, student
         report = pf.preflight(config)
         assert report.ok and any("no bf16 instructions" in note for note in report.notes) == flagged
     assert not any("bf16" in note for note in pf.preflight(tiny_config(teacher_dir, student_dir, corpus_files)).notes)
+
+
+def test_a_missing_out_of_domain_file_is_named_before_launch(teacher_dir, student_dir, corpus_files, tmp_path):
+    config = tiny_config(teacher_dir, student_dir, corpus_files)
+    typo = config.replace(evaluation=dataclasses.replace(config.evaluation, ood_source=str(tmp_path / "nvel.txt")))
+    assert dict(pf.preflight(typo).problems) == {"evaluation.ood_source": f"no such file: {tmp_path / 'nvel.txt'}"}
+    found = config.replace(evaluation=dataclasses.replace(config.evaluation, ood_source=str(corpus_files[1])))
+    assert pf.preflight(found).ok

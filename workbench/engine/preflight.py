@@ -261,6 +261,10 @@ def _check_data(config: DistillConfig, report: Preflight) -> None:
     local = [(name, value) for name in ("source", "validation_source")
              if (value := getattr(config.data, name)) and looks_like_local_path(value, tuple(BUILDERS))]
     missing = [(f"data.{name}", f"no such file: {value}") for name, value in local if not Path(value).expanduser().exists()]
+    ood = config.evaluation.ood_source
+    if (ood and not ood.startswith(DEFAULTS_PREFIX) and looks_like_local_path(ood, tuple(BUILDERS))
+            and not Path(ood).expanduser().exists()):  # a typo would only show as missing numbers at the end
+        report.problems.append(("evaluation.ood_source", f"no such file: {ood}"))
     report.problems.extend(missing)
     if missing or not any(name == "source" for name, _ in local):
         return
