@@ -169,3 +169,23 @@ def crash_at_step(monkeypatch):
     def disarm() -> None:
         monkeypatch.setattr(RunFilesCallback, "on_step_end", original)
     return arm, disarm
+
+
+@pytest.fixture
+def services(tmp_path, teacher_dir):
+    """The app's services on a fresh runs folder, the tiny models' folder allowed."""
+    from workbench.ui.services import Services
+    started = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent])
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def tiny_form(teacher_dir, student_dir, corpus_files):
+    """The Set-up form on the tiny models and corpus, 6 steps."""
+    from workbench.config.schema import DistillConfig
+    from workbench.ui.app import DEFAULT_CONFIG
+    from workbench.ui.form import DATA_UPLOAD, SetupForm
+    return SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
+        {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir), "train.max_steps": 6,
+         "train.seq_len": 32, "train.bf16": "off", "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0])})

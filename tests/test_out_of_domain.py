@@ -255,3 +255,16 @@ def test_the_card_warns_only_when_much_less_quality_is_kept_out_of_domain():
         assert "Warning" not in card and "Out-of-domain perplexity" in card, quality
     assert not keeps_less_out_of_domain(IN_DOMAIN) and keeps_less_out_of_domain(with_ood(-0.2))
     assert "Out of domain" not in run_card(IN_DOMAIN)  # no source: the card is as before
+
+
+def test_evaluate_ood_measures_a_finished_run_out_of_domain_afterwards(distilled_run, corpus_files, tmp_path, capsys):
+    from workbench.cli import main
+    run, config, _ = distilled_run
+    assert config.evaluation.ood_source is None  # trained before any out-of-domain text was named
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"a red boat {i} sails past the old mill and the green hill" for i in range(200)))
+    assert main(["evaluate", str(run.path), "--ood", str(other)]) == 0
+    assert "Out-of-domain perplexity" in capsys.readouterr().out
+    report = run.read_evaluations()[-1]
+    assert report["metrics"]["ood_student_perplexity"] > 0 and report["ood_source"] == str(other)
+    assert main(["evaluate", str(run.path), "--ood", str(tmp_path / "nope.txt")]) == 2  # named before any load

@@ -10,11 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from workbench.config.schema import DistillConfig
 from workbench.eval.study_results import equal_compute, setting_table, verdict
-from workbench.ui.app import DEFAULT_CONFIG, build_app
-from workbench.ui.form import DATA_UPLOAD, SetupForm
-from workbench.ui.services import Services
+from workbench.ui.app import build_app
 from workbench.ui.studies_tab import act, show_study
 from workbench.ui.study_panel import launch_study
 from workbench.ui.study_plots import capacity_gap, heatmap, wall_clock
@@ -103,23 +100,14 @@ def test_equal_compute_says_where_ce_stood_after_kds_minutes():
 
 
 @pytest.fixture
-def services(tmp_path, teacher_dir):
-    started = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent])
-    yield started
-    started.close()
+def study_form(tiny_form):
+    return tiny_form.replace({"train.max_steps": 3, "data.max_eval_examples": 4, "evaluation.max_new_tokens": 0,
+                              "evaluation.speed": False})
 
 
-@pytest.fixture
-def tiny_form(teacher_dir, student_dir, corpus_files):
-    return SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
-        {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir), "train.max_steps": 3,
-         "train.seq_len": 32, "train.bf16": "off", "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0]),
-         "data.max_eval_examples": 4, "evaluation.max_new_tokens": 0, "evaluation.speed": False})
-
-
-def test_a_study_from_the_panel_runs_and_its_views_fill(services, tiny_form):
+def test_a_study_from_the_panel_runs_and_its_views_fill(services, study_form):
     studies = StudyService(services)
-    text = launch_study(studies, tiny_form, "panel", "loss.alpha: [0.0, 0.5]", "1", True, None)
+    text = launch_study(studies, study_form, "panel", "loss.alpha: [0.0, 0.5]", "1", True, None)
     assert "panel launched" in text and "2 runs and 1 CE-only baselines" in text
     deadline = time.monotonic() + 300
     while studies.manager.progress("panel")["states"] != {"succeeded": 3}:
@@ -135,15 +123,15 @@ def test_a_study_from_the_panel_runs_and_its_views_fill(services, tiny_form):
     assert "no study" in act(studies, "../panel", "cancel", None)
 
 
-def test_a_bad_setting_queues_nothing_and_a_full_shared_app_refuses_the_whole_study(services, tiny_form):
+def test_a_bad_setting_queues_nothing_and_a_full_shared_app_refuses_the_whole_study(services, study_form):
     studies = StudyService(services)
-    text = launch_study(studies, tiny_form, "bad", "loss.alpha: [0.5, 7]", "", False, None)
+    text = launch_study(studies, study_form, "bad", "loss.alpha: [0.5, 7]", "", False, None)
     assert "not launched" in text and "setting loss.alpha=7: loss.alpha" in text
     assert not services.jobs.jobs() and not studies.choices()
-    text = launch_study(studies, tiny_form, "bad", "loss.alpha: [0.5]\nnot_a_field: [1]", "", False, None)
+    text = launch_study(studies, study_form, "bad", "loss.alpha: [0.5]\nnot_a_field: [1]", "", False, None)
     assert "not_a_field" in text and "not a config field" in text
     services.gate = dataclasses.replace(services.gate, max_active_jobs=10, max_jobs_per_session=2)
-    text = launch_study(studies, tiny_form, "big", "loss.alpha: [0.1, 0.5]", "1, 2", False, "visitor")
+    text = launch_study(studies, study_form, "big", "loss.alpha: [0.1, 0.5]", "1, 2", False, "visitor")
     assert "not launched" in text and "4 more do not fit" in text and not services.jobs.jobs()
 
 

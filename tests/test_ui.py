@@ -14,23 +14,9 @@ from workbench.engine.preflight import preflight
 from workbench.eval.preview import temperature_preview
 from workbench.ui import compare_tab, evaluate_tab, inspect_tab, runs_tab, setup_tab
 from workbench.ui.app import DEFAULT_CONFIG, build_app
-from workbench.ui.form import DATA_UPLOAD, STUDENT_PRUNED, SetupForm, form_to_config, setup_fields
+from workbench.ui.form import STUDENT_PRUNED, SetupForm, form_to_config, setup_fields
 from workbench.ui.form_layout import elem_id
 from workbench.ui.services import Services
-
-
-@pytest.fixture
-def services(tmp_path, teacher_dir):
-    started = Services.start(tmp_path / "runs", allowed_roots=[teacher_dir.parent])
-    yield started
-    started.close()
-
-
-@pytest.fixture
-def tiny_form(teacher_dir, student_dir, corpus_files):
-    return SetupForm.from_config(DistillConfig.load(DEFAULT_CONFIG)).replace(
-        {"teacher.name_or_path": str(teacher_dir), "student.name_or_path": str(student_dir), "train.max_steps": 6,
-         "train.seq_len": 32, "train.bf16": "off", "data_kind": DATA_UPLOAD, "data_upload": str(corpus_files[0])})
 
 
 def test_the_app_builds_with_every_tab(services):

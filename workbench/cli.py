@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory holding config.json")
     evaluate.add_argument("--student", help="initial, checkpoint-STEP or final (default: the latest saved)")
     evaluate.add_argument("--baseline", help="the run directory of a CE-only baseline to compare with")
+    evaluate.add_argument("--ood", metavar="SOURCE", help="out-of-domain text to evaluate on besides the held-out "
+                                                          "text: a file, a hub dataset or defaults:corpus/ood.jsonl "
+                                                          "(default: the run's evaluation.ood_source)")
     export = sub.add_parser("export", help="export a run's final student: int8 (measured against full precision "
                                            "on held-out text) or one GGUF file (llama.cpp, Ollama)")
     export.add_argument("run_dir", help="a finished run directory (RUN/student holds its final student)")
@@ -118,7 +121,7 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _prepare_defaults(cache_dir, gemma: bool) -> int:
-    from workbench.data.defaults import prepare_defaults
+    from workbench.data.defaults import prepare_defaults, prepare_ood
     from workbench.data.second_family import prepare_gemma
     start = time.perf_counter()
 
@@ -126,6 +129,8 @@ def _prepare_defaults(cache_dir, gemma: bool) -> int:
         print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}", flush=True)
 
     print(f"defaults in {prepare_defaults(cache_dir, show)}")
+    ood = prepare_ood(cache_dir, show)  # also for a defaults-v1 cache from before the corpus existed
+    print(f"out-of-domain corpus in {ood}" if ood else "out-of-domain corpus not prepared (above: why)")
     if gemma:
         print(f"Gemma 3 270M in {prepare_gemma(cache_dir, show)} (its terms: GEMMA_TERMS.html there)")
     return 0
@@ -149,7 +154,22 @@ def _evaluate(args) -> int:
     from workbench.eval.report import evaluate_run
     from workbench.store.rundir import RunDir
     start = time.perf_counter()
-    report = evaluate_run(RunDir(args.run_dir), args.student, RunDir(args.baseline) if args.baseline else None,
+    run = RunDir(args.run_dir)
+    config = None
+    if args.ood:  # a run trained before out-of-domain text was named, or checked on another text
+        import dataclasses
+        from pathlib import Path
+        from workbench.config.paths import BUILDERS, DEFAULTS_PREFIX, looks_like_local_path
+        from workbench.config.schema import DistillConfig
+        if (not args.ood.startswith(DEFAULTS_PREFIX) and looks_like_local_path(args.ood, tuple(BUILDERS))
+                and not Path(args.ood).expanduser().exists()):  # asked for by name: not an extra to skip
+            raise ConfigError([("--ood", f"no such file: {args.ood}")])
+        from workbench.models.students import reading_config
+        from workbench.store.rundir import CONFIG
+        loaded = DistillConfig.load(run.file(CONFIG))
+        config = reading_config(run, loaded.replace(evaluation=dataclasses.replace(loaded.evaluation,
+                                                                                    ood_source=args.ood)).validate())
+    report = evaluate_run(run, args.student, RunDir(args.baseline) if args.baseline else None, config=config,
                           progress=lambda msg, frac: print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}",
                                                            flush=True))
     print(report["card"])
