@@ -80,6 +80,10 @@ def test_capacity_gap_heatmap_and_wall_clock_have_the_studys_points():
     kd = next(t for t in figure.data if t.name == "KD")
     assert list(kd.x) == [3.0, 6.0] and list(kd.y) == [90.0, 80.0]
     assert any(t.name == "untrained student" for t in figure.data)
+    runs["untrained_ppl"] = 5e7  # a pruned student before training: written beside the curve, not drawn
+    far = capacity_gap(runs)
+    assert not any(t.name == "untrained student" for t in far.data)
+    assert any("off this scale" in a.text for a in far.layout.annotations)
     two = {"fields": ["loss.alpha", "loss.temperature"]}
     table = pd.DataFrame({"loss.alpha": [0.2, 0.2, 0.5], "loss.temperature": [1, 2, 1], "ppl": [90.0, 95.0, 80.0]})
     cells = heatmap(table, two).data[0]

@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from workbench.eval.study_results import setting_columns
 
 KD, CE = "#636efa", "#ef553b"
+OFF_SCALE = 20  # untrained perplexity beyond this many times the trained students' is written, not drawn
 
 
 def _empty(message: str) -> go.Figure:
@@ -54,15 +55,25 @@ def capacity_gap(runs: pd.DataFrame) -> go.Figure:
                                      line={"color": color, "dash": dash},
                                      error_y={"type": "data", "array": stats["std"].fillna(0)}), row=1, col=col)
     untrained = _by_size(done, "untrained_ppl").dropna(subset=["mean"])
-    if not untrained.empty:
+    trained = done[["ppl", "ood_ppl"]].max().max()
+    if not untrained.empty and untrained["mean"].max() <= OFF_SCALE * trained:
         fig.add_trace(go.Scatter(x=untrained.params / 1e6, y=untrained["mean"], mode="markers", name="untrained student",
                                  marker={"symbol": "x", "size": 10, "color": "#555"}), row=1, col=1)
+    elif not untrained.empty:  # a pruned student starts in the millions: on the axis it would flatten the curves
+        far = ", ".join(f"{p / 1e6:.0f}M: {v:,.0f}" for p, v in zip(untrained.params, untrained["mean"]))
+        fig.add_annotation(text=f"untrained students (off this scale): {far}", xref="x domain", yref="y domain",
+                           x=0, y=1.0, showarrow=False, xanchor="left", font={"size": 10}, row=1, col=1)
     teacher = done.teacher_ppl.dropna()
     if not teacher.empty:
         fig.add_hline(y=float(teacher.mean()), line_dash="dash", line_color="#00cc96", row=1, col=1,
                       annotation_text=f"teacher {teacher.mean():.1f}")
     fig.add_hline(y=100, line_dash="dash", line_color="#00cc96", row=1, col=2, annotation_text="teacher")
-    fig.update_yaxes(type="log", row=1, col=1)
+    drawn = [v for t in fig.data if t.yaxis in (None, "y") for v in t.y if v and v > 0]
+    if teacher.size:
+        drawn.append(float(teacher.mean()))
+    # an explicit range: plotly's log autorange also counts annotations and error bars far off the data
+    fig.update_yaxes(type="log", row=1, col=1,
+                     range=[math.log10(min(drawn) / 1.3), math.log10(max(drawn) * 1.3)] if drawn else None)
     fig.update_xaxes(title_text="student parameters (millions)")
     fig.update_layout(height=380, margin={"t": 40})
     return fig
