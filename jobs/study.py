@@ -14,17 +14,25 @@ from jobs.manager import RESUMABLE, JobManager
 from jobs.study_plan import Plan, PlannedRun, plan_study
 from workbench.config.schema import DistillConfig
 from workbench.config.study import StudySpec
-from workbench.store.rundir import FINAL_STATES, finite_number
+from workbench.store.rundir import CONFIG, FINAL_STATES, SPEC, finite_number, read_json
 from workbench.store.studies import read_study, study_file, write_study
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 
 
-def _free_id(manager: JobManager, name: str) -> str:
-    study_id, n = name, 2
-    while study_file(manager.runs_dir, study_id).exists() or (manager.runs_dir / study_id).exists():
-        study_id, n = f"{name}-{n}", n + 1
+def _free_id(manager: JobManager, plan: Plan) -> str:
+    """The study's name, or NAME-2, NAME-3 ...: the first whose record and every planned run folder are free, so
+    a study never counts a run it did not queue as its own."""
+    study_id, n = plan.spec.name, 2
+    while study_file(manager.runs_dir, study_id).exists() or any(
+            (manager.runs_dir / run_id).exists() for run_id in [study_id, *_run_ids(plan, study_id)]):
+        study_id, n = f"{plan.spec.name}-{n}", n + 1
     return study_id
+
+
+def _run_ids(plan: Plan, study_id: str) -> list[str]:
+    return ([f"{study_id}-{r.index + 1:02d}" for r in plan.runs]
+            + [f"{study_id}-ce{b.index + 1:02d}" for b in plan.baselines])
 
 
 def _record(plan: Plan, study_id: str) -> dict:
@@ -45,36 +53,41 @@ class StudyManager:
     def __init__(self, jobs: JobManager):
         self.jobs = jobs
 
-    def create(self, plan: Plan, num_processes: int = 1) -> str:
-        """Check every run against the app's gate, write the record, queue the runs; the study id."""
+    def create(self, plan: Plan, num_processes: int = 1, queued: list | None = None) -> str:
+        """Check every run against the app's gate, write the record, queue the runs; the study id. `queued`
+        receives each run id as it is queued (so a caller knows them even if queuing stops part-way)."""
         if self.jobs.gate is not None:
             for run in plan.runs + plan.baselines:
                 self.jobs.gate.check(run.config, num_processes, None)
+        # The manager's lock (re-entrant) across naming and queuing: a cancel or a second resume waits until
+        # the study is queued whole, and no other job takes a planned name meanwhile.
         with self.jobs._lock:
-            study_id = _free_id(self.jobs, plan.spec.name)
+            study_id = _free_id(self.jobs, plan)
             record = _record(plan, study_id)
             record["num_processes"] = num_processes
             write_study(self.jobs.runs_dir, record)
-        self._queue_missing(record)
+            self._queue_missing(record, queued if queued is not None else [])
         return study_id
 
     def cancel(self, study_id: str) -> dict[str, str]:
         """Cancel every queued or running run of the study; {run_id: state right after}."""
-        record = read_study(self.jobs.runs_dir, study_id)
-        record["cancelled"] = time.time()
-        write_study(self.jobs.runs_dir, record)
-        states = self.states(record)
-        return {run_id: self.jobs.cancel(run_id) for run_id, state in states.items() if state in ACTIVE}
+        with self.jobs._lock:
+            record = read_study(self.jobs.runs_dir, study_id)
+            record["cancelled"] = time.time()
+            write_study(self.jobs.runs_dir, record)
+            states = self.states(record)
+            return {run_id: self.jobs.cancel(run_id) for run_id, state in states.items() if state in ACTIVE}
 
     def resume(self, study_id: str) -> list[str]:
         """Queue again what the study still needs: stopped runs continue, runs never queued are queued."""
-        record = read_study(self.jobs.runs_dir, study_id)
-        record["cancelled"] = None
-        write_study(self.jobs.runs_dir, record)
-        resumed = [run_id for run_id, state in self.states(record).items() if state in RESUMABLE]
-        for run_id in resumed:
-            self.jobs.resume(run_id)
-        return resumed + self._queue_missing(record)
+        with self.jobs._lock:
+            record = read_study(self.jobs.runs_dir, study_id)
+            record["cancelled"] = None
+            write_study(self.jobs.runs_dir, record)
+            resumed = [run_id for run_id, state in self.states(record).items() if state in RESUMABLE]
+            for run_id in resumed:
+                self.jobs.resume(run_id)
+            return self._queue_missing(record, resumed)
 
     def states(self, record: dict) -> dict[str, str]:
         """{run_id: state} for every planned run; 'not queued' for one with no run folder yet."""
@@ -107,18 +120,20 @@ class StudyManager:
                 "eta_s": None if per_run is None or not left else per_run * left / slots,
                 "cancelled": record.get("cancelled") is not None}
 
-    def _queue_missing(self, record: dict) -> list[str]:
-        """Queue the planned runs that have no run folder, in plan order, each baseline after its first run."""
+    def _queue_missing(self, record: dict, queued: list) -> list[str]:
+        """Queue the planned runs that have no run folder, in plan order, each baseline after its first run;
+        `queued` (returned) gets each id as it is queued. A folder of that name that is not this study's run is
+        refused, never counted as the study's."""
         configs = planned_runs(record)
         first_user = {}
         for run in record["runs"]:
             if run["baseline"] is not None:
                 first_user.setdefault(run["baseline"], run["run_id"])
-        queued = []
         for run in (r for r in record["runs"] if r["role"] == "distilled"):
             ids = [run["run_id"]] + ([run["baseline"]] if first_user.get(run["baseline"]) == run["run_id"] else [])
             for run_id in ids:
                 if (self.jobs.runs_dir / run_id).exists():
+                    self._check_member(run_id, record["study_id"])
                     continue
                 planned = configs[run_id]
                 config = planned.config.replace(output=dataclasses.replace(
@@ -127,6 +142,13 @@ class StudyManager:
                                  baseline_of=run["run_id"] if planned.role == "baseline" else None)
                 queued.append(run_id)
         return queued
+
+    def _check_member(self, run_id: str, study_id: str) -> None:
+        spec, _ = read_json(self.jobs.runs_dir / run_id / SPEC)
+        config = read_json(self.jobs.runs_dir / run_id / CONFIG)[0] or (spec or {}).get("config") or {}
+        if (config.get("output") or {}).get("study") != study_id:
+            raise ValueError(f"{run_id} is a run of its own, not of study {study_id}: rename or delete it, then "
+                             "resume the study")
 
 
 def planned_runs(record: dict) -> dict[str, PlannedRun]:

@@ -145,3 +145,13 @@ def test_the_app_has_the_studies_tab_and_the_study_panel(services):
     assert {"Studies", "Grid", "Seeds (train.seed)", "Capacity gap"} <= labels
     names = {dep.get("api_name") for dep in app.config["dependencies"]}
     assert {"launch_study", "cancel_study", "resume_study", "study", "studies"} <= names
+
+
+def test_in_a_shared_app_only_the_launching_session_may_cancel_or_resume_a_study(services, study_form):
+    services.gate = dataclasses.replace(services.gate, public=True, max_active_jobs=10, max_jobs_per_session=5)
+    studies = StudyService(services)
+    assert "mine launched" in launch_study(studies, study_form, "mine", "loss.alpha: [0.5]", "1", False, "a")
+    assert "only the browser session that launched study mine may cancel" in act(studies, "mine", "cancel", "b")
+    assert "only the browser session" in act(studies, "mine", "resume", "b")
+    assert services.sessions["a"] == ["mine-01"] and "b" not in services.sessions
+    assert "Cancelling 1" in act(studies, "mine", "cancel", "a")

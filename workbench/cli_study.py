@@ -27,24 +27,32 @@ def run_study(args) -> int:
     # SIGTERM (a scheduler, `kill`) and SIGINT (also where a background shell ignores it) both cancel the study.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    study_id = args.resume  # None for a new study until it has been created
     if args.resume:
         runs_dir = Path(args.runs_dir or "runs")
-        manager = JobManager(runs_dir, max_concurrent=args.max_jobs)
-        studies = StudyManager(manager)
-        study_id = args.resume
-        print(f"resuming {study_id}: {', '.join(studies.resume(study_id)) or 'nothing left to queue'}", flush=True)
+        plan = None
     else:
         spec, base = load_study(args.study, args.overrides)
         runs_dir = Path(args.runs_dir or base.output.runs_dir)
-        manager = JobManager(runs_dir, max_concurrent=args.max_jobs)
-        studies = StudyManager(manager)
         plan = plan_study(spec, base)
-        study_id = studies.create(plan)
-        print(f"study {study_id}: {len(plan.runs)} runs and {len(plan.baselines)} CE-only baselines queued in "
-              f"{manager.runs_dir}, {args.max_jobs} at a time", flush=True)
-    try:
+    manager = JobManager(runs_dir, max_concurrent=args.max_jobs)
+    studies = StudyManager(manager)
+    queued: list[str] = []
+    try:  # Ctrl-C while queuing cancels what was queued so far, as later
+        if plan is None:
+            print(f"resuming {study_id}: {', '.join(studies.resume(study_id)) or 'nothing left to queue'}", flush=True)
+        else:
+            study_id = studies.create(plan, queued=queued)
+            print(f"study {study_id}: {len(plan.runs)} runs and {len(plan.baselines)} CE-only baselines queued in "
+                  f"{manager.runs_dir}, {args.max_jobs} at a time", flush=True)
         _follow(manager, studies, study_id)
     except KeyboardInterrupt:
+        if study_id is None:  # stopped while queuing: what was queued is cancelled; the record stays for --resume
+            for run_id in queued:
+                manager.cancel(run_id)
+            print(f"cancelled while queuing ({len(queued)} runs queued were cancelled); the study's record is in "
+                  f"{manager.runs_dir}/.studies", file=sys.stderr)
+            return 130
         studies.cancel(study_id)
         _follow(manager, studies, study_id, quiet=True)
         print(f"cancelled; continue with `python -m workbench study --resume {study_id} --runs-dir "
@@ -64,7 +72,9 @@ def _follow(manager: JobManager, studies: StudyManager, study_id: str, quiet: bo
         if line != last and not quiet:
             print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
             last = line
-        if all(state in FINAL_STATES for state in progress["states"]) and not manager.workers():
+        # a run whose folder went (never queued, deleted) or whose status is unreadable will not move either
+        if all(state in (*FINAL_STATES, "not queued", "unknown") for state in progress["states"]) \
+                and not manager.workers():
             return
         time.sleep(2.0)
 

@@ -63,6 +63,9 @@ def run_frame(store: Store, record: dict) -> pd.DataFrame:
         run = runs.loc[plan.run_id] if plan.run_id in runs.index else None
         ev = final.loc[plan.run_id] if plan.run_id in final.index else pd.Series(dtype=float)
         started, last = (_unix(run.started), run.last_log) if run is not None else (None, None)
+        # status.started is the last (re)start: a resumed run logged before it, and its minutes since then
+        # would be a part of its training only, so it has none
+        resumed = run is not None and started is not None and not pd.isna(run.first_log) and run.first_log < started
         rows.append({**plan.to_dict(), "status": run.status if run is not None else "not queued",
                      "seed": run.seed if run is not None else None,
                      "ppl": _exp(ev.get("student_ce", run.heldout_ce if run is not None else None)),
@@ -75,7 +78,8 @@ def run_frame(store: Store, record: dict) -> pd.DataFrame:
                      "ood_teacher_ppl": _exp(ev.get("ood_teacher_ce")),
                      "ood_untrained_ppl": _exp(ev.get("ood_untrained_ce")),
                      "started": started,
-                     "minutes": (last - started) / 60 if started and last and not pd.isna(last) else float("nan"),
+                     "minutes": (last - started) / 60 if started and last and not pd.isna(last) and not resumed
+                     else float("nan"),
                      "params": student_params(run.path) if run is not None and run.status == "succeeded"
                      else float("nan")})
     return pd.DataFrame(rows)
@@ -155,7 +159,7 @@ def setting_table(frame: pd.DataFrame, record: dict) -> pd.DataFrame:
 def _ppl_by(curve: pd.DataFrame, start: float, minutes: float) -> float | None:
     """The perplexity of the last held-out point a run had reached `minutes` after it started."""
     times = [0.0 if step == 0 else (t - start) / 60 for step, t in zip(curve.step, curve.time)]
-    reached = [ce for m, ce in zip(times, curve.ce) if not pd.isna(m) and m <= minutes]
+    reached = [ce for m, ce in zip(times, curve.ce) if not pd.isna(m) and 0 <= m <= minutes]
     return _exp(reached[-1]) if reached else None
 
 

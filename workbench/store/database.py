@@ -176,7 +176,11 @@ class Store:
                    count(r.run_id) FILTER (WHERE r.status = 'succeeded') AS finished,
                    count(r.run_id) FILTER (WHERE r.status IN ('queued', 'starting', 'running')) AS active,
                    s.fields
-            FROM studies s LEFT JOIN runs r ON r.study = s.study_id
+            FROM studies s
+            -- the runs the record plans and that say they are the study's: a run that merely claims a study
+            -- (output.study typed into a config) is not counted in it
+            LEFT JOIN runs r ON r.study = s.study_id
+                AND list_contains(json_extract_string(s.runs, '$[*].run_id'), r.run_id)
             GROUP BY ALL ORDER BY s.created DESC""").df()
 
     def study(self, study_id: str) -> dict | None:
@@ -193,10 +197,10 @@ class Store:
         return self.cursor().execute("""
             WITH last AS (SELECT run_id, arg_max(value, seq) AS heldout_ce FROM evals
                           WHERE split = 'validation' AND metric = 'ce' AND list_contains(?, run_id) GROUP BY run_id),
-                 clock AS (SELECT run_id, max(time) AS last_log FROM metrics WHERE list_contains(?, run_id)
-                           GROUP BY run_id)
+                 clock AS (SELECT run_id, min(time) AS first_log, max(time) AS last_log FROM metrics
+                           WHERE list_contains(?, run_id) GROUP BY run_id)
             SELECT r.run_id, r.status, r.step, r.steps, r.seed, r.path, r.baseline_of, l.heldout_ce, r.started,
-                   c.last_log
+                   c.first_log, c.last_log
             FROM runs r LEFT JOIN last l USING (run_id) LEFT JOIN clock c USING (run_id)
             WHERE list_contains(?, r.run_id) ORDER BY r.run_id""", [list(run_ids)] * 3).df()
 

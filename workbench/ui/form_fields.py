@@ -24,6 +24,7 @@ EXCLUDED = {
     "data.validation_source": "set by the data choice: the offline corpus's held-out file, else none",
     "data.validation_split": "set by the data choice: none, so held-out text is split off the training data",
     "output.runs_dir": "the app's runs folder: the job manager sets it for every run",
+    "output.study": "set by the study that queues a run (Set up's Study panel), never typed",
 }
 KINDS = (bool, int, float, str, list)
 

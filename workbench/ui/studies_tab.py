@@ -4,7 +4,6 @@ curve, a heatmap over two fields, and perplexity against wall-clock minutes (equ
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
 from workbench.config.escaping import plain
 from workbench.eval.study_results import equal_compute
@@ -61,9 +60,7 @@ def act(studies: StudyService, study_id: str | None, action: str, session: str |
             return f"Cancelling {len(done)} queued or running runs of {plain(study_id)}; each keeps its last checkpoint."
         queued = studies.resume(study_id, session)
         return f"Resumed {plain(study_id)}: {len(queued)} runs queued again." if queued else "Nothing left to resume."
-    except (KeyError, ValueError, PermissionError) as err:
-        return f"**{plain(err)}**"
-    except Exception as err:  # noqa: BLE001 - a capacity or config refusal is shown, not raised into the page
+    except (KeyError, ValueError, PermissionError, OSError) as err:  # ConfigError (a cap) is a ValueError
         return f"**{plain(err)}**"
 
 

@@ -26,6 +26,8 @@ def launch_study(studies: StudyService, form: SetupForm, name, grid_text, seeds_
     except ConfigError as err:
         return "**Study not launched — fix these first:**\n" + "\n".join(
             f"- **{plain(field)}**: {plain(message)}" for field, message in err.problems)
+    except (ValueError, OSError) as err:  # a name taken by a run of its own, a full disk: the study's runs so far stay
+        return f"**Study not launched whole:** {plain(err)}"
     return (f"**Study {plain(study_id)} launched:** {len(plan.runs)} runs"
             + (f" and {len(plan.baselines)} CE-only baselines" if plan.baselines else "")
             + " queued. Follow it, cancel or resume it, and read its table and plots in the **Studies** tab.")

@@ -107,7 +107,8 @@ def wall_clock(runs: pd.DataFrame, curves: pd.DataFrame) -> go.Figure:
         start = started.get(run_id)
         minutes = [0.0 if step == 0 else (t - start) / 60 if start and not pd.isna(t) else None
                    for step, t in zip(points.step, points.time)]
-        keep = [(m, math.exp(ce)) for m, ce in zip(minutes, points.ce) if m is not None and ce < 700]
+        # points before a resume lie before the last start (negative minutes): the minutes axis is one segment
+        keep = [(m, math.exp(ce)) for m, ce in zip(minutes, points.ce) if m is not None and m >= 0 and ce < 700]
         if not keep:
             continue
         fig.add_trace(go.Scatter(x=[m for m, _ in keep], y=[p for _, p in keep], mode="lines+markers",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from jobs.manager import RESUMABLE
 from jobs.study import StudyManager
 from jobs.study_plan import Plan, plan_study
 from workbench.config.fields import ConfigError, parse_text, show
@@ -51,6 +52,9 @@ class StudyService:
     def __init__(self, services):
         self.services = services
         self.manager = StudyManager(services.jobs)
+        # Public mode: the browser session that launched each study (like Services.sessions for runs): only it
+        # may cancel or resume the study, and the runs a resume queues count against it.
+        self.owners: dict[str, str | None] = {}
 
     def plan(self, name, grid_text, seeds_text, baselines, base: DistillConfig) -> Plan:
         return plan_study(StudySpec(name=name, grid=parse_grid(grid_text, seeds_text), baselines=baselines), base)
@@ -58,10 +62,13 @@ class StudyService:
     def submit(self, plan: Plan, session: str | None) -> str:
         """Queue a study. In public mode all its runs count against the visitor's and the app's caps at once."""
         self.services.check_capacity(session, adding=plan.size)
-        study_id = self.manager.create(plan)
-        if session is not None:
-            self.services.sessions.setdefault(session, []).extend(r["run_id"] for r in self.record(study_id)["runs"])
-        self.services.ingest.wake()
+        queued: list[str] = []
+        try:
+            study_id = self.manager.create(plan, queued=queued)
+            self.owners[study_id] = session
+        finally:  # also the runs queued before a failure part-way: their session may still cancel them
+            self._own(session, queued)
+            self.services.ingest.wake()
         return study_id
 
     def cancel(self, study_id: str, session: str | None) -> dict[str, str]:
@@ -70,9 +77,11 @@ class StudyService:
 
     def resume(self, study_id: str, session: str | None) -> list[str]:
         record = self._check_owner(study_id, session, "resume")
-        waiting = [r for r, s in self.manager.states(record).items() if s not in ("succeeded", "queued", "running")]
+        waiting = [r for r, s in self.manager.states(record).items() if s in (*RESUMABLE, "not queued")]
         self.services.check_capacity(session, adding=len(waiting))
-        return self.manager.resume(study_id)
+        queued = self.manager.resume(study_id)
+        self._own(session, queued)
+        return queued
 
     def record(self, study_id: str) -> dict:
         return read_study(self.services.runs_dir, study_id)
@@ -88,9 +97,15 @@ class StudyService:
         curves = self.services.store.heldout_curves(runs.run_id.tolist())
         return StudyView(record, runs, setting_table(runs, record), curves, self.manager.progress(study_id))
 
+    def _own(self, session: str | None, run_ids: list[str]) -> None:
+        if session is not None:
+            mine = self.services.sessions.setdefault(session, [])
+            mine.extend(r for r in run_ids if r not in mine)
+
     def _check_owner(self, study_id: str, session: str | None, what: str) -> dict:
+        """The study's record; PermissionError in public mode unless this session launched the study."""
         record = self.record(study_id)
-        for run in record["runs"]:
-            if (self.services.runs_dir / run["run_id"]).exists():
-                self.services.check_owner(run["run_id"], session, f"{what} the study of")
+        if self.services.gate.public and (study_id not in self.owners or self.owners[study_id] != session):
+            raise PermissionError(f"this app is shared: only the browser session that launched study {study_id} "
+                                  f"may {what} it")
         return record
