@@ -100,7 +100,7 @@ def test_a_study_from_set_up_in_the_browser(page, app_url, teacher_dir, student_
     wait_for_text(page, "#study-launch-message", "browser-study launched")
     expect(page.locator("#study-launch-message")).to_contain_text("2 runs and 1 CE-only baselines")
     page.get_by_role("tab", name="Studies").click()
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # three runs one after another, each evaluated at its end
     while "3 succeeded" not in (page.locator("#study-status").inner_text() or ""):
         assert time.time() < deadline, page.locator("#study-status").inner_text()
         page.locator("#studies-refresh").click()
