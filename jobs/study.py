@@ -30,20 +30,25 @@ def _free_id(manager: JobManager, plan: Plan) -> str:
     return study_id
 
 
+def _named(plan: Plan, study_id: str) -> tuple[list[str], list[str]]:
+    """(the distilled runs' ids, the baselines' ids), in plan order: the study's id and the setting's number,
+    NAME-01, NAME-02 ... and NAME-ce01 ... for baselines. The one place run ids of a study are made."""
+    return ([f"{study_id}-{r.index + 1:02d}" for r in plan.runs],
+            [f"{study_id}-ce{b.index + 1:02d}" for b in plan.baselines])
+
+
 def _run_ids(plan: Plan, study_id: str) -> list[str]:
-    return ([f"{study_id}-{r.index + 1:02d}" for r in plan.runs]
-            + [f"{study_id}-ce{b.index + 1:02d}" for b in plan.baselines])
+    distilled, baselines = _named(plan, study_id)
+    return distilled + baselines
 
 
 def _record(plan: Plan, study_id: str) -> dict:
-    """Run ids are the study's id and the setting's number: NAME-01, NAME-02 ... and NAME-ce01 for baselines."""
-    baseline_ids = [f"{study_id}-ce{b.index + 1:02d}" for b in plan.baselines]
-    runs = []
-    for run in plan.runs:
-        runs.append({"run_id": f"{study_id}-{run.index + 1:02d}", "role": "distilled", "setting": run.setting,
-                     "baseline": None if run.baseline is None else baseline_ids[run.baseline]})
-    runs += [{"run_id": baseline_ids[b.index], "role": "baseline", "setting": b.setting, "baseline": None}
-             for b in plan.baselines]
+    distilled_ids, baseline_ids = _named(plan, study_id)
+    runs = [{"run_id": run_id, "role": "distilled", "setting": run.setting,
+             "baseline": None if run.baseline is None else baseline_ids[run.baseline]}
+            for run_id, run in zip(distilled_ids, plan.runs)]
+    runs += [{"run_id": run_id, "role": "baseline", "setting": b.setting, "baseline": None}
+             for run_id, b in zip(baseline_ids, plan.baselines)]
     return {"study_id": study_id, "name": plan.spec.name, "created": time.time(), "fields": plan.fields(),
             "spec": {"grid": plan.spec.grid, "settings": plan.spec.settings, "baselines": plan.spec.baselines},
             "base": plan.base.to_dict(), "cancelled": None, "runs": runs}
@@ -155,6 +160,4 @@ def planned_runs(record: dict) -> dict[str, PlannedRun]:
     """{run_id: planned run} of a stored record, rebuilt from its spec and base (the same expansion as at
     creation, so the record need not hold a config per run)."""
     plan = plan_study(StudySpec(name=record["name"], **record["spec"]), DistillConfig.from_dict(record["base"]))
-    study_id = record["study_id"]
-    return {**{f"{study_id}-{r.index + 1:02d}": r for r in plan.runs},
-            **{f"{study_id}-ce{b.index + 1:02d}": b for b in plan.baselines}}
+    return dict(zip(_run_ids(plan, record["study_id"]), plan.runs + plan.baselines))

@@ -12,9 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
+from workbench.config.schema import ModelSpec
+from workbench.models.loading import ModelLoadError
+from workbench.models.sizing import arch_info
 from workbench.store.database import Store
 
 SEED = "train.seed"
@@ -37,17 +38,14 @@ def _exp(ce) -> float:
 
 
 def student_params(run_path: str | None) -> float:
-    """Parameters of a run's final student, counted from its config.json on the meta device (no weights read)."""
+    """Parameters of a run's final student, counted without reading its weights (models/sizing.arch_info)."""
     folder = Path(run_path or "") / "student"
     if not (folder / "config.json").is_file():
         return float("nan")
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except (OSError, ValueError, KeyError):
+        return float(arch_info(ModelSpec(name_or_path=str(folder)), "student").params)
+    except ModelLoadError:
         return float("nan")
-    return float(sum(p.numel() for p in model.parameters()))
 
 
 def run_frame(store: Store, record: dict) -> pd.DataFrame:
