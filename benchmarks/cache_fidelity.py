@@ -1,9 +1,13 @@
-"""Fidelity of a teacher cache: train the same student on the default pair for a few steps from the live
-teacher and from caches at several k, then compare their held-out KL(teacher || student) and CE (the
-evaluation every run ends with, against the real teacher).
+"""Fidelity of teacher caches: train the same student on the default pair from the live teacher and from
+caches of a few layouts, for each seed, and compare their held-out KL(teacher || student) (the evaluation
+every run ends with, against the real teacher).
 
-    python benchmarks/cache_fidelity.py [--steps 20] [--ks 8,32,64] [--examples 40] [--json out.json]
+    python benchmarks/cache_fidelity.py [--steps 100] [--seeds 0,1] [--caches 32,32s8] [--json out.json]
 
+A cache is named KsS: k slots per position, S of them drawn from the tail beyond the top k - S
+(workbench/losses/sampled_tail.py); "32" is the plain top 32. Both cost the same bytes per token. Each
+seed changes the student's data order and the tail draws; the gap is taken per seed (same seed, same
+data, live vs cache) and reported as its mean and spread (min, max) over the seeds.
 Short runs on a slice of the corpus (--examples chapters): a fidelity check, not a result about KD.
 """
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -24,44 +30,76 @@ from workbench.config.schema import DistillConfig  # noqa: E402
 from workbench.data.defaults import resolve_defaults  # noqa: E402
 from workbench.data.loading import tokenize_datasets  # noqa: E402
 from workbench.engine.cache_fidelity import short_run  # noqa: E402
-from workbench.engine.teacher_cache import build_cache  # noqa: E402
+from workbench.engine.teacher_cache import build_cache, bytes_per_token  # noqa: E402
 from workbench.models.students import load_teacher_fp32, student_tokenizer  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--ks", default="8,32,64")
-    parser.add_argument("--examples", type=int, default=40, help="training chapters used")
-    parser.add_argument("--cache-dir", type=Path)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
-    overrides = [f"data.max_examples={args.examples}", "data.max_eval_examples=8"]
+def layout(name: str) -> tuple[int, int]:
+    """'32' -> (32, 0); '32s8' -> (32, 8)."""
+    found = re.fullmatch(r"(\d+)(?:s(\d+))?", name)
+    if not found:
+        raise SystemExit(f"--caches: {name!r} is not K or KsS (e.g. 32 or 32s8)")
+    return int(found[1]), int(found[2] or 0)
+
+
+def one_seed(seed: int, caches: list[str], args, work: Path) -> dict:
+    overrides = [f"data.max_examples={args.examples}", f"data.max_eval_examples={args.eval_examples}",
+                 f"train.seed={seed}", f"train.seq_len={args.seq_len}", "evaluation.ood_source=null"]
     config = resolve_defaults(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml", overrides),
                               args.cache_dir)
     tokenizer = student_tokenizer(config)
     train, _ = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
     teacher = load_teacher_fp32(config)
-    settings = {"live": None}
-    for k in (int(k) for k in args.ks.split(",")):
+    folders = {}
+    for name in caches:
+        k, sampled = layout(name)
         start = time.perf_counter()
-        build_cache(teacher, tokenizer, train, work / f"cache-k{k}", k, teacher_name=config.teacher.name_or_path,
-                    batch_size=config.train.batch_size)
-        print(f"cache k={k}: {len(train)} blocks in {time.perf_counter() - start:.0f} s", flush=True)
-        settings[f"k{k}"] = str(work / f"cache-k{k}")
+        build_cache(teacher, tokenizer, train, work / f"seed{seed}-{name}", k, teacher_name=config.teacher.name_or_path,
+                    batch_size=config.train.batch_size, tail_samples=sampled, seed=seed)
+        print(f"seed {seed} cache {name}: {len(train)} blocks in {time.perf_counter() - start:.0f} s", flush=True)
+        folders[name] = str(work / f"seed{seed}-{name}")
     del teacher
-    rows = []
-    for name, cache in settings.items():
-        metrics, seconds = short_run(config, work, name, cache, args.steps)
-        rows.append({"teacher": name, "heldout_kl": metrics["forward_kl"], "student_ce": metrics["student_ce"],
-                     "seconds": round(seconds, 1)})
-        live = rows[0]
-        print(f"{name:>5}: held-out KL(teacher || student) {rows[-1]['heldout_kl']:.4f} "
-              f"({100 * (rows[-1]['heldout_kl'] / live['heldout_kl'] - 1):+.2f}% vs live), student CE "
-              f"{rows[-1]['student_ce']:.4f}, {rows[-1]['seconds']:.0f} s", flush=True)
+    row = {}
+    for name, cache in {"live": None, **folders}.items():
+        metrics, seconds = short_run(config, work, f"seed{seed}-{name}-run", cache, args.steps)
+        row[name] = {"heldout_kl": metrics["forward_kl"], "student_ce": metrics["student_ce"],
+                     "seconds": round(seconds, 1)}
+        if name != "live":
+            row[name]["gap_percent"] = 100 * (metrics["forward_kl"] / row["live"]["heldout_kl"] - 1)
+        print(f"seed {seed} {name:>6}: held-out KL {metrics['forward_kl']:.4f}"
+              + (f" ({row[name]['gap_percent']:+.2f}% vs live)" if name != "live" else "")
+              + f", {seconds:.0f} s", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--caches", default="32,32s8", help="comma-separated K or KsS layouts")
+    parser.add_argument("--examples", type=int, default=40, help="training chapters used")
+    parser.add_argument("--seq-len", type=int, default=256, help="block length (the default config's: 256)")
+    parser.add_argument("--eval-examples", type=int, default=16, help="held-out blocks the KL is measured on")
+    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    caches = args.caches.split(",")
+    work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
+    seeds = {int(seed): one_seed(int(seed), caches, args, work) for seed in args.seeds.split(",")}
+    vocab = 49152  # the default pair's; bytes_per_token only needs to know it fits uint16
+    table = []
+    for name in caches:
+        gaps = [seeds[seed][name]["gap_percent"] for seed in seeds]
+        k, sampled = layout(name)
+        table.append({"cache": name, "k": k, "tail_samples": sampled, "bytes_per_token": bytes_per_token(k, vocab),
+                      "gap_mean_percent": round(statistics.mean(gaps), 2), "gap_min_percent": round(min(gaps), 2),
+                      "gap_max_percent": round(max(gaps), 2)})
+    print(f"\n{'cache':>7} {'bytes/token':>11} {'KL gap vs live (mean, min..max over seeds)':>44}")
+    for row in table:
+        print(f"{row['cache']:>7} {row['bytes_per_token']:>11} {row['gap_mean_percent']:>+27.2f}% "
+              f"({row['gap_min_percent']:+.2f}..{row['gap_max_percent']:+.2f})")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"steps": args.steps, "table": table, "seeds": seeds}, indent=2))
 
 
 if __name__ == "__main__":

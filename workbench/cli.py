@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
     cache.add_argument("out_dir", help="folder for the cache")
     cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32)")
+    cache.add_argument("--tail-samples", type=int, default=0, metavar="S",
+                       help="of the k, draw S from the teacher's distribution beyond the top k - S instead of "
+                            "keeping the next most likely (same bytes; the student learns the tail's shape)")
     cache.add_argument("--fidelity", type=int, default=0, metavar="STEPS",
                        help="then train STEPS steps from the live teacher and from the cache and keep how much "
                             "the held-out KL differs (shown in the app's cache manager)")
@@ -225,7 +228,8 @@ def _cache(args) -> int:
     start = time.perf_counter()
     manifest = build_cache(teacher, tokenizer, train, args.out_dir, args.k, teacher_name=config.teacher.name_or_path,
                            batch_size=config.train.batch_size, progress=lambda msg, frac: print(
-                               f"[{frac:4.0%} {time.perf_counter() - start:6.1f}s] {msg}", flush=True))
+                               f"[{frac:4.0%} {time.perf_counter() - start:6.1f}s] {msg}", flush=True),
+                           tail_samples=args.tail_samples, seed=config.train.seed)
     print(f"{args.out_dir}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
           f"{manifest.bytes_per_token} bytes/token; train with --set loss.teacher_cache={args.out_dir}")
     if args.fidelity:

@@ -28,7 +28,11 @@ def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str |
         output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))
     start = time.perf_counter()
     run_training(run_config)
-    return RunDir(Path(work) / name).read_evaluations()[-1]["metrics"], time.perf_counter() - start
+    run = RunDir(Path(work) / name)
+    evaluations = run.read_evaluations()
+    if not evaluations:
+        raise RuntimeError(f"the {name} run was not evaluated: {run.read_status().get('evaluation_error')}")
+    return evaluations[-1]["metrics"], time.perf_counter() - start
 
 
 def measure_fidelity(config: DistillConfig, cache: Path, steps: int = 20,

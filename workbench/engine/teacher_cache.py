@@ -8,6 +8,11 @@ so students train from them without running the teacher.
       tail-00000.npy         (blocks, seq_len - 1) float16: log of the mass outside the top k
       ...
 
+With tail_samples = s > 0 the last s of the k slots are not the next most likely tokens but draws (with
+replacement, seeded per shard so a resumed build draws the same) from the teacher's distribution outside
+the k - s head tokens, and `tail` is the log of that outside mass: the student then learns how the tail
+is spread, not only how much it holds (workbench/losses/sampled_tail.py), at the same bytes per token.
+
 Row i of a block is the distribution of token i + 1 (the causal shift the losses use). A shard's three
 files are written, then the manifest names the shard: a build that stops (crash, cancel) resumes at the
 first shard the manifest does not name. At k = 32 a position costs 32·2 + 32·2 + 2 = 130 bytes.
@@ -74,12 +79,14 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     temperature_policy: str = "log-probabilities at T=1; other T re-soften the top-k and tail buckets"
     created: float = field(default_factory=time.time)
-    mass_sum: float = 0.0       # the teacher's probability inside the top k, summed over stored positions
+    mass_sum: float = 0.0       # the teacher's probability on the head tokens, summed over stored positions
     positions: int = 0          # positions stored so far
+    tail_samples: int = 0       # the last tail_samples of the k slots are draws from the tail
+    seed: int = 0               # seeds the tail draws
 
     @property
     def mass_retained(self) -> float | None:
-        """Mean share of the teacher's probability the top k keep (1 = nothing lost)."""
+        """Mean share of the teacher's probability the head tokens hold (1 = nothing lost)."""
         return self.mass_sum / self.positions if self.positions else None
 
     @property
@@ -118,34 +125,51 @@ def _check(found: Manifest, wanted_tokenizer: str, wanted_data: str, folder: Pat
                          f"is {wanted_data}): data source, seq_len, seed and max_examples must match the build")
 
 
-def top_k_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, L, V) logits -> top-k log-probs (B, L, k), their ids, and the log of the remaining mass (B, L)."""
+def top_k_logprobs(logits: torch.Tensor, k: int, tail_samples: int = 0,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, L, V) logits -> k log-probs (B, L, k), their ids, and the log of the mass outside the head (B, L).
+    The head is the top k - tail_samples tokens; the other slots hold tokens drawn from the rest."""
     log_p = torch.log_softmax(logits.float(), -1)
-    values, ids = log_p.topk(k, -1)
-    rest = log_p.scatter(-1, ids, float("-inf")).logsumexp(-1)  # exact, -inf when k = V
+    values, ids = log_p.topk(k - tail_samples, -1)
+    outside = log_p.scatter(-1, ids, float("-inf"))
+    rest = outside.logsumexp(-1)  # exact, -inf when the head is the whole vocabulary
+    if tail_samples:
+        flat = outside.reshape(-1, outside.shape[-1])
+        # A row with no tail has nothing to draw from: draw anything, its weight (rest = -inf) is 0.
+        weights = torch.where(torch.isneginf(rest.reshape(-1, 1)), 0.0, flat - rest.reshape(-1, 1)).exp()
+        drawn = torch.multinomial(weights, tail_samples, replacement=True, generator=generator)
+        drawn = drawn.view(*ids.shape[:-1], tail_samples)
+        values, ids = torch.cat([values, log_p.gather(-1, drawn)], -1), torch.cat([ids, drawn], -1)
     return values, ids, rest
 
 
 def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher_name: str = "",
                 batch_size: int = 8, shard_blocks: int = SHARD_BLOCKS,
-                progress: Callable[[str, float], None] | None = None) -> Manifest:
-    """Run the teacher over `dataset` (blocks of input_ids of one length) and store its top k per position.
-    Resumes a build of the same teacher, tokenizer, data and k; refuses one of anything else."""
+                progress: Callable[[str, float], None] | None = None, tail_samples: int = 0,
+                seed: int = 0) -> Manifest:
+    """Run the teacher over `dataset` (blocks of input_ids of one length) and store k tokens per position
+    (the top k, or the top k - tail_samples and tail_samples draws from the rest). Resumes a build of the
+    same teacher, tokenizer, data, k and tail samples; refuses one of anything else."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = teacher.get_output_embeddings().weight.shape[0]
     if not 1 <= k <= vocab:
         raise CacheError(f"k must be in [1, {vocab}] (the teacher's vocabulary), got {k}")
+    if not 0 <= tail_samples <= k:
+        raise CacheError(f"tail_samples must be in [0, {k}] (some of the k slots), got {tail_samples}")
     lengths = {len(ids) for ids in dataset[:min(len(dataset), 64)]["input_ids"]}
     if len(lengths) != 1:
         raise CacheError("the teacher cache needs blocks of one length (data.packing: true)")
     wanted = Manifest(teacher=teacher_name, tokenizer_hash=tokenizer_hash(tokenizer), data_hash=data_hash(dataset),
-                      k=k, vocab=vocab, seq_len=lengths.pop(), blocks=len(dataset), shard_blocks=shard_blocks)
+                      k=k, vocab=vocab, seq_len=lengths.pop(), blocks=len(dataset), shard_blocks=shard_blocks,
+                      tail_samples=tail_samples, seed=seed)
     found = _read_manifest(folder)
     if found is not None:
         _check(found, wanted.tokenizer_hash, wanted.data_hash, folder)
-        if (found.k, found.teacher, found.shard_blocks) != (k, teacher_name, shard_blocks):
-            raise CacheError(f"{folder} holds a cache of {found.teacher!r} at k={found.k}; build this one elsewhere")
+        if (found.k, found.teacher, found.shard_blocks, found.tail_samples, found.seed) != \
+                (k, teacher_name, shard_blocks, tail_samples, seed):
+            raise CacheError(f"{folder} holds a cache of {found.teacher!r} at k={found.k} with "
+                             f"{found.tail_samples} tail samples; build this one elsewhere")
         wanted = found
     write_json_atomic(folder / MANIFEST, asdict(wanted))
     device = next(teacher.parameters()).device
@@ -155,10 +179,12 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
     for shard in todo:
         first, last = shard * shard_blocks, min((shard + 1) * shard_blocks, wanted.blocks)
         parts = []
+        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + shard)  # a resumed shard draws the same
         for start in range(first, last, batch_size):
             ids = torch.as_tensor(dataset[start:min(start + batch_size, last)]["input_ids"], device=device)
             with torch.no_grad():
-                parts.append([t.cpu() for t in top_k_logprobs(teacher(input_ids=ids).logits[:, :-1], k)])
+                logits = teacher(input_ids=ids).logits[:, :-1]
+                parts.append([t.cpu() for t in top_k_logprobs(logits, k, tail_samples, generator)])
             done_blocks += ids.shape[0]
             if progress:
                 elapsed = time.perf_counter() - start_time
@@ -172,7 +198,7 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
             np.save(tmp, array)
             tmp.replace(folder / f"{name}-{shard:05d}.npy")
         wanted.shards_done = sorted({*wanted.shards_done, shard})
-        wanted.mass_sum += float(values.exp().sum(-1).sum())
+        wanted.mass_sum += float(values[..., :k - tail_samples].exp().sum(-1).sum())
         wanted.positions += values.shape[0] * values.shape[1]
         write_json_atomic(folder / MANIFEST, asdict(wanted))
     return wanted
@@ -244,6 +270,7 @@ def _cache_row(folder: Path) -> dict | None:
         return None
     size = sum(p.stat().st_size for p in folder.glob("*.npy"))
     return {"name": folder.name, "path": str(folder), "teacher": str(manifest.teacher), "k": int(manifest.k),
-            "blocks": int(manifest.blocks), "MB": round(size / 2**20, 3), "bytes/token": manifest.bytes_per_token,
+            "tail samples": int(manifest.tail_samples), "blocks": int(manifest.blocks),
+            "MB": round(size / 2**20, 3), "bytes/token": manifest.bytes_per_token,
             "mass kept": None if manifest.mass_retained is None else round(float(manifest.mass_retained), 3),
             "complete": manifest.complete, "KD vs live": _fidelity_text(folder), "created": float(manifest.created)}

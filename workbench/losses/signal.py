@@ -17,6 +17,7 @@ from torch import Tensor
 
 from workbench.losses.cross_tokenizer import hybrid_distance, uld_distance
 from workbench.losses.divergences import IGNORE_INDEX, kd_loss, masked_reduce, sparse_kd_loss
+from workbench.losses.sampled_tail import sampled_kd_loss
 
 ALL = slice(None)
 
@@ -59,22 +60,28 @@ class LiveHead:
 
 @dataclass(frozen=True)
 class CachedTopK:
-    """Sparse: teacher-cache rows (workbench/engine/teacher_cache.py): top-k log-probs and ids (..., k) at
-    T = 1 and the log of the mass outside them (...); the KD term is sparse_kd_loss's."""
+    """Sparse: teacher-cache rows (workbench/engine/teacher_cache.py): k log-probs and ids (..., k) at
+    T = 1 and the log of the mass outside the head (...). sampled = 0: all k are the top k, the KD term
+    is sparse_kd_loss's; else the last `sampled` slots are draws from the tail (losses/sampled_tail.py)."""
     top_logp: Tensor
     top_ids: Tensor
     tail: Tensor
     kd_vocab: int | None = None
+    sampled: int = 0
 
     def flat(self) -> "CachedTopK":
         k = self.top_logp.shape[-1]
         return CachedTopK(self.top_logp.reshape(-1, k), self.top_ids.reshape(-1, k), self.tail.reshape(-1),
-                          self.kd_vocab)
+                          self.kd_vocab, self.sampled)
 
     def kd(self, student_logits: Tensor, labels: Tensor, spec, num_items_in_batch=None, rows: slice = ALL) -> Tensor:
-        return sparse_kd_loss(student_logits[..., :self.kd_vocab], self.top_logp[rows], self.top_ids[rows],
-                              self.tail[rows], labels, spec.divergence, spec.temperature, spec.beta,
-                              spec.skew_lambda, num_items_in_batch)
+        student = student_logits[..., :self.kd_vocab]
+        if self.sampled:
+            return sampled_kd_loss(student, self.top_logp[rows], self.top_ids[rows], self.tail[rows], labels,
+                                   self.sampled, spec.divergence, spec.temperature, spec.beta, spec.skew_lambda,
+                                   num_items_in_batch)
+        return sparse_kd_loss(student, self.top_logp[rows], self.top_ids[rows], self.tail[rows], labels,
+                              spec.divergence, spec.temperature, spec.beta, spec.skew_lambda, num_items_in_batch)
 
 
 @dataclass(frozen=True)

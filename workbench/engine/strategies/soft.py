@@ -136,7 +136,7 @@ class SoftLabelStrategy(Strategy):
                 return None
             device = inputs["input_ids"].device
             return CachedTopK(*(t.to(device) for t in self.cache.rows(inputs["block"].tolist())),
-                              kd_vocab=self.cache.manifest.vocab)
+                              kd_vocab=self.cache.manifest.vocab, sampled=self.cache.manifest.tail_samples)
         if not self._live():
             return None
         key = (_batch_key(inputs), fused) if held_out else None
