@@ -115,15 +115,15 @@ def write_job(runs: list[ClusterRun], spec: ClusterSpec, out: str | Path, study:
 
 def accelerate_settings(spec: ClusterSpec, configs: list[DistillConfig]) -> dict:
     """accelerate's config for M machines x N GPUs. The machine rank and the main process's address and port
-    are Slurm's to know: launch.sh passes them at launch. bf16 unless a run turns it off: accelerate's setting
-    would override a run's train.bf16 off (the Trainer takes it from the environment when its own is unset),
-    while a run that asks for bf16 gets it from the Trainer either way."""
+    are Slurm's to know: launch.sh passes them at launch. bf16 where every run asks for it (train.bf16 on); else
+    "no", and each run's Trainer decides (auto: bf16 where the GPU supports it): accelerate's bf16 would reach a
+    Trainer told off or auto through the environment and force bf16 there (on a GPU without it, or on CPU)."""
     settings = {"compute_environment": "LOCAL_MACHINE",
                 "distributed_type": "FSDP" if spec.mode == "fsdp" else "MULTI_GPU",
                 "num_machines": spec.nodes, "num_processes": spec.processes, "machine_rank": 0,
                 "main_process_ip": None, "main_process_port": None, "rdzv_backend": "static", "same_network": True,
                 "gpu_ids": "all", "use_cpu": False, "downcast_bf16": "no",
-                "mixed_precision": "no" if any(c.train.bf16 == "off" for c in configs) else "bf16"}
+                "mixed_precision": "bf16" if all(c.train.bf16 == "on" for c in configs) else "no"}
     if spec.mode == "fsdp":
         settings["fsdp_config"] = dict(FSDP_SETTINGS)
     return settings
