@@ -16,6 +16,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from jobs.cluster import runs_of_config, runs_of_study, write_job
 from jobs.cluster_spec import ClusterSpec
 from jobs.launcher import free_port
+from jobs.manager import JobManager
 from jobs.spec import JobSpec
 from jobs.study_plan import plan_study
 from workbench.cli import main
@@ -71,6 +72,18 @@ def test_a_run_as_a_two_node_ddp_job(distilled_config, tmp_path, monkeypatch):
     assert "sbatch job.slurm" in readme and "python -m workbench ingest" in readme
     assert f"teacher.name_or_path: {distilled_config.teacher.name_or_path} is a path on this machine" in readme
     assert any(note.startswith("data.source: ") for note in job.notes)
+
+
+def test_a_copied_back_run_resumes_in_its_new_folder(distilled_config, tmp_path, monkeypatch):
+    """Its spec names runs/RUN relative to the job folder; resuming it in the app rewrites the spec where it is now."""
+    job = write_job(runs_of_config(named(distilled_config, "kd")), ClusterSpec(), tmp_path / "job")
+    shutil.copytree(job.folder / "runs", tmp_path / "app-runs")
+    RunDir(tmp_path / "app-runs" / "kd").write_status("cancelled", step=10)
+    monkeypatch.setattr(JobManager, "poll", lambda self: None)  # queued, not started
+    monkeypatch.chdir(tmp_path)  # where runs/kd, relative, would land if the spec kept it
+    JobManager(tmp_path / "app-runs").resume("kd")
+    assert JobSpec.read(tmp_path / "app-runs" / "kd").run_dir == str((tmp_path / "app-runs" / "kd").resolve())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app-runs", "job"]
 
 
 def test_fsdp_shards_the_student_and_uses_the_plain_loss(distilled_config, tmp_path):
