@@ -68,7 +68,7 @@ fi
 {prepare}srun --kill-on-bad-exit=1 bash launch.sh "$RUN"
 """
 
-PREPARE = """# The offline default's files (defaults:...), before any rank reads them; a no-op once prepared (README.txt).
+PREPARE = """# The offline default's files (defaults:...), before any rank reads them; a no-op once done (README.txt).
 "$PYTHON" -m workbench prepare-defaults{flags}
 """
 

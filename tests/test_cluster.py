@@ -111,7 +111,8 @@ def test_on_policy_refuses_fsdp_naming_the_mode(distilled_config, tmp_path):
     (dict(nodes=8, gpus_per_node=16), "gpus_per_node", "at most 64 processes"),
     (dict(mode="deepspeed"), "mode", "ddp, fsdp"), (dict(partition="gpu; rm -rf ~"), "partition", "letters, digits"),
     (dict(account="$(id)"), "account", "letters, digits"), (dict(partition="a\nb"), "partition", "letters, digits"),
-    (dict(time="25h"), "time", "HH:MM:SS"), (dict(time="10:61:00"), "time", "00-59"), (dict(time=None), "time", "HH:MM")])
+    (dict(time="25h"), "time", "HH:MM:SS"), (dict(time="10:61:00"), "time", "00-59"),
+    (dict(time=None), "time", "HH:MM")])
 def test_bad_values_name_the_field_and_the_allowed_range(values, field, allowed):
     with pytest.raises(ConfigError) as err:
         ClusterSpec(**values).validate()
@@ -172,7 +173,8 @@ def test_the_command_line_writes_a_job_and_names_bad_values(distilled_config, tm
     assert "cd " in capsys.readouterr().out
     assert DistillConfig.load(tmp_path / "job" / "configs" / "cli.yaml").train.max_steps == 500
     assert "#SBATCH --time=2-00:00:00" in (tmp_path / "job" / "job.slurm").read_text()
-    assert main(["cluster", str(config), str(tmp_path / "bad"), "--gpus-per-node", "0", "--time", "soon"]) == EXIT_CONFIG
+    bad = ["cluster", str(config), str(tmp_path / "bad"), "--gpus-per-node", "0", "--time", "soon"]
+    assert main(bad) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "gpus_per_node: must be a whole number from 1 to 16" in err and "time: must be HH:MM:SS" in err
     assert not (tmp_path / "bad").exists()

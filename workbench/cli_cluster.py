@@ -1,6 +1,7 @@
-"""`python -m workbench cluster`: a run, or a study's runs, written as a job folder for a Slurm cluster (jobs/cluster.py).
-Nothing is trained here: the folder is copied to the cluster and submitted with sbatch. An entry point like cli.py:
-its parser is built for every command, so the job machinery is imported only when this command runs."""
+"""`python -m workbench cluster`: a run, or a study's runs, written as a job folder for a Slurm cluster
+(jobs/cluster.py). Nothing is trained here: the folder is copied to the cluster and submitted with sbatch.
+An entry point like cli.py: its parser is built for every command, so the job machinery is imported only
+when this command runs."""
 from __future__ import annotations
 
 import argparse

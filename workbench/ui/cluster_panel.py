@@ -27,7 +27,8 @@ def write_cluster_job(services: Services, form: SetupForm, nodes, gpus_per_node,
     notes = "".join(f"\n- {plain(note)}" for note in job.notes)
     return str(archive), (f"**Cluster job written** ({plain(archive.name)}): run {plain(job.runs[0])} on "
                           f"{nodes} × {gpus_per_node} GPUs. Unzip it on the cluster and, in its folder, run "
-                          "`sbatch job.slurm`; its README.txt says how to copy the run back." + (f"\n\nSee to these first:{notes}" if notes else ""))
+                          "`sbatch job.slurm`; its README.txt says how to copy the run back."
+                          + (f"\n\nSee to these first:{notes}" if notes else ""))
 
 
 def create_cluster_panel(services: Services, default, inputs: dict) -> None:
