@@ -26,7 +26,7 @@ import yaml
 from jobs import cluster_scripts
 from jobs.cluster_spec import ClusterSpec
 from jobs.spec import JobSpec
-from jobs.study import _named, _record
+from jobs.study import _named, _record  # the one place a study's run ids and record are made
 from jobs.study_plan import Plan
 from workbench.config.fields import ConfigError
 from workbench.config.gate import is_hub_id, references
@@ -97,7 +97,7 @@ def write_job(runs: list[ClusterRun], spec: ClusterSpec, out: str | Path, study:
         for run in runs:
             _write_run(staging, run, spec, accelerate)
         if study is not None:
-            write_study(staging / RUNS, study)
+            write_study(staging / RUNS, {**study, "num_processes": spec.processes})  # as the app records it
         names = [run.name for run in runs]
         defaults = _defaults_flags([run.config for run in runs])
         notes += _local_paths([run.config for run in runs])
