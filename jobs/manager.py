@@ -137,7 +137,8 @@ class JobManager:
                 config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
             if self.gate is not None:
                 self.gate.check(spec.config, spec.num_processes, spec.accelerate_config)
-            dataclasses.replace(spec, resume=True).write()
+            # Where the run is now: a run folder copied in from elsewhere (a cluster job's) names its old place.
+            dataclasses.replace(spec, resume=True, run_dir=str(run.path)).write()
             self._enqueue(run_id, spec.config.train.max_steps)
             self.poll()
 

@@ -54,8 +54,10 @@ class JobSpec:
         self.config.validate()
         return self
 
-    def write(self) -> Path:
-        run = RunDir(self.run_dir).create()
+    def write(self, into: str | Path | None = None) -> Path:
+        """RUN_DIR/spec.json; `into` another folder, for a spec whose run_dir is read elsewhere (a cluster job's
+        run_dir is relative to the job folder, where the worker starts: jobs/cluster.py)."""
+        run = RunDir(into or self.run_dir).create()
         data = asdict(self)
         data["config"] = self.config.to_dict()
         write_json_atomic(run.file(SPEC), data)

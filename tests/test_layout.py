@@ -15,7 +15,7 @@ LAYERS = ["config", "store", "losses", "models", "data", "hardlabel", "eval", "e
 # Entry points import the project inside functions on purpose: the CLI loads torch only for the commands
 # that need it, the worker sets its environment before transformers is imported, app.py prepares the
 # offline default before it builds the UI.
-LAZY_ENTRY_POINTS = {"workbench.cli", "workbench.__main__", "jobs.worker", "app"}
+LAZY_ENTRY_POINTS = {"workbench.cli", "workbench.cli_cluster", "workbench.__main__", "jobs.worker", "app"}
 
 
 def _modules() -> dict[str, Path]:
@@ -36,7 +36,7 @@ def layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] in ("jobs", "app"):
         return parts[0]
-    if module in ("workbench.cli", "workbench.cli_study", "workbench.__main__"):
+    if module in ("workbench.cli", "workbench.cli_study", "workbench.cli_cluster", "workbench.__main__"):
         return "cli"
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
 

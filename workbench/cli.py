@@ -12,6 +12,7 @@
     python -m workbench export RUN_DIR --int8 [--out DIR]    the final student as int8, measured against fp32
     python -m workbench export RUN_DIR --gguf [--dtype f16] [--out DIR]   the final student as one GGUF file
     python -m workbench study STUDY.yaml [--set ...] [--max-jobs N] | --resume STUDY_ID   a group of runs
+    python -m workbench cluster CONFIG.yaml OUT_DIR [--nodes M] [--gpus-per-node N] [--fsdp] | --study STUDY.yaml
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import time
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from workbench.cli_cluster import add_parser as add_cluster_parser  # noqa: E402
 from workbench.config.fields import ConfigError  # noqa: E402
 from workbench.store.rundir import EXIT_CANCELLED, EXIT_CONFIG, EXIT_FAILED  # noqa: E402
 
@@ -37,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                "  evaluate                   workbench/eval/ (held-out metrics, the run card)\n"
                "  export                     workbench/eval/ (quantization, exports), models/ (quantize, gguf_export)\n"
                "  study                      jobs/study.py, workbench/config/study.py, workbench/eval/study_results.py\n"
+               "  cluster                    jobs/cluster.py (a job folder for Slurm), workbench/cli_cluster.py\n"
                "  generate                   workbench/hardlabel/ (the teacher writes the data)\n"
                "  prune                      workbench/models/ (a student cut from the teacher)\n"
                "  prepare-defaults           workbench/data/ (the offline default)\n"
@@ -107,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--runs-dir", help="the runs folder (default: the base config's output.runs_dir)")
     study.add_argument("--max-jobs", type=int, default=1, help="runs trained at once (default 1)")
     study.add_argument("--resume", metavar="STUDY_ID", help="continue a cancelled or cut-off study instead")
+    add_cluster_parser(sub)
     prune = sub.add_parser("prune", help="build a student by keeping some of a teacher's decoder layers")
     prune.add_argument("teacher", help="hub id or local folder of the teacher")
     prune.add_argument("out_dir", help="folder to save the student in")
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "study":
             return _study(args)
+        if args.command == "cluster":
+            from workbench.cli_cluster import run_cluster
+            return run_cluster(args)
         if args.command == "generate":
             return _generate(args)
         if args.command == "resume":

@@ -3,11 +3,16 @@ offline-default preparation. Built once by app.py; the UI never trains or opens 
 from __future__ import annotations
 
 import json
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from jobs.cluster import ClusterJob, runs_of_config, write_job
+from jobs.cluster_spec import ClusterSpec
 from jobs.manager import JobManager
 from jobs.monitor import ResourceMonitor
 from jobs.spec import JobSpec
@@ -247,6 +252,15 @@ class Services:
 
     def evaluation_reports(self, run_id: str) -> list[dict]:
         return run_in(self.runs_dir, run_id).read_evaluations()
+
+    def cluster_job(self, config: DistillConfig, spec: ClusterSpec) -> tuple[ClusterJob, Path]:
+        """A cluster job folder for a config that passed the gate, written under RUNS/exports/cluster/ (a name of
+        the app's making), and its zip for the download; ConfigError naming the field (spec's values included)."""
+        runs = runs_of_config(config)
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # two writes in one second differ
+        folder = self.exports_dir / "cluster" / f"{runs[0].name}-{stamp}"
+        job = write_job(runs, spec, folder)
+        return job, Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name))
 
     def __enter__(self) -> "Services":
         return self

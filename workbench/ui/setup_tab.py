@@ -20,6 +20,7 @@ from workbench.engine.preflight import preflight
 from workbench.eval.preview import temperature_preview
 from workbench.ui import generation_panel
 from workbench.ui.cache_panel import create_cache_panel
+from workbench.ui.cluster_panel import create_cluster_panel
 from workbench.ui.form import (
     DATA_HUB,
     DATA_KINDS,
@@ -224,6 +225,7 @@ def create_setup_tab(services: Services, default: DistillConfig, extra=None) -> 
         inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
         if extra is not None:
             extra(inputs)
+        create_cluster_panel(services, default, inputs)
     rules = [(components[key], control, test) for key, (control, test) in SHOWN_WHEN.items()]
     rules += [(box, "strategy", lambda chosen, group=group: chosen in group.strategies)
               for group, box in zip(LAYOUT, boxes) if group.strategies]
