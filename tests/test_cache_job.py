@@ -66,6 +66,13 @@ def test_a_cancelled_build_resumes_without_recomputing_finished_shards(config, t
     assert min(seen) > 4  # counted from the 4 blocks already built: the first shard was not run again
     again = (folder / "logp-00000.npy").stat()
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    # The same folder for other data, or a k the teacher's vocabulary does not have: errors naming the field.
+    other = config.replace(data=config.data.__class__(**{**config.data.__dict__, "max_examples": 60}))
+    with pytest.raises(ConfigError, match="cache.folder.*other data"):
+        run_cache_job(other, run, folder, k=8)
+    assert run.read_status()["state"] == "failed" and manifest(folder) == done
+    with pytest.raises(ConfigError, match=r"cache.k: must be from 1 to \d+ \(the teacher's vocabulary\), got 1000"):
+        run_cache_job(config, run, tmp_path / "wide", k=1000)
 
 
 def test_a_second_builder_waits_for_the_first(tmp_path):

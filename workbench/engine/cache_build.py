@@ -32,6 +32,10 @@ LOCK_POLL_S = 1.0
 PHASE = "teacher cache"  # status.json's phase while a job or a run builds (the Runs tab shows it)
 
 
+class KTooLarge(CacheError):
+    """k above the teacher's vocabulary: known only once the teacher is loaded, so the job reports it then."""
+
+
 @dataclass
 class BuildReport:
     """Where a build's progress goes: status.json (at most once a second: the Runs tab's progress and ETA) of
@@ -145,6 +149,8 @@ def _build(config: DistillConfig, tokenizer, train, folder: Path, k: int, report
     if not config.student.init_from_teacher_layers:
         # The cache stores teacher ids read with the student's tokenizer: they must name the same tokens.
         check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher), logit_size(teacher))
+    if k > logit_size(teacher):
+        raise KTooLarge(f"must be from 1 to {logit_size(teacher)} (the teacher's vocabulary), got {k}")
     total, before = len(train), _blocks_done(_manifest(folder), len(train))
     start = time.monotonic()
 

@@ -18,10 +18,11 @@ import psutil
 
 from workbench.config.schema import DistillConfig
 from workbench.data.defaults import progress_line, resolve_defaults
-from workbench.engine.cache_build import BuildReport, build_for_config
+from workbench.config.fields import ConfigError
+from workbench.engine.cache_build import BuildReport, KTooLarge, build_for_config
 from workbench.engine.cache_fidelity import measure_fidelity
 from workbench.engine.stopping import Cancelled, StopRequest
-from workbench.engine.teacher_cache import Manifest
+from workbench.engine.teacher_cache import CacheError, Manifest
 from workbench.store.rundir import RunDir
 
 FIDELITY_PHASE = "measuring fidelity"
@@ -40,7 +41,10 @@ def run_cache_job(config: DistillConfig, run: RunDir, folder: Path, k: int, fide
         with StopRequest().installed():
             progress = (lambda message, fraction: echo(progress_line(message, fraction))) if echo else None
             config = resolve_defaults(config, cache_dir, progress, fetch_missing)
-            manifest = build_for_config(config, Path(folder), k, BuildReport(run, echo))
+            try:
+                manifest = build_for_config(config, Path(folder), k, BuildReport(run, echo))
+            except CacheError as err:  # the job's own fields, as the panel named them (jobs/cache_spec.py)
+                raise ConfigError([("cache.k" if isinstance(err, KTooLarge) else "cache.folder", str(err))]) from err
             if echo:
                 echo(f"{folder}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
                      f"{manifest.bytes_per_token} bytes/token")
