@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.cache_spec import CacheBuild
 from jobs.launcher import start_worker
 from jobs.process import WorkerProcess
 from jobs.spec import JobSpec
@@ -90,21 +91,22 @@ class JobManager:
 
     # -- public API -------------------------------------------------------------------------------
     def submit(self, config: DistillConfig, run_name: str | None = None, num_processes: int = 1,
-               accelerate_config: str | None = None, baseline_of: str | None = None) -> str:
-        """Validate, write spec.json and a queued status, then start it if a slot is free. Returns the run id."""
+               accelerate_config: str | None = None, baseline_of: str | None = None,
+               cache_build: CacheBuild | None = None) -> str:
+        """Validate, write spec.json and a queued status, then start it if a slot is free. Returns the run id.
+        With `cache_build` the job builds that teacher cache for `config` instead of training."""
         with self._lock:
             run_id = self._new_run_id(run_name or config.output.run_name or
                                       f"{time.strftime('%Y%m%d-%H%M%S')}-{config.strategy}")
             run_dir = self.runs_dir / run_id
             config = config.replace(output=dataclasses.replace(config.output, runs_dir=str(self.runs_dir),
                                                                run_name=run_id))
-            if self.gate is not None:
-                self.gate.check(config, num_processes, accelerate_config)
             spec = JobSpec(config=config, run_dir=str(run_dir), num_processes=num_processes,
                            accelerate_config=accelerate_config, cache_dir=self.cache_dir,
-                           baseline_of=baseline_of).validate()
+                           baseline_of=baseline_of, cache_build=cache_build).validate()
+            spec.check(self.gate)
             spec.write()
-            self._enqueue(run_id, config.train.max_steps)
+            self._enqueue(run_id, spec)
             self.poll()
             return run_id
 
@@ -135,11 +137,10 @@ class JobManager:
                 raise ValueError(f"{run_id} is {state or 'unknown'}: only {', '.join(RESUMABLE)} jobs can resume")
             spec = JobSpec.read(run.path) if run.file(SPEC).exists() else JobSpec(
                 config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
-            if self.gate is not None:
-                self.gate.check(spec.config, spec.num_processes, spec.accelerate_config)
+            spec.check(self.gate)
             # Where the run is now: a run folder copied in from elsewhere (a cluster job's) names its old place.
             dataclasses.replace(spec, resume=True, run_dir=str(run.path)).write()
-            self._enqueue(run_id, spec.config.train.max_steps)
+            self._enqueue(run_id, spec)
             self.poll()
 
     def move(self, run_id: str, offset: int) -> int:
@@ -258,8 +259,8 @@ class JobManager:
             run_id, n = f"{base}-{n}", n + 1
         return run_id
 
-    def _enqueue(self, run_id: str, total_steps: int) -> None:
-        RunDir(self.runs_dir / run_id).write_status("queued", queued_at=time.time(), total_steps=total_steps,
+    def _enqueue(self, run_id: str, spec: JobSpec) -> None:
+        RunDir(self.runs_dir / run_id).write_status("queued", queued_at=time.time(), **spec.queued_status(),
                                                     error=None, traceback=None, log_tail=None, exit_code=None)
         self._queue.append(run_id)
 
@@ -278,8 +279,7 @@ class JobManager:
         run = RunDir(self.runs_dir / run_id)
         try:
             spec = JobSpec.read(run.path)
-            if self.gate is not None:
-                self.gate.check(spec.config, spec.num_processes, spec.accelerate_config)
+            spec.check(self.gate)
             popen = start_worker(spec, self.grace_s)
         except ConfigError as err:  # refused by the gate, or a damaged spec: the job fails alone, not started
             run.write_status("failed", error=f"not started: {err}")

@@ -5,7 +5,8 @@ each distilled run paired with its CE-only baseline when asked. Baselines that w
 A teacher cache named by the base (loss.teacher_cache) is shared by every run whose data allows: a run whose
 setting changes the teacher, the data or the block length would not match it (the cache is checked against
 both at start), and a strategy other than soft_label cannot read one, so those runs train from the live
-teacher instead, and the plan says which."""
+teacher instead, and the plan says which. With loss.build_teacher_cache the first run to start builds the shared
+cache (its folder's lock holds the others back: workbench/engine/cache_build.py) and the rest read it."""
 from __future__ import annotations
 
 import dataclasses
@@ -66,7 +67,7 @@ def _cache_readable(base: DistillConfig, setting: dict) -> bool:
 def _with_setting(base: DistillConfig, setting: dict, where: str) -> DistillConfig:
     data = base.to_dict()
     if base.loss.teacher_cache and "loss.teacher_cache" not in setting and not _cache_readable(base, setting):
-        data["loss"]["teacher_cache"] = None
+        data["loss"].update(teacher_cache=None, build_teacher_cache=False)
     for field, value in setting.items():
         node = data
         *sections, last = field.split(".")

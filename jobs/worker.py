@@ -1,6 +1,7 @@
-"""A job's process: `python -m jobs.worker RUN_DIR` reads spec.json and runs it (under `accelerate launch`
-for multi-process jobs: every rank runs this same entry point). Exit codes: 0 succeeded, 1 failed (the
-error and traceback are in status.json), 3 stopped on request with a checkpoint (status cancelled).
+"""A job's process: `python -m jobs.worker RUN_DIR` reads spec.json and runs it: trains a student (under
+`accelerate launch` for multi-process jobs: every rank runs this same entry point), or builds a teacher cache.
+Exit codes: 0 succeeded, 1 failed (the error and traceback are in status.json), 3 stopped on request (status
+cancelled; a training run has a checkpoint, a cache build keeps its finished shards).
 The output goes to worker.log, where the job manager points stdout and stderr."""
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     from jobs.spec import JobSpec
+    from workbench.engine.cache_job import run_cache_job
     from workbench.engine.runner import run_training
     from workbench.engine.stopping import Cancelled
     from workbench.store.rundir import EXIT_CANCELLED, EXIT_FAILED, RunDir
@@ -28,8 +30,13 @@ def main(argv: list[str]) -> int:
     spec = JobSpec.read(argv[0])
     try:
         # A job the app started never fetches a model the app's owner has not (a visitor's resume would).
-        run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=lambda m: print(m, flush=True),
-                     cache_dir=spec.cache_dir, fetch_missing=False)
+        if spec.cache_build is not None:  # a resumed build needs no flag: it continues at its first missing shard
+            build = spec.cache_build
+            run_cache_job(spec.config, RunDir(spec.run_dir), build.folder, build.k, build.fidelity_steps, echo=_say,
+                          cache_dir=spec.cache_dir, fetch_missing=False)
+        else:
+            run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=_say, cache_dir=spec.cache_dir,
+                         fetch_missing=False)
     except Cancelled as stopped:
         print(f"cancelled: {stopped}", flush=True)
         return EXIT_CANCELLED
@@ -37,6 +44,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return 0
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def test_a_sampled_cache_round_trips_resumes_with_the_same_draws_and_is_told_apa
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     blocks = tokenize_datasets(DataSpec(source=str(corpus_files[0])), tokenizer, 32, 0)[0].select(range(8))
     first = build_cache(teacher, tokenizer, blocks, tmp_path / "a", k=6, shard_blocks=4, tail_samples=4, seed=3)
-    again = build_cache(teacher, tokenizer, blocks, tmp_path / "b", k=6, shard_blocks=4, tail_samples=4, seed=3)
+    build_cache(teacher, tokenizer, blocks, tmp_path / "b", k=6, shard_blocks=4, tail_samples=4, seed=3)
     assert first.tail_samples == 4 and first.bytes_per_token == 6 * 2 + 6 * 2 + 2
     a, b = (TeacherCache.open(tmp_path / name, tokenizer_hash(tokenizer), data_hash(blocks)) for name in "ab")
     rows_a, rows_b = a.rows([5, 1]), b.rows([5, 1])

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "top-k log-probabilities (resumable); runs then set loss.teacher_cache")
     cache.add_argument("config", help="the run config whose teacher, tokenizer and data the cache is for")
     cache.add_argument("out_dir", help="folder for the cache")
-    cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32)")
+    cache.add_argument("--k", type=int, default=32, help="tokens kept per position (default 32, as the app's)")
     cache.add_argument("--tail-samples", type=int, default=0, metavar="S",
                        help="of the k, draw S from the teacher's distribution beyond the top k - S instead of "
                             "keeping the next most likely (same bytes; the student learns the tail's shape)")
@@ -216,29 +216,19 @@ def _study(args) -> int:
 
 
 def _cache(args) -> int:
+    from pathlib import Path
+
     from workbench.config.schema import DistillConfig
     from workbench.data.defaults import resolve_defaults
-    from workbench.data.loading import tokenize_datasets
-    from workbench.engine.teacher_cache import build_cache
-    from workbench.models.loading import check_vocab, load_tokenizer, logit_size
-    from workbench.models.students import load_teacher_fp32, student_tokenizer
+    from workbench.engine.cache_build import BuildReport, build_for_config
     config = resolve_defaults(DistillConfig.load(args.config, args.overrides), args.cache_dir)
-    tokenizer = student_tokenizer(config)
-    teacher = load_teacher_fp32(config)
-    if not config.student.init_from_teacher_layers:
-        # The cache stores teacher ids read with the student's tokenizer: they must name the same tokens.
-        check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher), logit_size(teacher))
-    train, _ = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
     start = time.perf_counter()
-    manifest = build_cache(teacher, tokenizer, train, args.out_dir, args.k, teacher_name=config.teacher.name_or_path,
-                           batch_size=config.train.batch_size, progress=lambda msg, frac: print(
-                               f"[{frac:4.0%} {time.perf_counter() - start:6.1f}s] {msg}", flush=True),
-                           tail_samples=args.tail_samples, seed=config.train.seed)
+    manifest = build_for_config(config, Path(args.out_dir), args.k, BuildReport(echo=lambda message: print(
+        f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)), tail_samples=args.tail_samples)
     print(f"{args.out_dir}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
           f"{manifest.bytes_per_token} bytes/token; train with --set loss.teacher_cache={args.out_dir}")
     if args.fidelity:
         from workbench.engine.cache_fidelity import measure_fidelity
-        del teacher  # the two fidelity runs load their own
         measure_fidelity(config, args.out_dir, args.fidelity, echo=lambda m: print(m, flush=True))
     return 0
 

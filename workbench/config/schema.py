@@ -114,6 +114,11 @@ class LossSpec:
     teacher_cache: str | None = knob(None, "A teacher cache folder (python -m workbench cache): the KD term "
                                            "reads the teacher's stored top-k log-probabilities and the teacher "
                                            "is not run during training")
+    build_teacher_cache: bool = knob(False, "Build the teacher cache first if loss.teacher_cache holds no complete "
+                                            "one for this run's tokenizer and data (at k = 32; the cache panel "
+                                            "builds other k), then train from it: later runs, a rerun and a "
+                                            "study's runs on the same data reuse that one teacher pass. A cache "
+                                            "there for other data is an error, never overwritten")
     cross_tokenizer: str = knob("off", "A teacher with another tokenizer: uld = compare the two sorted "
                                        "probability vectors at positions where both have read the same text "
                                        "(Universal Logit Distillation); hybrid = tokens with the same text in "
@@ -238,6 +243,10 @@ class DistillConfig:
         if self.loss.teacher_cache and self.strategy != "soft_label" and not hard:
             problems.append(("loss.teacher_cache", f"{self.strategy} needs the live teacher; only soft_label reads "
                                                    "a teacher cache"))
+        if self.loss.build_teacher_cache and (self.strategy != "soft_label" or not self.loss.teacher_cache):
+            problems.append(("loss.build_teacher_cache", "builds the folder loss.teacher_cache names, which only "
+                                                         "soft_label reads: choose soft_label and set "
+                                                         "loss.teacher_cache, or turn this off"))
         if self.strategy == "on_policy":
             problems.extend(self.on_policy_problems())
         if self.loss.cross_tokenizer != "off" and self.strategy != "soft_label":

@@ -22,6 +22,7 @@ from workbench.config.schema import DistillConfig
 from workbench.data.defaults import progress_line, resolve_defaults
 from workbench.data.loading import PadCollator, tokenize_datasets
 from workbench.data.prompt_rows import on_policy_rows
+from workbench.engine.cache_build import BuildReport, ensure_cache
 from workbench.engine.callbacks import RunFilesCallback, format_eta
 from workbench.engine.stopping import Cancelled, StopCallback, StopRequest
 from workbench.engine.strategies import strategy_class
@@ -216,6 +217,8 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     train_ds, eval_ds = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
     cache = None
     if config.loss.teacher_cache:
+        if config.loss.build_teacher_cache:
+            _build_if_missing(config, tokenizer, train_ds, run, echo)
         cache = open_teacher_cache(config, tokenizer, train_ds, logit_size(student))
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))  # each row finds its cached row
         say(f"teacher cache: {config.loss.teacher_cache} (k={cache.manifest.k}); the teacher is not run")
@@ -253,6 +256,17 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         if is_main_process():
             run.write_status("running", nonfinite_skipped=trainer.skipped_steps)
     return final
+
+
+def _build_if_missing(config: DistillConfig, tokenizer, train_ds, run: RunDir, echo) -> None:
+    """loss.build_teacher_cache: the teacher's pass over these blocks, unless a finished one is in the folder.
+    Every rank asks; the folder's lock lets one build and the others then find it complete."""
+    main = is_main_process()
+    if ensure_cache(config, tokenizer, train_ds, BuildReport(run if main else None, echo)):
+        if main:
+            run.write_status("running", phase=None, phase_done=None, phase_total=None, eta_s=None)
+    elif echo:
+        echo(f"teacher cache: {config.loss.teacher_cache} is complete for this data: reused, not built")
 
 
 def open_teacher_cache(config: DistillConfig, tokenizer, train_ds, student_logits: int):

@@ -6,6 +6,12 @@ whose files did not change costs a few stat calls. A resumed run rewrites metric
 lines past the checkpoint dropped): its metric rows are then read again from the start. Rows are
 numbered by their line in the file, so an incremental database equals one rebuilt from scratch.
 Study records (RUNS/.studies/) are few and small: the studies table is rewritten whole when one changes.
+
+A teacher-cache build's job folder (rundir.job_kind CACHE_BUILD) is not ingested. The store indexes training
+runs: every reader of its runs table (Compare, the run pickers, baselines, studies, the overview) means runs
+with a student, metrics and evaluations, and a cache build has none of them; listed there it would be a
+"run" with no metrics that each reader had to filter out. The Runs tab lists jobs from the job manager (their
+folders), so a cache build still shows there, marked as one.
 """
 from __future__ import annotations
 
@@ -27,9 +33,11 @@ from workbench.store.rundir import (
     SPEC,
     STATUS,
     TRAINER_STATE,
+    TRAINING,
     RunDir,
     dumps,
     is_run_dir,
+    job_kind,
     read_json,
 )
 from workbench.store.studies import studies_dir, study_records
@@ -190,6 +198,7 @@ class Ingestor:
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self._lock = threading.Lock()
         self._studies_seen: str | None = None
+        self._kinds: dict[str, tuple[str, str]] = {}  # run id -> (spec.json's stamp, job kind): read once per spec
 
     def ingest_run(self, path: str | Path) -> int:
         """Bring one run up to date; returns the number of new metric and eval rows."""
@@ -198,6 +207,8 @@ class Ingestor:
         with self._lock:
             if not is_run_dir(run.path):  # deleted since it was listed: no row may bring it back
                 self.store.forget(run_id)
+                return 0
+            if self._kind(run) != TRAINING:  # a cache build: see the module docstring
                 return 0
             state = self.store.ingest_state(run_id) or {}
             try:
@@ -219,6 +230,13 @@ class Ingestor:
                                  {"run_id": run_id, "signature": signature}, True)
                 return 0
             return len(metric_rows) + len(eval_rows)
+
+    def _kind(self, run: RunDir) -> str:
+        stamp = _stamp(run.file(SPEC))
+        known = self._kinds.get(run.path.name)
+        if known is None or known[0] != stamp:
+            known = self._kinds[run.path.name] = (stamp, job_kind(run.path))
+        return known[1]
 
     def forget(self, run_id: str) -> None:
         """Drop a deleted run's rows once no ingest of it is under way (one would write them back)."""

@@ -26,6 +26,10 @@ Runs tab's name, tags and notes), replaced atomically like status.json, so it is
 runs without either touching the other's files. The folder's name is the run id, never renamed: baselines
 (spec.baseline_of) and folders refer to it; the display name lives in notes.json.
 A folder whose name starts with "." is never a run (the manager renames a run that way while deleting it).
+
+A job folder of kind cache_build (spec.json "kind") holds a teacher-cache build, not a training run: spec.json,
+status.json, worker.log and worker.json only; the cache itself is written in the folder its spec names. The
+job manager queues, cancels and resumes it like any job; the store does not index it (see ingest.py).
 """
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ STUDENT = "student"
 EVALUATIONS = "evaluations"
 TRAINER_STATE = "trainer_state.json"  # inside each checkpoint-STEP/, written by Trainer
 
+# What a job does (spec.json "kind"): train a student, or build a teacher cache. A spec without one trains.
+TRAINING, CACHE_BUILD = "training", "cache_build"
+
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
@@ -71,6 +78,12 @@ def is_run_dir(path: Path) -> bool:
     """A folder holding a run (or a job not yet started): what the manager, the store and the UI list."""
     return (not path.name.startswith(".") and safe_is_dir(path)
             and any(safe_exists(path / name) for name in (CONFIG, SPEC, STATUS)))
+
+
+def job_kind(path: Path) -> str:
+    """CACHE_BUILD for a teacher-cache build's job folder, else TRAINING (also for a damaged or missing spec)."""
+    spec, _ = read_json(Path(path) / SPEC)
+    return CACHE_BUILD if spec is not None and spec.get("kind") == CACHE_BUILD else TRAINING
 
 
 def run_in(runs_dir: Path, run_id: str) -> "RunDir":

@@ -206,11 +206,12 @@ def form_to_config(form: SetupForm, gate: Gate, uploads_dir: Path) -> Launch:
             problems.append(("generation.dataset", problem))
     else:
         data["data"] = _data_section(v, data["data"], gate, uploads_dir, problems)
-    # Only soft_label reads a cache; the panel is hidden for the others, so its value must not leak in.
+    # Only soft_label reads a cache; the panel is hidden for the others, so its values must not leak in.
     cache = v["loss.teacher_cache"] if strategy == "soft_label" else None
     if cache and (problem := gate.path_problem(cache)):
         problems.append(("loss.teacher_cache", problem))
     data["loss"]["teacher_cache"] = cache
+    data["loss"]["build_teacher_cache"] = v["loss.build_teacher_cache"] if strategy == "soft_label" else False
     steps = v["train.max_steps"]
     # A curve needs points: log at least ~20 times per run, whatever the interval the form says.
     data["train"]["logging_steps"] = min(v["train.logging_steps"], max(1, steps // 20))

@@ -13,12 +13,13 @@ script reading the table takes the [role=row] rows there, never the sizing row, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import gradio as gr
 import pandas as pd
 
 from workbench.engine.callbacks import format_eta
-from workbench.store.rundir import finite_number
+from workbench.store.rundir import CACHE_BUILD, finite_number
 from workbench.ui.co_plots import co_caption, co_distillation_curves, schedule_of
 from workbench.ui.monitor import usage_markdown
 from workbench.ui.on_policy_panel import OnPolicyView, create_on_policy_view, on_policy_outputs
@@ -58,10 +59,17 @@ def jobs_table(services: Services, jobs: list[dict] | None = None) -> pd.DataFra
     for job in jobs:
         known = overview.loc[job["run_id"]] if job["run_id"] in overview.index else {}
         loss, speed = (_number(known.get(key), None) for key in ("loss", "tokens_per_s"))
-        rows.append({**_progress(job), "run": job["run_id"], "name": _text(known.get("name")),
+        rows.append({**_progress(job), "run": job["run_id"], "name": _text(known.get("name")) or _cache_label(job),
                      "tags": _text(known.get("tags")), "loss": None if loss is None else rounded(loss),
                      "tok/s": None if speed is None else round(speed)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _cache_label(job: dict) -> str:
+    """A cache build's name in the table (it is no training run, and the store does not index it): what it builds."""
+    if job.get("kind") != CACHE_BUILD:
+        return ""
+    return f"teacher cache → {PurePath(str(job.get('cache_folder', ''))[:300]).name} (k={_text(str(job.get('k')))})"
 
 
 def _text(value) -> str:
@@ -76,6 +84,10 @@ def _progress(job: dict) -> dict:
     position = job.get("queue_position")
     state = f"queued (#{position})" if position else job["state"]
     progress = f"{100 * step / total:.0f}%" if total else ""
+    counted = f"{step}/{total}"
+    if job.get("kind") == CACHE_BUILD:  # it counts the teacher's blocks, not training steps
+        done, total = int(_number(job.get("phase_done"))), int(_number(job.get("phase_total")))
+        progress, counted = (f"{100 * done / total:.0f}%", f"{done}/{total} blocks") if total else ("", "")
     if job.get("live") and job.get("phase"):
         state, progress = _phase(job, progress)
     running = job["state"] in ("running", "starting")
@@ -83,7 +95,7 @@ def _progress(job: dict) -> dict:
     skipped = int(_number(job.get("nonfinite_skipped")))
     note = f"{skipped} non-finite steps skipped" if skipped else ""
     error = job.get("error") or (f"evaluation: {job['evaluation_error']}" if job.get("evaluation_error") else "")
-    return {"state": state, "progress": progress, "step": f"{step}/{total}",
+    return {"state": state, "progress": progress, "step": counted,
             "ETA": format_eta(eta) if running else "", "processes": int(_number(job.get("processes"), 1)),
             "error": "; ".join(str(part) for part in (error, note) if part)}
 

@@ -2,6 +2,7 @@
 offline-default preparation. Built once by app.py; the UI never trains or opens run files itself."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from jobs.cache_spec import CacheBuild
 from jobs.cluster import ClusterJob, runs_of_config, write_job
 from jobs.cluster_spec import ClusterSpec
 from jobs.manager import JobManager
@@ -18,6 +20,7 @@ from jobs.monitor import ResourceMonitor
 from jobs.spec import JobSpec
 from workbench.config.fields import ConfigError
 from workbench.config.gate import Gate, upload_folders
+from workbench.config.paths import path_problem
 from workbench.config.schema import DistillConfig
 from workbench.data.defaults import Preparation, default_cache_dir
 from workbench.engine.baseline import ce_baseline_config
@@ -170,6 +173,27 @@ class Services:
             raise ConfigError([("session", f"this app is shared: at most {self.gate.max_jobs_per_session} runs of "
                                            f"yours may be queued or running at once; {adding} more do not fit"
                                            + (f" beside {', '.join(mine)}" if mine else ""))])
+
+    def build_cache(self, config: DistillConfig, folder, k, fidelity_steps, session: str | None = None) -> str:
+        """Queue a job that builds the teacher cache of `config` (the Set-up form's) in `folder`: a plain name is
+        a folder in caches_dir, anything else a path inside the allowed folders. Every value, whatever a caller
+        sends, is checked by CacheBuild and the gate when the manager takes the job (ConfigError naming the
+        field). The job's run id."""
+        build = CacheBuild(folder=self.cache_folder(folder), k=k, fidelity_steps=fidelity_steps)
+        # The job builds a cache; the config says what for, and trains from none itself (the fidelity run sets one).
+        loss = dataclasses.replace(config.loss, teacher_cache=None, build_teacher_cache=False)
+        name = Path(build.folder).name if isinstance(build.folder, str) else ""  # refused by the manager if not
+        return self.submit(config.replace(loss=loss), session, run_name=f"cache-{name}", cache_build=build)
+
+    def cache_folder(self, value):
+        """A cache folder as the panel names it: a plain name is CACHES/NAME; a path is kept as given (absolute),
+        for the gate to judge; anything else is passed on as it came, for CacheBuild to refuse by name."""
+        if not isinstance(value, str) or not value.strip() or path_problem(value):
+            return value
+        value = value.strip()
+        if "/" not in value and value not in (".", "..") and not value.startswith("~"):
+            return str(self.caches_dir / value)
+        return str(Path(value).expanduser().absolute())
 
     def add_baseline(self, run_id: str, session: str | None = None) -> str:
         """Queue the CE-only baseline of a run (same student, data, steps, seed, processes); its run id."""

@@ -19,7 +19,7 @@ from workbench.data.defaults import resolve_default
 from workbench.engine.preflight import preflight
 from workbench.eval.preview import temperature_preview
 from workbench.ui import generation_panel
-from workbench.ui.cache_panel import create_cache_panel
+from workbench.ui.cache_panel import CachePanel
 from workbench.ui.cluster_panel import create_cluster_panel
 from workbench.ui.form import (
     DATA_HUB,
@@ -81,7 +81,7 @@ LAYOUT = (
     Group((("data_kind", "data_upload", "hub_dataset"),), strategies=LIVE_TEACHER),
     Group((("student.lora.enabled", "train.bf16", "num_processes", "accelerate_config", "output.run_name",
             "evaluation.at_end", "train.on_nonfinite", "with_baseline"),)),
-    Group((("loss.cross_tokenizer", "loss.teacher_cache"),), strategies=("soft_label",)),
+    Group((("loss.cross_tokenizer", "loss.teacher_cache", "loss.build_teacher_cache"),), strategies=("soft_label",)),
 )
 # Fields shown only while another key's value passes a test: key -> (controlling key, test).
 SHOWN_WHEN = {
@@ -178,7 +178,7 @@ def preview(services: Services, teacher, text, temperature) -> tuple[object, str
                     "tokens, so the student sees more of the teacher's ranking of wrong answers.")
 
 
-def _makers(services: Services) -> dict:
+def _makers(services: Services, cache_panel: CachePanel) -> dict:
     """The components of the UI-only keys and of the fields a panel holds."""
     return {
         "pair": lambda _: gr.Dropdown(list(KNOWN_PAIRS), value=None, label="Known teacher → student pairs",
@@ -195,7 +195,7 @@ def _makers(services: Services) -> dict:
         "with_baseline": lambda ticked: gr.Checkbox(ticked, label="Queue its CE-only baseline too",
                                                     info="the same student, data, steps and seed on the labels alone: "
                                                          "Compare's answer to 'did distillation help?'"),
-        "loss.teacher_cache": partial(create_cache_panel, services),
+        "loss.teacher_cache": cache_panel.create,
         "generation.dataset": partial(generation_panel.create_dataset_panel, services),
     }
 
@@ -209,8 +209,9 @@ def create_setup_tab(services: Services, default: DistillConfig, extra=None) -> 
         with gr.Row():
             lesson_button = gr.Button("Lesson preset: a run a class can watch (~4 min + its baseline)", size="sm",
                                       elem_id="setup-lesson")
+        cache_panel = CachePanel(services)
         components, boxes = build_form(LAYOUT, fields, tuple(f.key for f in UI_FIELDS), start.values,
-                                       _makers(services), type(default))
+                                       _makers(services, cache_panel), type(default))
         with gr.Accordion("Temperature preview", open=False):
             preview_text = gr.Textbox(PREVIEW_TEXT, label="Text the teacher continues")
             preview_button = gr.Button("Preview T")
@@ -223,6 +224,7 @@ def create_setup_tab(services: Services, default: DistillConfig, extra=None) -> 
             download = gr.DownloadButton("Download config (YAML)", visible=False)
         verdict = gr.Markdown(elem_id="setup-verdict")
         inputs = {f.key: components[f.key] for f in fields}  # the endpoints' positional order
+        cache_panel.wire(default, inputs)
         if extra is not None:
             extra(inputs)
         create_cluster_panel(services, default, inputs)

@@ -1,0 +1,57 @@
+"""What a cache-build job makes (JobSpec.cache_build): the cache folder, k, and the optional fidelity run.
+
+Its values come from a request any visitor can send, or from a spec.json read back: `problems` and
+`gate_problems` are the one place they are checked, each problem naming its field and the allowed range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.config.fields import show
+from workbench.config.gate import Gate
+from workbench.config.paths import path_problem
+from workbench.config.schema import DistillConfig
+from workbench.engine.cache_build import DEFAULT_K, folder_problem
+
+# A position costs 4k + 2 bytes: past this a cache outweighs what it saves (the teacher's pass), and the mass
+# outside the top k is already negligible for the models the workbench distils.
+MAX_K = 1024
+MAX_FIDELITY_STEPS = 10_000
+
+
+def _whole(value, low: int, high: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"must be a whole number from {low} to {high:,}, got {show(value)}"
+    return None
+
+
+@dataclass
+class CacheBuild:
+    folder: str                 # absolute: where the cache is written (the manifest and its shards)
+    k: int = DEFAULT_K          # tokens kept per position
+    fidelity_steps: int = 0     # > 0: then train this many steps live and from the cache and keep the KL change
+
+    def problems(self, config: DistillConfig) -> list[tuple[str, str]]:
+        """The values themselves, and whether `config` is one a cache can serve."""
+        found = [(f"cache.{name}", problem) for name, problem in (
+            ("k", _whole(self.k, 1, MAX_K)), ("fidelity_steps", _whole(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)))
+            if problem]
+        if not isinstance(self.folder, str) or not self.folder.strip():
+            found.append(("cache.folder", f"must name a folder, got {show(self.folder)}"))
+        elif problem := path_problem(self.folder) or folder_problem(Path(self.folder)):
+            found.append(("cache.folder", problem))
+        # Only soft_label reads a cache, and it holds the teacher's distributions over the student's tokens,
+        # block by block: what the config must be for a cache of it to be read at all.
+        if config.strategy != "soft_label":
+            found.append(("strategy", f"is {config.strategy}; only soft_label trains from a teacher cache"))
+        if config.loss.cross_tokenizer != "off":
+            found.append(("loss.cross_tokenizer", "a cache holds the teacher over the student's tokens: turn it off"))
+        if not config.data.packing:
+            found.append(("data.packing", "a cache needs blocks of one length: turn packing on"))
+        return found
+
+    def gate_problems(self, config: DistillConfig, gate: Gate) -> list[tuple[str, str]]:
+        """What the app allows: the folder inside its allowed roots, and in public mode bounded data."""
+        problem = gate.path_problem(self.folder) if isinstance(self.folder, str) else None
+        return ([("cache.folder", problem)] if problem else []) + gate.cache_build_problems(config)
