@@ -3,6 +3,7 @@ caches of a few layouts, for each seed, and compare their held-out KL(teacher ||
 every run ends with, against the real teacher).
 
     python benchmarks/cache_fidelity.py [--steps 100] [--seeds 0,1] [--caches 32,32s8] [--json out.json]
+    python benchmarks/cache_fidelity.py --combine seed0.json seed1.json     (seeds run as separate processes)
 
 A cache is named KsS: k slots per position, S of them drawn from the tail beyond the top k - S
 (workbench/losses/sampled_tail.py); "32" is the plain top 32. Both cost the same bytes per token. Each
@@ -32,6 +33,8 @@ from workbench.data.loading import tokenize_datasets  # noqa: E402
 from workbench.engine.cache_fidelity import short_run  # noqa: E402
 from workbench.engine.teacher_cache import build_cache, bytes_per_token  # noqa: E402
 from workbench.models.students import load_teacher_fp32, student_tokenizer  # noqa: E402
+
+VOCAB = 49152  # the default pair's: bytes_per_token only asks whether ids fit uint16
 
 
 def layout(name: str) -> tuple[int, int]:
@@ -72,6 +75,23 @@ def one_seed(seed: int, caches: list[str], args, work: Path) -> dict:
     return row
 
 
+def summary(steps: int, seeds: dict, caches: list[str]) -> dict:
+    """The fidelity table: per cache layout, bytes per token and the KL gap's mean and spread over seeds."""
+    table = []
+    for name in caches:
+        gaps = [seeds[seed][name]["gap_percent"] for seed in seeds]
+        k, sampled = layout(name)
+        table.append({"cache": name, "k": k, "tail_samples": sampled, "bytes_per_token": bytes_per_token(k, VOCAB),
+                      "gap_mean_percent": round(statistics.mean(gaps), 2), "gap_min_percent": round(min(gaps), 2),
+                      "gap_max_percent": round(max(gaps), 2)})
+    print(f"\n{steps} steps, seeds {', '.join(map(str, seeds))}")
+    print(f"{'cache':>7} {'bytes/token':>11}   KL gap vs live: mean (min..max over seeds)")
+    for row in table:
+        print(f"{row['cache']:>7} {row['bytes_per_token']:>11}   {row['gap_mean_percent']:+.2f}% "
+              f"({row['gap_min_percent']:+.2f}..{row['gap_max_percent']:+.2f})")
+    return {"steps": steps, "table": table, "seeds": seeds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
@@ -81,25 +101,26 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="block length (the default config's: 256)")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out blocks the KL is measured on")
     parser.add_argument("--cache-dir", type=Path)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="written after each seed")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="print the table of earlier runs' JSON files (seeds run as separate processes)")
     args = parser.parse_args()
-    caches = args.caches.split(",")
-    work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
-    seeds = {int(seed): one_seed(int(seed), caches, args, work) for seed in args.seeds.split(",")}
-    vocab = 49152  # the default pair's; bytes_per_token only needs to know it fits uint16
-    table = []
-    for name in caches:
-        gaps = [seeds[seed][name]["gap_percent"] for seed in seeds]
-        k, sampled = layout(name)
-        table.append({"cache": name, "k": k, "tail_samples": sampled, "bytes_per_token": bytes_per_token(k, vocab),
-                      "gap_mean_percent": round(statistics.mean(gaps), 2), "gap_min_percent": round(min(gaps), 2),
-                      "gap_max_percent": round(max(gaps), 2)})
-    print(f"\n{'cache':>7} {'bytes/token':>11} {'KL gap vs live (mean, min..max over seeds)':>44}")
-    for row in table:
-        print(f"{row['cache']:>7} {row['bytes_per_token']:>11} {row['gap_mean_percent']:>+27.2f}% "
-              f"({row['gap_min_percent']:+.2f}..{row['gap_max_percent']:+.2f})")
-    if args.json:
-        args.json.write_text(json.dumps({"steps": args.steps, "table": table, "seeds": seeds}, indent=2))
+    if args.combine:
+        found = [json.loads(path.read_text()) for path in args.combine]
+        seeds = {seed: row for part in found for seed, row in part["seeds"].items()}
+        caches = [row["cache"] for row in found[0]["table"]]
+        result = summary(found[0]["steps"], seeds, caches)
+    else:
+        caches = args.caches.split(",")
+        work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
+        seeds = {}
+        for seed in args.seeds.split(","):
+            seeds[seed] = one_seed(int(seed), caches, args, work)
+            result = summary(args.steps, seeds, caches)
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=2))
+    if args.json and args.combine:
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What a cache-build job makes (JobSpec.cache_build): the cache folder, k, and the optional fidelity run.
+"""What a cache-build job makes (JobSpec.cache_build): the cache folder, k (and how many of the k are tail
+samples), and the optional fidelity run.
 
 Its values come from a request any visitor can send, or from a spec.json read back: `problems` and
 `gate_problems` are the one place they are checked, each problem naming its field and the allowed range.
@@ -30,12 +31,14 @@ def _whole(value, low: int, high: int) -> str | None:
 class CacheBuild:
     folder: str                 # absolute: where the cache is written (the manifest and its shards)
     k: int = DEFAULT_K          # tokens kept per position
+    tail_samples: int = 0       # of the k, drawn from the tail beyond the top k - tail_samples (teacher_cache.py)
     fidelity_steps: int = 0     # > 0: then train this many steps live and from the cache and keep the KL change
 
     def problems(self, config: DistillConfig) -> list[tuple[str, str]]:
         """The values themselves, and whether `config` is one a cache can serve."""
         found = [(f"cache.{name}", problem) for name, problem in (
-            ("k", _whole(self.k, 1, MAX_K)), ("fidelity_steps", _whole(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)))
+            ("k", _whole(self.k, 1, MAX_K)), ("fidelity_steps", _whole(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)),
+            ("tail_samples", _whole(self.tail_samples, 0, self.k if _whole(self.k, 1, MAX_K) is None else MAX_K)))
             if problem]
         if not isinstance(self.folder, str) or not self.folder.strip():
             found.append(("cache.folder", f"must name a folder, got {show(self.folder)}"))

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         if spec.cache_build is not None:  # a resumed build needs no flag: it continues at its first missing shard
             build = spec.cache_build
             run_cache_job(spec.config, RunDir(spec.run_dir), build.folder, build.k, build.fidelity_steps, echo=_say,
-                          cache_dir=spec.cache_dir, fetch_missing=False)
+                          cache_dir=spec.cache_dir, fetch_missing=False, tail_samples=build.tail_samples)
         else:
             run_training(spec.config, RunDir(spec.run_dir), resume=spec.resume, echo=_say, cache_dir=spec.cache_dir,
                          fetch_missing=False)

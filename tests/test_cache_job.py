@@ -112,6 +112,8 @@ def test_bad_inputs_are_refused_by_field(services, tiny_form, tmp_path, config):
     assert "from 1 to 1,024" in problems(k=0)["cache.k"] and "cache.k" in problems(k=5000)
     assert "cache.k" in problems(k=8.5) and "cache.k" in problems(k="32") and "cache.k" in problems(k=True)
     assert "cache.fidelity_steps" in problems(fidelity_steps=-1)
+    assert "from 0 to 32" in problems(tail_samples=33)["cache.tail_samples"]
+    assert "cache.tail_samples" in problems(tail_samples=-1) and "cache.tail_samples" in problems(tail_samples=1.5)
     assert "outside the folders" in problems(folder="/etc/dw-cache")["cache.folder"]
     assert "'..'" in problems(folder=str(services.caches_dir / ".." / ".." / "x"))["cache.folder"]
     assert "cache.folder" in problems(folder="") and "cache.folder" in problems(folder=None)

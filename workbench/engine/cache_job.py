@@ -30,7 +30,7 @@ FIDELITY_PHASE = "measuring fidelity"
 
 def run_cache_job(config: DistillConfig, run: RunDir, folder: Path, k: int, fidelity_steps: int = 0,
                   echo: Callable[[str], None] | None = None, cache_dir: Path | None = None,
-                  fetch_missing: bool = True) -> Manifest:
+                  fetch_missing: bool = True, tail_samples: int = 0) -> Manifest:
     """Build (or finish) the cache in `folder`; then `fidelity_steps` > 0 measures it against the live teacher.
     status.json ends succeeded, cancelled (Cancelled raised) or failed (the error raised)."""
     me = psutil.Process()
@@ -42,12 +42,12 @@ def run_cache_job(config: DistillConfig, run: RunDir, folder: Path, k: int, fide
             progress = (lambda message, fraction: echo(progress_line(message, fraction))) if echo else None
             config = resolve_defaults(config, cache_dir, progress, fetch_missing)
             try:
-                manifest = build_for_config(config, Path(folder), k, BuildReport(run, echo))
+                manifest = build_for_config(config, Path(folder), k, BuildReport(run, echo), tail_samples)
             except CacheError as err:  # the job's own fields, as the panel named them (jobs/cache_spec.py)
                 raise ConfigError([("cache.k" if isinstance(err, KTooLarge) else "cache.folder", str(err))]) from err
             if echo:
                 echo(f"{folder}: {manifest.blocks} blocks x {manifest.seq_len - 1} positions, k={manifest.k}, "
-                     f"{manifest.bytes_per_token} bytes/token")
+                     f"{manifest.tail_samples} of them tail samples, {manifest.bytes_per_token} bytes/token")
             if fidelity_steps:
                 run.write_status("running", phase=FIDELITY_PHASE, phase_done=None, phase_total=None, eta_s=None)
                 measure_fidelity(config, Path(folder), fidelity_steps, echo=echo)

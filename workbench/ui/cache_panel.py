@@ -17,7 +17,7 @@ from workbench.ui.form import SetupForm, form_to_config
 from workbench.ui.services import Services
 
 NONE = ("none: run the teacher live", "")
-COLUMNS = ["name", "teacher", "k", "blocks", "MB", "bytes/token", "mass kept", "KD vs live", "complete"]
+COLUMNS = ["name", "teacher", "k", "tail samples", "blocks", "MB", "bytes/token", "mass kept", "KD vs live", "complete"]
 DEFAULT_FIDELITY_STEPS = 20
 
 
@@ -30,18 +30,19 @@ def cache_table(services: Services) -> pd.DataFrame:
     return pd.DataFrame(list_caches(services.caches_dir), columns=COLUMNS)
 
 
-def start_build(services: Services, form: SetupForm, folder, k, fidelity, steps, session: str | None) -> str:
+def start_build(services: Services, form: SetupForm, folder, k, fidelity, steps, session: str | None,
+                tail_samples=0) -> str:
     """Markdown: the queued job, or the problems naming their fields (nothing is queued then). The form's
     config says what the cache is for; every value is checked by the services, whatever a caller sends."""
     try:
         config = form_to_config(form, services.gate, services.uploads_dir).config
-        run_id = services.build_cache(config, folder, k, steps if fidelity is True else 0, session)
+        run_id = services.build_cache(config, folder, k, steps if fidelity is True else 0, session, tail_samples)
     except ConfigError as err:
         return "**Cache build not queued — fix these first:**\n" + "\n".join(
             f"- **{plain(name)}**: {plain(message)}" for name, message in err.problems)
     except (ValueError, PermissionError, OSError) as err:
         return f"**Cache build not queued:** {plain(err)}"
-    return (f"**{plain(run_id)}** queued: the teacher's top {plain(str(k))} over this form's training data. Follow, "
+    return (f"**{plain(run_id)}** queued: {plain(str(k))} teacher tokens per position over this form's training data. Follow, "
             "cancel or resume it in **Runs** (a cancelled build resumes at its first unfinished shard); once it "
             "is complete, Refresh and pick it here.")
 
@@ -74,11 +75,12 @@ class CachePanel:
         """`inputs`: the form's components in the endpoints' order."""
         services, ui = self.services, self.build
 
-        def on_build(request: gr.Request, folder, k, fidelity, steps, *values):
+        def on_build(request: gr.Request, folder, k, tail_samples, fidelity, steps, *values):
             return start_build(services, SetupForm.from_list(default, values), folder, k, fidelity, steps,
-                               getattr(request, "session_hash", None))
+                               getattr(request, "session_hash", None), tail_samples)
 
-        ui.button.click(on_build, [ui.folder, ui.k, ui.fidelity, ui.steps, *inputs.values()], ui.message,
+        ui.button.click(on_build, [ui.folder, ui.k, ui.tail_samples, ui.fidelity, ui.steps, *inputs.values()],
+                        ui.message,
                         api_name="build_cache")
 
 
@@ -86,6 +88,7 @@ class CachePanel:
 class _BuildControls:
     folder: gr.Textbox
     k: gr.Number
+    tail_samples: gr.Number
     fidelity: gr.Checkbox
     steps: gr.Number
     button: gr.Button
@@ -99,10 +102,13 @@ def _build_controls() -> _BuildControls:
                             info="inside the folders this app may use", elem_id="cache-build-folder")
         k = gr.Number(DEFAULT_K, label="k", precision=0, minimum=1, maximum=MAX_K,
                       info=f"tokens kept per position, 1 to {MAX_K}", elem_id="cache-build-k")
+        tail_samples = gr.Number(0, label="Tail samples", precision=0, minimum=0, maximum=MAX_K,
+                                 info="of the k, drawn from the teacher beyond its top k − S: the student learns "
+                                      "how the tail is spread, at the same bytes", elem_id="cache-build-tail")
         fidelity = gr.Checkbox(False, label="Measure fidelity", info="then train a few steps live and from the "
                                                                        "cache and keep the held-out KL difference")
         steps = gr.Number(DEFAULT_FIDELITY_STEPS, label="Fidelity steps", precision=0, minimum=1,
                           maximum=MAX_FIDELITY_STEPS)
     button = gr.Button("Build cache", size="sm", elem_id="cache-build")
     message = gr.Markdown(elem_id="cache-build-message")
-    return _BuildControls(folder, k, fidelity, steps, button, message)
+    return _BuildControls(folder, k, tail_samples, fidelity, steps, button, message)

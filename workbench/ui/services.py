@@ -174,12 +174,14 @@ class Services:
                                            f"yours may be queued or running at once; {adding} more do not fit"
                                            + (f" beside {', '.join(mine)}" if mine else ""))])
 
-    def build_cache(self, config: DistillConfig, folder, k, fidelity_steps, session: str | None = None) -> str:
+    def build_cache(self, config: DistillConfig, folder, k, fidelity_steps, session: str | None = None,
+                    tail_samples=0) -> str:
         """Queue a job that builds the teacher cache of `config` (the Set-up form's) in `folder`: a plain name is
         a folder in caches_dir, anything else a path inside the allowed folders. Every value, whatever a caller
         sends, is checked by CacheBuild and the gate when the manager takes the job (ConfigError naming the
         field). The job's run id."""
-        build = CacheBuild(folder=self.cache_folder(folder), k=k, fidelity_steps=fidelity_steps)
+        build = CacheBuild(folder=self.cache_folder(folder), k=k, fidelity_steps=fidelity_steps,
+                           tail_samples=tail_samples)
         # The job builds a cache; the config says what for, and trains from none itself (the fidelity run sets one).
         loss = dataclasses.replace(config.loss, teacher_cache=None, build_teacher_cache=False)
         name = Path(build.folder).name if isinstance(build.folder, str) else ""  # refused by the manager if not
