@@ -27,6 +27,15 @@ def _whole(value, low: int, high: int) -> str | None:
     return None
 
 
+def _public_place(folder: str, gate: Gate) -> str | None:
+    """In public mode a visitor's cache goes in the caches folder only: the other allowed folders are read, not
+    filled (the offline defaults, uploads)."""
+    caches = (gate.runs_dir / "caches").resolve() if gate.runs_dir is not None else None
+    if not gate.public or caches is None or Path(folder).expanduser().resolve().is_relative_to(caches):
+        return None
+    return f"this app is reachable by others: caches are built in {caches.name}/ only (give a plain name)"
+
+
 @dataclass
 class CacheBuild:
     folder: str                 # absolute: where the cache is written (the manifest and its shards)
@@ -40,9 +49,11 @@ class CacheBuild:
             ("k", _whole(self.k, 1, MAX_K)), ("fidelity_steps", _whole(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)),
             ("tail_samples", _whole(self.tail_samples, 0, self.k if _whole(self.k, 1, MAX_K) is None else MAX_K)))
             if problem]
+        # What the folder holds is looked at only once the gate has allowed the path (gate_problems): else
+        # the replies would tell a visitor which paths exist on the host.
         if not isinstance(self.folder, str) or not self.folder.strip():
             found.append(("cache.folder", f"must name a folder, got {show(self.folder)}"))
-        elif problem := path_problem(self.folder) or folder_problem(Path(self.folder)):
+        elif problem := path_problem(self.folder):
             found.append(("cache.folder", problem))
         # Only soft_label reads a cache, and it holds the teacher's distributions over the student's tokens,
         # block by block: what the config must be for a cache of it to be read at all.
@@ -55,6 +66,15 @@ class CacheBuild:
         return found
 
     def gate_problems(self, config: DistillConfig, gate: Gate) -> list[tuple[str, str]]:
-        """What the app allows: the folder inside its allowed roots, and in public mode bounded data."""
-        problem = gate.path_problem(self.folder) if isinstance(self.folder, str) else None
-        return ([("cache.folder", problem)] if problem else []) + gate.cache_build_problems(config)
+        """What the app allows: the folder inside its allowed roots and new, empty or a cache; in public mode
+        bounded data and a fidelity run no longer than a run may be."""
+        found = gate.cache_build_problems(config)
+        if isinstance(self.folder, str):
+            if problem := gate.path_problem(self.folder) or _public_place(self.folder, gate) \
+                    or folder_problem(Path(self.folder)):
+                found.append(("cache.folder", problem))
+        if gate.max_steps is not None and isinstance(self.fidelity_steps, int) \
+                and self.fidelity_steps > gate.max_steps:
+            found.append(("cache.fidelity_steps", f"this app is reachable by others: at most {gate.max_steps} "
+                                                  f"steps, got {self.fidelity_steps}"))
+        return found

@@ -1,6 +1,7 @@
 """Building a teacher cache from the app: a cache-build job (queued, followed, cancelled, resumed, never
 ingested as a training run), a run that builds its cache first if missing and a later run that reuses it, the
 lock that keeps two builders of one folder apart, and bad inputs refused by field name."""
+import dataclasses
 import functools
 import json
 import os
@@ -115,6 +116,8 @@ def test_bad_inputs_are_refused_by_field(services, tiny_form, tmp_path, config):
     assert "from 0 to 32" in problems(tail_samples=33)["cache.tail_samples"]
     assert "cache.tail_samples" in problems(tail_samples=-1) and "cache.tail_samples" in problems(tail_samples=1.5)
     assert "outside the folders" in problems(folder="/etc/dw-cache")["cache.folder"]
+    # a path outside the roots is refused as such, whatever it holds: nothing tells what exists there
+    assert "other files" not in problems(folder="/etc")["cache.folder"]
     assert "'..'" in problems(folder=str(services.caches_dir / ".." / ".." / "x"))["cache.folder"]
     assert "cache.folder" in problems(folder="") and "cache.folder" in problems(folder=None)
     (services.caches_dir / "model").mkdir(parents=True)
@@ -212,3 +215,17 @@ def test_the_cache_build_job_from_the_panel_end_to_end(services, tiny_form):
     assert run_id not in set(services.store.runs().run_id)  # not a training run without metrics
     from workbench.ui.cache_panel import cache_choices
     assert str(folder) in [path for _, path in cache_choices(services)]
+
+
+def test_a_shared_app_builds_caches_in_its_caches_folder_with_a_bounded_fidelity_run(services, config, tmp_path):
+    from jobs.cache_spec import CacheBuild
+    from workbench.config.gate import Gate
+    gate = Gate.for_app(services.runs_dir, tmp_path / "defaults", public=True)
+    bounded = config.replace(data=dataclasses.replace(config.data, max_examples=10))
+
+    def problems(folder, steps=0):
+        return dict(CacheBuild(folder=str(folder), fidelity_steps=steps).gate_problems(bounded, gate))
+
+    assert problems(services.caches_dir / "mine") == {}
+    assert "caches/ only" in problems(tmp_path / "defaults" / "mine")["cache.folder"]
+    assert f"at most {gate.max_steps} steps" in problems(services.caches_dir / "mine", 10_000)["cache.fidelity_steps"]

@@ -169,3 +169,16 @@ def test_a_sampled_cache_round_trips_resumes_with_the_same_draws_and_is_told_apa
         build_cache(teacher, tokenizer, blocks, tmp_path / "a", k=6, shard_blocks=4, tail_samples=2, seed=3)
     with pytest.raises(CacheError, match=r"tail_samples must be in \[0, 6\]"):
         build_cache(teacher, tokenizer, blocks, tmp_path / "c", k=6, tail_samples=7)
+
+
+@pytest.mark.parametrize("divergence", ["skew_reverse_kl", "jsd", "tvd"])  # reverse KL is inf here, both ways
+def test_a_row_with_no_tail_is_its_head_for_the_bucket_divergences_too(divergence):
+    teacher = torch.full((V,), float("-inf"))
+    teacher[:3] = torch.tensor([1.0, 0.0, -1.0])
+    _, student = _pair()
+    labels = torch.zeros(1, dtype=torch.long)
+    logp, ids, tail = top_k_logprobs(teacher[None, None], 8, 5, torch.Generator().manual_seed(0))
+    assert torch.isneginf(logp[..., 3:]).all()  # the draws of a row with no tail are stored with no mass
+    sampled = sampled_kd_loss(student[None], logp[0], ids[0], tail[0], labels, 5, divergence)
+    exact = sparse_kd_loss(student[None], *top_k_logprobs(teacher[None], 3), labels, divergence)
+    assert sampled.item() == pytest.approx(exact.item(), rel=1e-5)

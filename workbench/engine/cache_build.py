@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from workbench.config.fields import ConfigError
 from workbench.config.schema import DistillConfig
 from workbench.data.loading import tokenize_datasets
@@ -149,6 +151,8 @@ def _build(config: DistillConfig, tokenizer, train, folder: Path, k: int, report
     """build_cache with the run's teacher; progress counted in blocks of the whole cache, shards built by an
     earlier attempt included."""
     teacher = load_teacher_fp32(config)
+    if torch.cuda.is_available():  # a teacher pass over the whole training set: on the GPU where there is one
+        teacher.to("cuda")
     if not config.student.init_from_teacher_layers:
         # The cache stores teacher ids read with the student's tokenizer: they must name the same tokens.
         check_vocab(load_tokenizer(config.teacher, "teacher"), tokenizer, logit_size(teacher), logit_size(teacher))

@@ -18,16 +18,18 @@ from workbench.engine.teacher_cache import FIDELITY
 from workbench.store.rundir import RunDir, write_json_atomic
 
 
-def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str | None, steps: int) -> tuple[dict, float]:
+def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str | None, steps: int,
+              cache_dir: Path | None = None, fetch_missing: bool = True) -> tuple[dict, float]:
     """(evaluation metrics, seconds) of `steps` steps of `config` in WORK/NAME, from the live teacher
-    (teacher_cache None) or from a cache; the evaluation measures against the real teacher either way."""
+    (teacher_cache None) or from a cache; the evaluation measures against the real teacher either way.
+    cache_dir, fetch_missing: as run_training's (an app job fetches nothing)."""
     run_config = config.replace(
         loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache),
         train=dataclasses.replace(config.train, max_steps=steps, save_steps=steps, eval_steps=0),
         evaluation=dataclasses.replace(config.evaluation, at_end=True, speed=False, max_new_tokens=0),
         output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))
     start = time.perf_counter()
-    run_training(run_config)
+    run_training(run_config, cache_dir=cache_dir, fetch_missing=fetch_missing)
     run = RunDir(Path(work) / name)
     evaluations = run.read_evaluations()
     if not evaluations:
@@ -36,7 +38,8 @@ def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str |
 
 
 def measure_fidelity(config: DistillConfig, cache: Path, steps: int = 20,
-                     echo: Callable[[str], None] | None = None) -> dict:
+                     echo: Callable[[str], None] | None = None, cache_dir: Path | None = None,
+                     fetch_missing: bool = True) -> dict:
     """Two runs of `steps` steps of `config` (its data must be the cache's: the cached run refuses
     otherwise); returns and writes {"steps", "live_kl", "cached_kl", "relative", "live_s", "cached_s", ...}."""
     say = echo or (lambda _message: None)
@@ -45,7 +48,7 @@ def measure_fidelity(config: DistillConfig, cache: Path, steps: int = 20,
         results = {}
         for name, teacher_cache in (("live", None), ("cached", str(cache))):
             say(f"fidelity: {steps} steps from the {name} teacher")
-            metrics, seconds = short_run(config, work, name, teacher_cache, steps)
+            metrics, seconds = short_run(config, work, name, teacher_cache, steps, cache_dir, fetch_missing)
             results[name] = (metrics["forward_kl"], seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)

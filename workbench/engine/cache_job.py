@@ -50,7 +50,8 @@ def run_cache_job(config: DistillConfig, run: RunDir, folder: Path, k: int, fide
                      f"{manifest.tail_samples} of them tail samples, {manifest.bytes_per_token} bytes/token")
             if fidelity_steps:
                 run.write_status("running", phase=FIDELITY_PHASE, phase_done=None, phase_total=None, eta_s=None)
-                measure_fidelity(config, Path(folder), fidelity_steps, echo=echo)
+                measure_fidelity(config, Path(folder), fidelity_steps, echo=echo, cache_dir=cache_dir,
+                                 fetch_missing=fetch_missing)
     except Cancelled:
         run.write_status("cancelled", eta_s=None, error=None)
         raise

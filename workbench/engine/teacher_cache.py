@@ -135,11 +135,14 @@ def top_k_logprobs(logits: torch.Tensor, k: int, tail_samples: int = 0,
     rest = outside.logsumexp(-1)  # exact, -inf when the head is the whole vocabulary
     if tail_samples:
         flat = outside.reshape(-1, outside.shape[-1])
-        # A row with no tail has nothing to draw from: draw anything, its weight (rest = -inf) is 0.
-        weights = torch.where(torch.isneginf(rest.reshape(-1, 1)), 0.0, flat - rest.reshape(-1, 1)).exp()
+        # A row with no tail has nothing to draw from: draw anything and store it with no mass (-inf), so
+        # no loss counts it (it may be a head token).
+        empty = torch.isneginf(rest)[..., None]
+        weights = torch.where(empty.reshape(-1, 1), 0.0, flat - rest.reshape(-1, 1)).exp()
         drawn = torch.multinomial(weights, tail_samples, replacement=True, generator=generator)
         drawn = drawn.view(*ids.shape[:-1], tail_samples)
-        values, ids = torch.cat([values, log_p.gather(-1, drawn)], -1), torch.cat([ids, drawn], -1)
+        drawn_logp = log_p.gather(-1, drawn).masked_fill(empty, float("-inf"))
+        values, ids = torch.cat([values, drawn_logp], -1), torch.cat([ids, drawn], -1)
     return values, ids, rest
 
 
@@ -166,10 +169,12 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
     found = _read_manifest(folder)
     if found is not None:
         _check(found, wanted.tokenizer_hash, wanted.data_hash, folder)
-        if (found.k, found.teacher, found.shard_blocks, found.tail_samples, found.seed) != \
-                (k, teacher_name, shard_blocks, tail_samples, seed):
+        # The seed matters only to the tail draws: a plain top-k cache resumes whatever seed it was begun with.
+        if (found.k, found.teacher, found.shard_blocks, found.tail_samples) != (k, teacher_name, shard_blocks,
+                                                                                 tail_samples) \
+                or (tail_samples and found.seed != seed):
             raise CacheError(f"{folder} holds a cache of {found.teacher!r} at k={found.k} with "
-                             f"{found.tail_samples} tail samples; build this one elsewhere")
+                             f"{found.tail_samples} tail samples (seed {found.seed}); build this one elsewhere")
         wanted = found
     write_json_atomic(folder / MANIFEST, asdict(wanted))
     device = next(teacher.parameters()).device

@@ -69,10 +69,12 @@ def _estimated(student_logits: Tensor, logp: Tensor, ids: Tensor, tail: Tensor, 
     head = logp.shape[-1] - sampled
     # log of each slot's (unnormalised) share of sum_v p_v^(1/T): a head token's own; a sample's
     # tail_mass / s * p_i^(1/T - 1), the importance weight of a draw from the tail.
-    log_share = logp * inverse
-    sample_share = tail[..., None] - math.log(sampled) + logp[..., head:] * (inverse - 1.0)
-    log_share = torch.cat([log_share[..., :head], sample_share], -1)
-    log_share = torch.nan_to_num(log_share, nan=float("-inf"))  # -inf * 0 at T = 1 when the tail is empty
+    # A draw stored with no mass (from a row with no tail) weighs nothing: masked, not computed, since
+    # -inf * (1/T - 1) is +inf at T > 1 and NaN at T = 1.
+    drawn = logp[..., head:]
+    massless = torch.isneginf(drawn) | torch.isneginf(tail)[..., None]
+    sample_share = tail[..., None] - math.log(sampled) + torch.where(massless, 0.0, drawn) * (inverse - 1.0)
+    log_share = torch.cat([logp[..., :head] * inverse, sample_share.masked_fill(massless, -math.inf)], -1)
     log_z = torch.logsumexp(log_share, -1, keepdim=True)
     weight = (log_share - log_z).exp()                                   # (..., k), sums to 1
     present = weight > 0
@@ -93,13 +95,20 @@ def _refined_buckets(student_logits: Tensor, logp: Tensor, ids: Tensor, tail: Te
     sample_logp = logp[..., head:].gather(-1, order)
     repeat = torch.zeros_like(sample_ids, dtype=torch.bool)
     repeat[..., 1:] = sample_ids[..., 1:] == sample_ids[..., :-1]
-    sample_logp = sample_logp.masked_fill(repeat, float("-inf"))
+    # A row with no tail has no samples either (its draws are stored with no mass, and may be head tokens).
+    unused = repeat | torch.isneginf(tail)[..., None]
+    sample_logp = sample_logp.masked_fill(unused, float("-inf"))
     all_ids = torch.cat([ids[..., :head], sample_ids], -1)
 
     log_q = F.log_softmax(student_logits.float(), -1)
     student_slots = log_q.gather(-1, all_ids)
-    student_slots = torch.cat([student_slots[..., :head], student_slots[..., head:].masked_fill(repeat, -math.inf)], -1)
-    outside = log_q.scatter(-1, all_ids, float("-inf"))
+    student_slots = torch.cat([student_slots[..., :head], student_slots[..., head:].masked_fill(unused, -math.inf)],
+                              -1)
+    # The rest is everything outside the slots that hold mass: a repeat names its first's token (no change);
+    # an unused draw of a row with no tail is pointed at its first head token (such a row has one).
+    taken = torch.cat([ids[..., :head], torch.where(torch.isneginf(tail)[..., None], all_ids[..., :1], sample_ids)],
+                      -1)
+    outside = log_q.scatter(-1, taken, float("-inf"))
     # The slots may name every token (a tiny vocabulary): then the rest is empty on both sides, and its
     # logsumexp over an all -inf row (NaN gradient) is not taken.
     empty = torch.isneginf(outside).all(-1)

@@ -213,6 +213,8 @@ class Services:
         run = run_in(self.runs_dir, run_id)
         if run.file(SPEC).exists():
             spec = JobSpec.read(run.path)
+            if spec.cache_build is not None:  # its config says what a cache was for; no student to compare with
+                raise ValueError(f"{run_id} built a teacher cache; it is not a training run")
             return spec.config, spec.num_processes, spec.accelerate_config
         return DistillConfig.load(run.file(CONFIG)), 1, None  # a run started from the command line
 
