@@ -146,7 +146,11 @@ def test_defaults_names_are_prepared_on_the_cluster(tmp_path):
     assert job.notes == []  # defaults: names are no paths of this machine
     assert DistillConfig.load(next((job.folder / "configs").iterdir())).teacher.name_or_path == "defaults:teacher"
     assert "prepare-defaults" in (job.folder / "README.txt").read_text()
-    assert yaml.safe_load((job.folder / "accelerate_config.yaml").read_text())["mixed_precision"] == "bf16"  # bf16: on
+    # bf16: native, so each run's Trainer decides on its GPU; accelerate's setting would force it on every run
+    assert yaml.safe_load((job.folder / "accelerate_config.yaml").read_text())["mixed_precision"] == "no"
+    forced = write_job(runs_of_config(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml",
+                                                         ["train.bf16=on"])), ClusterSpec(), tmp_path / "forced")
+    assert yaml.safe_load((forced.folder / "accelerate_config.yaml").read_text())["mixed_precision"] == "bf16"
 
 
 def test_a_study_is_one_job_array_with_its_record(distilled_config, tmp_path):

@@ -46,7 +46,7 @@ def test_defaults_fill_unspecified_fields():
     ("train", "lr", 0, "(0, 1]"),
     ("train", "warmup_steps", -1, "in [0, 10000000]"),
     ("train", "seq_len", 4, "[8, 131072]"),
-    ("train", "bf16", "maybe", "auto, on, off"),
+    ("train", "bf16", "maybe", "auto, native, on, off"),
     ("train", "seed", -3, "[0,"),
     ("train", "logging_steps", 0, "in [1, 10000000]"),
     ("train", "save_steps", 0, "in [1, 10000000]"),

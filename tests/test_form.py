@@ -61,16 +61,16 @@ def test_every_config_field_is_a_form_field_with_its_help():
     assert [p for p in paths if p not in EXCLUDED] == config_keys == list(fields)[:len(config_keys)]
     assert set(EXCLUDED) <= set(paths) and all(EXCLUDED.values())  # each exclusion says why
     assert fields["train.lr"].help == help_text(TrainSpec)["lr"] and "Peak learning rate" in fields["train.lr"].help
-    assert fields["train.bf16"].choices == ("auto", "on", "off") and fields["hidden.layer_map"].kind is list
+    assert fields["train.bf16"].choices == ("auto", "native", "on", "off") and fields["hidden.layer_map"].kind is list
     assert fields["generation.max_prompts"].optional and fields["train.max_steps"].kind is int
     assert [f.key for f in UI_FIELDS] == list(fields)[len(config_keys):]  # after the config's: the endpoints' order
     assert all("." not in f.key for f in UI_FIELDS)
 
 
 def test_the_form_starts_from_the_config(default):
-    """The offline default's lr 5e-4 and bf16 on come from assets/configs/default.yaml, not a table of the form."""
+    """The offline default's lr 5e-4 and bf16 native come from assets/configs/default.yaml, not a table of the form."""
     values = start_values(default)
-    assert values["train.lr"] == 5e-4 and values["train.bf16"] == "on" and values["train.max_steps"] == 200
+    assert values["train.lr"] == 5e-4 and values["train.bf16"] == "native" and values["train.max_steps"] == 200
     for field in config_fields():
         expected, shown = value_at(default, field.key), values[field.key]
         if field.kind is list:
