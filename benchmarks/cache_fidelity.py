@@ -33,6 +33,7 @@ from workbench.data.loading import tokenize_datasets  # noqa: E402
 from workbench.engine.cache_fidelity import short_run  # noqa: E402
 from workbench.engine.teacher_cache import build_cache, bytes_per_token  # noqa: E402
 from workbench.models.students import load_teacher_fp32, student_tokenizer  # noqa: E402
+from workbench.store.rundir import write_json_atomic  # noqa: E402
 
 VOCAB = 49152  # the default pair's: bytes_per_token only asks whether ids fit uint16
 
@@ -47,7 +48,7 @@ def layout(name: str) -> tuple[int, int]:
 
 def one_seed(seed: int, caches: list[str], args, work: Path) -> dict:
     overrides = [f"data.max_examples={args.examples}", f"data.max_eval_examples={args.eval_examples}",
-                 f"train.seed={seed}", f"train.seq_len={args.seq_len}", "evaluation.ood_source=null"]
+                 f"train.seed={seed}", f"train.seq_len={args.seq_len}", "evaluation.ood_source=null", *args.overrides]
     config = resolve_defaults(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml", overrides),
                               args.cache_dir)
     tokenizer = student_tokenizer(config)
@@ -100,6 +101,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=40, help="training chapters used")
     parser.add_argument("--seq-len", type=int, default=256, help="block length (the default config's: 256)")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out blocks the KL is measured on")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="more config overrides, e.g. train.bf16=off on a CPU that emulates bf16")
+    parser.add_argument("--work", type=Path, help="folder for the caches and runs (default: a new temporary one); "
+                                                  "caches already built there are reused")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=Path, help="written after each seed")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
@@ -107,20 +112,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.combine:
         found = [json.loads(path.read_text()) for path in args.combine]
+        if len({(part["steps"], tuple(row["cache"] for row in part["table"])) for part in found}) > 1:
+            raise SystemExit("--combine: the files differ in steps or cache layouts")
         seeds = {seed: row for part in found for seed, row in part["seeds"].items()}
         caches = [row["cache"] for row in found[0]["table"]]
         result = summary(found[0]["steps"], seeds, caches)
     else:
         caches = args.caches.split(",")
-        work = Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
+        work = args.work or Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
         seeds = {}
         for seed in args.seeds.split(","):
             seeds[seed] = one_seed(int(seed), caches, args, work)
             result = summary(args.steps, seeds, caches)
             if args.json:
-                args.json.write_text(json.dumps(result, indent=2))
+                write_json_atomic(args.json, result)  # a kill mid-write keeps the seeds before
     if args.json and args.combine:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.json, result)
 
 
 if __name__ == "__main__":
