@@ -143,9 +143,15 @@ def _block_stats(t: Tensor, s: Tensor, nxt: Tensor, temperature: float) -> dict[
 
 
 def _expect(probs: Tensor, values: Tensor) -> Tensor:
-    """sum_v probs * values per row. A token without mass adds 0, as in the losses' _kl, where
-    0 * -inf (a -inf logit) would be NaN."""
-    return torch.where(probs > 0, probs * values, 0.0).sum(-1)
+    """sum_v probs * values per row. A token without mass adds 0, as in the losses' _kl: where a -inf logit
+    made that 0 * inf = NaN, the row is summed again without such tokens (models give finite logits, so the
+    common case costs one fused multiply-add pass)."""
+    found = torch.linalg.vecdot(probs, values)
+    broken = found.isnan()
+    if broken.any():
+        weights, terms = probs[broken], values[broken]
+        found[broken] = torch.where(weights > 0, weights * terms, 0.0).sum(-1)
+    return found
 
 
 def top_k(analysis: TokenAnalysis, tokenizer, position: int, temperature: float = 1.0, k: int = 10) -> TopK:
