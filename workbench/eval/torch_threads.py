@@ -1,8 +1,8 @@
 """Pools of single-threaded workers for the tabs' torch work (Learn, Inspect): a view of one text is too little
 work to share between cores, and while a training job keeps them busy every parallel op waits for one. On two
 cores beside a busy test run: Learn's slider moves took 430 ms on two threads and 70 ms on one, a sentence's
-first view 4.4 s and 0.5 s; the inspector's statistics of 256 tokens at a new temperature took over a second on
-two threads and under a fifth of one on one (benchmarks/inspector_speed.py)."""
+first view 4.4 s and 0.5 s; the inspector's statistics of 256 tokens at a new temperature (V = 49k, read in
+blocks of rows) 3.5-9 s on two threads and 0.37-0.59 s on one, at a load average of 5."""
 from __future__ import annotations
 
 import threading
