@@ -179,7 +179,7 @@ def training(config: DistillConfig, device: torch.device, steps: int, warmup: in
                                     batch * ids.shape[1])
         del model, optimizer
     return {"scale": "smoke: tiny random pair" if smoke else (
-                "full" if clock.cuda else f"scaled down for CPU: {steps} steps, not 50"),
+                f"full: {steps} steps on CUDA" if clock.cuda else f"scaled down for CPU: {steps} steps"),
             "model": "tiny random pair" if smoke else "offline default pair", "steps": steps, "warmup": warmup,
             "batch": batch, "seq_len": ids.shape[1], "dtype": "bf16 autocast", "chunk": DEFAULT_CHUNK,
             "cache": {"k": CACHE_K, "blocks": len(blocks), "build_s": round(cache_s, 2)},
