@@ -9,7 +9,8 @@
     python benchmarks/inspector_speed.py [--reps 5] [--cache-dir DIR] [--json out.json]
 
 Prints min / p50 / p95 / max seconds of each over --reps repetitions (after one of each to warm up, which
-also loads the models), and the load average before and after: the numbers mean little without it.
+also loads the models), wall-clock and the process's CPU time (all its threads: on a busy machine the wall
+clock also counts the waits for a core, the CPU time does not), and the load average before and after.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from types import SimpleNamespace  # noqa: E402
 
-from ui_latency import summary, timed  # noqa: E402 - timed and summarised as the other UI benchmarks
+from ui_latency import summary  # noqa: E402 - summarised as the other UI benchmarks
 
 from workbench.config.schema import DistillConfig  # noqa: E402
 from workbench.data.defaults import resolve_defaults  # noqa: E402
@@ -62,19 +63,19 @@ def main() -> None:
     def view(text: str, temperature: float, position: int | None) -> object:
         return inspect_view(services, RUN, None, text, temperature, 10, "forward_kl", position)
 
-    first, temperature, position = [], [], []
+    times = {"first_view": [], "temperature_move": [], "position_move": []}
     for rep, text in enumerate(texts):
-        first.append(timed(lambda: view(text, 1.0, None)))
+        times["first_view"].append(timed(lambda: view(text, 1.0, None)))
         # A T of its own per repetition, so no move finds its statistics kept.
-        temperature.append(timed(lambda: view(text, 1.5 + rep / 4, 100)))
-        position.append(timed(lambda: view(text, 1.5 + rep / 4, 50)))
+        times["temperature_move"].append(timed(lambda: view(text, 1.5 + rep / 4, 100)))
+        times["position_move"].append(timed(lambda: view(text, 1.5 + rep / 4, 50)))
     found = inspector.analysis(RUN, inspector.points(RUN)[0].key, texts[-1])
     result = {"tokens": len(found) + 1, "vocab": found.teacher_logits.shape[-1], "load_models_s": round(load_s, 2),
               "load_average_before": [round(x, 2) for x in load_before],
-              "load_average_after": [round(x, 2) for x in os.getloadavg()],
-              # the first repetition warms up (allocator, kernels): left out
-              "first_view_s": rounded(summary(first[1:])), "temperature_move_s": rounded(summary(temperature[1:])),
-              "position_move_s": rounded(summary(position[1:]))}
+              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    for name, pairs in times.items():  # the first repetition warms up (allocator, kernels): left out
+        result[f"{name}_s"] = rounded(summary([wall for wall, _ in pairs[1:]]))
+        result[f"{name}_cpu_s"] = rounded(summary([cpu for _, cpu in pairs[1:]]))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -93,6 +94,13 @@ def long_texts(documents: list[str], tokenizer, count: int) -> list[str]:
             return texts
     raise SystemExit(f"the default corpus's held-out documents make {len(texts)} texts of {MAX_TOKENS} tokens, "
                      f"fewer than --reps + 1 = {count}")
+
+
+def timed(call) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of call()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def rounded(times: dict) -> dict:
