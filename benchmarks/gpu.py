@@ -90,7 +90,7 @@ class Clock:
             times = [self.timed(step) for step in steps]
         except torch.cuda.OutOfMemoryError as err:  # the plain loss at Liger's size may not fit a card
             return {"error": f"out of memory: {str(err).splitlines()[0]}", "peak_memory_mib": self.peak_mib()}
-        kept = times[warmup:]
+        kept = times[warmup:] or times  # fewer steps than the warm-up asks: all of them, the JSON shows n
         median = statistics.median(kept)
         return {"step_s": {"min": round(min(kept), 4), "median": round(median, 4), "max": round(max(kept), 4),
                            "n": len(kept)},
@@ -223,8 +223,8 @@ def loss_benchmark(device: torch.device, size: str, reps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, help="training steps per mode (default: 50 on CUDA, 6 on CPU)")
-    parser.add_argument("--warmup", type=int, help="steps left out of the median (default: 5 on CUDA, 2 on CPU)")
+    parser.add_argument("--steps", type=int, help="training steps per mode (default: 50 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, help="steps left out of the median (default: 5 on CUDA, 1 on CPU)")
     parser.add_argument("--reps", type=int, default=10, help="timed loss repetitions after 2 of warm-up")
     parser.add_argument("--cache-dir", type=Path, help="where the offline default is prepared")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
@@ -235,8 +235,8 @@ def main() -> None:
     config = DistillConfig.load(DEFAULT_YAML)
     if args.smoke:
         config = config.replace(train=dataclasses.replace(config.train, batch_size=2, seq_len=16))
-    steps = args.steps or (3 if args.smoke else 50 if cuda else 6)
-    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5 if cuda else 2)
+    steps = args.steps or (50 if cuda and not args.smoke else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda and not args.smoke else 1)
     size = "smoke" if args.smoke else device.type
     result = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
               "smoke": args.smoke,
