@@ -1,6 +1,7 @@
 """The dark-knowledge inspector on tiny models: distributions are distributions, top-k is ordered, a
 model against itself diverges by nothing, temperature re-softens the kept logits exactly, hostile token
-text stays text, and a run's saved students move toward the teacher."""
+text stays text, token statistics equal the losses' own divergences, and a run's saved students move toward
+the teacher."""
 import html
 import re
 
@@ -9,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench.eval.inspector import Inspector
-from workbench.eval.token_stats import STATS, analyse, softened, token_stats, top_k
+from workbench.eval.token_stats import STATS, TokenAnalysis, analyse, entropy, softened, token_stats, top_k
+from workbench.losses.divergences import forward_kl, generalized_jsd, reverse_kl
 from workbench.ui.heatmap import token_heatmap
 from workbench.ui.plots import token_distributions, token_labels
 
@@ -59,6 +61,46 @@ def test_temperature_resoftens_the_kept_logits_exactly(pair):
     hotter, colder = token_stats(found, 4.0), token_stats(found, 0.5)
     assert (hotter["teacher_entropy"] > colder["teacher_entropy"]).all()  # higher T = flatter = more entropy
     assert set(STATS) <= set(hotter)
+
+
+def losses_stats(found: TokenAnalysis, temperature: float) -> dict:
+    """token_stats as the losses compute each statistic, one full softmax per statistic: the reference."""
+    t, s = found.teacher_logits, found.student_logits
+    p, q = softened(t, temperature), softened(s, temperature)
+    nxt = torch.tensor(found.token_ids[1:])
+    return {"forward_kl": forward_kl(s, t, temperature), "reverse_kl": reverse_kl(s, t, temperature),
+            "jsd": generalized_jsd(s, t, temperature, beta=0.5), "dark_mass": 1 - p.max(-1).values,
+            "teacher_entropy": entropy(p), "student_entropy": entropy(q),
+            "student_nll": -q.gather(-1, nxt[:, None]).squeeze(-1).log(),
+            "agree": (p.argmax(-1) == q.argmax(-1)).float()}
+
+
+def assert_same_stats(found: TokenAnalysis, temperature: float):
+    fast, reference = token_stats(found, temperature), losses_stats(found, temperature)
+    assert set(fast) == set(reference) == set(STATS) | {"agree"}
+    for name, expected in reference.items():
+        assert fast[name].shape == expected.shape, name
+        assert torch.allclose(fast[name], expected, rtol=1e-4, atol=1e-5, equal_nan=False), name
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_token_stats_equal_the_losses_divergences_on_a_model(pair, temperature):
+    teacher, student, tok = pair
+    assert_same_stats(analyse(teacher, student, tok, TEXT), temperature)
+
+
+def test_token_stats_equal_the_losses_divergences_across_row_blocks():
+    """A vocabulary wide enough that the rows are read in several blocks (the last one short), with tokens
+    one model gives no mass (-inf logits, as the losses allow): each adds 0, never NaN."""
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab = 9, 50_000
+    teacher, student = (4 * torch.randn(rows, vocab, generator=generator) for _ in range(2))
+    teacher[:, :7] = float("-inf")
+    found = TokenAnalysis(torch.randint(7, vocab, (rows + 1,), generator=generator).tolist(), ["x"] * (rows + 1),
+                          teacher, student, 0.0)
+    for temperature in (0.5, 2.0):
+        assert_same_stats(found, temperature)
+    assert torch.isfinite(token_stats(found, 2.0)["forward_kl"]).all()
 
 
 HOSTILE = "<script>alert(1)</script> and <img src=x onerror=alert(2)> \" ' &amp;"

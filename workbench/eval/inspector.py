@@ -1,13 +1,15 @@
 """The inspector as a service: a run's teacher and students loaded once, analyses cached per text (or per
 answer a student sampled to a held-out prompt), so the UI's sliders (temperature, position, top-k, step)
 never wait for a model. The Chat tab borrows the same loaded models (chat_models). Thread-safe: Gradio runs
-handlers in worker threads."""
+handlers in worker threads; the Inspect tab runs its views on the inspector's own single-threaded workers
+(on_torch; why in workbench/eval/torch_threads.py)."""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from workbench.config.fields import number_in
 from workbench.config.gate import Gate
@@ -23,6 +25,7 @@ from workbench.eval.on_policy_measure import (
 from workbench.eval.aligned_tokens import AlignedAnalysis, aligned_trajectory, analyse_aligned
 from workbench.eval.pairing import has_local_teacher, is_cross_tokenizer, token_comparable
 from workbench.eval.token_stats import MAX_TOKENS, TokenAnalysis, Trajectory, analyse, trajectory
+from workbench.eval.torch_threads import Result, TorchPool
 from workbench.models.loading import context_length, load_tokenizer, logit_size, shared_logit_size
 from workbench.models.students import (
     StudentPoint,
@@ -98,6 +101,11 @@ class Inspector:
         self._tokenizers: dict[tuple, object] = {}
         self._crossing: dict[tuple, bool] = {}
         self._bridges: dict[tuple, TokenBridge] = {}
+        self._torch = TorchPool("inspect-torch")
+
+    def on_torch(self, fn: Callable[..., Result], *args) -> Result:
+        """fn(*args) on one of the inspector's two single-threaded workers; fn must not call on_torch itself."""
+        return self._torch.run(fn, *args)
 
     def run(self, run_id: str) -> tuple[RunDir, DistillConfig]:
         try:

@@ -4,12 +4,12 @@ model. The models stay loaded between sentences; the teacher is the temperature 
 
 Thread-safe: Gradio runs handlers in worker threads. `_lock` guards the kept texts and is never held while a
 model runs, so a slider move never waits for another session's sentence; `_work` runs models one at a time.
-Every torch call runs on the tab's own two single-threaded workers (on_torch_thread; why in _one_torch_thread)."""
+Every torch call runs on the tab's own two single-threaded workers (on_torch_thread; why in
+workbench/eval/torch_threads.py)."""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ from workbench.eval.lesson import (
 )
 from workbench.eval.preview import loaded_teacher, spec_key
 from workbench.eval.token_stats import TokenAnalysis, analyse
+from workbench.eval.torch_threads import TorchPool
 from workbench.models.loading import load_model
 
 DEFAULT_TEACHER, DEFAULT_STUDENT = "defaults:teacher", "defaults:student"
@@ -63,26 +64,11 @@ class Reading:
         return self._curves[position]
 
 
-def _one_torch_thread() -> None:
-    """Initializer of the threads that run the tab's torch work: one intra-op thread each. A sentence is too
-    little work to share between cores, and while a training job keeps them busy every parallel op waits for
-    one: on two cores beside a busy test run, slider moves took 430 ms on two threads and 70 ms on one, a
-    sentence's first view 4.4 s and 0.5 s. OpenMP keeps the setting per thread, but torch also makes it the
-    default of threads that start later; a short-lived thread puts that default back, so no other part of the
-    app (Inspect, the preview) runs single-threaded because of this tab."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    reset = threading.Thread(target=torch.set_num_threads, args=(before,), name="learn-reset-threads")
-    reset.start()
-    reset.join()
-
-
-# Two: a slider move runs beside another session's sentence being read, never behind it.
-_TORCH = ThreadPoolExecutor(max_workers=2, thread_name_prefix="learn-torch", initializer=_one_torch_thread)
+_TORCH = TorchPool("learn-torch")
 
 
 def on_torch_thread(fn: Callable[..., Result], *args) -> Result:
-    return _TORCH.submit(fn, *args).result()
+    return _TORCH.run(fn, *args)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ are those of workbench/losses/divergences.py, so what the inspector shows is wha
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from workbench.losses.divergences import forward_kl, generalized_jsd, reverse_kl
+from workbench.losses.divergences import forward_kl
 from workbench.models.loading import shared_logit_size
 
 MAX_TOKENS = 256
@@ -71,14 +72,15 @@ def analyse(teacher, student, tokenizer, text: str, max_tokens: int = MAX_TOKENS
         raise ValueError("inspector text: needs at least two tokens (one to predict from, one to predict)")
     vocab = shared_logit_size(teacher, student)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():  # no autograd bookkeeping: these logits are only ever read
         if teacher_logits is None:
             teacher_logits = teacher(input_ids=ids).logits[0, :-1].float()
         s_logits = student(input_ids=ids).logits[0, :-1, :vocab].float()
     seconds = time.perf_counter() - start
     token_ids = ids[0].tolist()
-    return TokenAnalysis(token_ids, [tokenizer.decode([i]) for i in token_ids], teacher_logits[:, :vocab], s_logits,
-                         seconds)
+    # One batch call instead of a decode per token (a fast tokenizer decodes the batch in Rust).
+    tokens = tokenizer.batch_decode([[i] for i in token_ids])
+    return TokenAnalysis(token_ids, tokens, teacher_logits[:, :vocab], s_logits, seconds)
 
 
 def softened(logits: Tensor, temperature: float) -> Tensor:
@@ -101,19 +103,55 @@ def token_stats(analysis: TokenAnalysis, temperature: float = 1.0) -> dict[str, 
 
 
 def _token_stats(analysis: TokenAnalysis, temperature: float) -> dict[str, Tensor]:
-    t, s = analysis.teacher_logits, analysis.student_logits
-    p, q = softened(t, temperature), softened(s, temperature)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rows = max(1, _BLOCK_VALUES // analysis.teacher_logits.shape[-1])
     nxt = torch.tensor(analysis.token_ids[1:])
+    with torch.inference_mode():
+        blocks = [_block_stats(t, s, n, temperature) for t, s, n in zip(
+            analysis.teacher_logits.split(rows), analysis.student_logits.split(rows), nxt.split(rows))]
+    return {key: torch.cat([block[key] for block in blocks]) for key in blocks[0]}
+
+
+# Rows are read in blocks of about this many values (two rows at V = 49k, 512 KB a tensor): a block's
+# temporaries stay in cache and in memory the allocator reuses. Whole (L-1, V) temporaries are 50 MB each,
+# fresh pages every time, and page faults, not arithmetic, then took most of a second per temperature.
+_BLOCK_VALUES = 2**17
+_LOG_HALF = math.log(0.5)
+
+
+def _block_stats(t: Tensor, s: Tensor, nxt: Tensor, temperature: float) -> dict[str, Tensor]:
+    """token_stats over a block of rows from one log-softmax per model. The KLs and the JSD are
+    workbench/losses/divergences.py's formulas (tests/test_inspect.py holds them equal), written over the
+    shared log-probabilities: called one by one, each of them softens both models' logits again."""
+    log_p = torch.log_softmax(t.float() / temperature, dim=-1)
+    log_q = torch.log_softmax(s.float() / temperature, dim=-1)
+    p, q = log_p.exp(), log_q.exp()
+    gap = log_p - log_q
+    log_m = torch.logaddexp(log_p + _LOG_HALF, log_q + _LOG_HALF)  # the mixture (p + q) / 2
+    top, teacher_top = p.max(-1)
     return {
-        "forward_kl": forward_kl(s, t, temperature),
-        "reverse_kl": reverse_kl(s, t, temperature),
-        "jsd": generalized_jsd(s, t, temperature, beta=0.5),
-        "dark_mass": 1 - p.max(-1).values,
-        "teacher_entropy": entropy(p),
-        "student_entropy": entropy(q),
-        "student_nll": -q.gather(-1, nxt[:, None]).squeeze(-1).clamp_min(1e-30).log(),
-        "agree": (p.argmax(-1) == q.argmax(-1)).float(),
+        "forward_kl": _expect(p, gap),
+        "reverse_kl": -_expect(q, gap),
+        "jsd": 0.5 * _expect(p, log_p - log_m) + 0.5 * _expect(q, log_q - log_m),
+        "dark_mass": 1 - top,
+        "teacher_entropy": -_expect(p, log_p),
+        "student_entropy": -_expect(q, log_q),
+        "student_nll": -log_q.gather(-1, nxt[:, None]).squeeze(-1),
+        "agree": (teacher_top == q.argmax(-1)).float(),
     }
+
+
+def _expect(probs: Tensor, values: Tensor) -> Tensor:
+    """sum_v probs * values per row. A token without mass adds 0, as in the losses' _kl: where a -inf logit
+    made that 0 * inf = NaN, the row is summed again without such tokens (models give finite logits, so the
+    common case costs one fused multiply-add pass)."""
+    found = torch.linalg.vecdot(probs, values)
+    broken = found.isnan()
+    if broken.any():
+        weights, terms = probs[broken], values[broken]
+        found[broken] = torch.where(weights > 0, weights * terms, 0.0).sum(-1)
+    return found
 
 
 def top_k(analysis: TokenAnalysis, tokenizer, position: int, temperature: float = 1.0, k: int = 10) -> TopK:

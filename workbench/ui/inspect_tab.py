@@ -60,7 +60,13 @@ def inspect_view(services: Services, run_id: str, step: float | None, text: str,
                  stat: str, position: int | None, sampled: tuple[int, int] | None = None) -> View:
     """The view of `text`, or with `sampled` = (held-out prompt index, seed) of the student's own answer to
     that prompt: the prompt is context, the answer coloured, and the position shown first is the answer
-    token the chosen statistic rates highest."""
+    token the chosen statistic rates highest. Made on the inspector's single-threaded workers."""
+    return services.inspector.on_torch(_inspect_view, services, run_id, step, text, temperature, k, stat, position,
+                                       sampled)
+
+
+def _inspect_view(services: Services, run_id: str, step: float | None, text: str, temperature: float, k: int,
+                  stat: str, position: int | None, sampled: tuple[int, int] | None) -> View:
     inspector = services.inspector
     point = nearest_point(inspector.points(run_id), step)
     found = inspector.sampled(run_id, point.key, *sampled) if sampled is not None else None
@@ -285,7 +291,8 @@ def create_inspect_tab(services: Services) -> None:
         if sampled is not None:
             return gr.skip(), "A sampled answer is one student's own text: follow a position of a text (Inspect)."
         try:
-            figure = trajectory_figure(services.inspector.trajectory(run_id, body, int(pos), t))
+            figure = trajectory_figure(services.inspector.on_torch(services.inspector.trajectory, run_id, body,
+                                                                   int(pos), t))
             if services.inspector.cross_tokenizer(run_id):  # its distance is ULD, its bars the same texts
                 relabel(figure, "ULD", row=2, col=1)
             return figure, ""
