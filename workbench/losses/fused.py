@@ -161,7 +161,7 @@ class _FusedDistill(torch.autograd.Function):
 def _accumulate(grad: Tensor, hidden: Tensor, weight: Tensor, rows: Rows, grad_hidden: Tensor,
                 grad_weight: Tensor, grad_bias: Tensor | None) -> None:
     """Add one chunk's share to the gradient buffers, from its gradient wrt logits (c, V)."""
-    grad_hidden[rows] = grad @ weight
+    grad_hidden[rows] = (grad @ weight).float()
     if grad_weight.dtype == grad.dtype:
         grad_weight.addmm_(grad.T, hidden)  # in place: no (V, H) temporary per chunk
     else:
