@@ -6,7 +6,7 @@
   (d) cache bytes/token and teacher mass kept for k = 8, 32, 64            (benchmarks/teacher_cache.py)
   (e) inspector time for 256 tokens                                        (benchmarks/inspector_speed.py)
 
-    python benchmarks/performance.py [--reps 5] [--bf16 auto|on|off] [--json results.json] [--cache-dir DIR]
+    python benchmarks/performance.py [--reps 5] [--bf16 auto|on|off] [--chunk N] [--json out.json] [--cache-dir DIR]
 
 A step is forward + backward of one batch of the default config (4 x 256 tokens); each time is reported as
 min / median / max of --reps runs after one warm-up, and the ratios are taken between medians. The teacher's
@@ -56,7 +56,7 @@ def spread(step, reps: int) -> list[float]:
     return sorted(times)
 
 
-def step_times(config: DistillConfig, reps: int, bf16: bool) -> dict:
+def step_times(config: DistillConfig, reps: int, bf16: bool, chunk: int) -> dict:
     tokenizer = student_tokenizer(config)
     teacher32 = load_teacher_fp32(config)
     student, _ = initial_student(config, teacher32)
@@ -95,18 +95,18 @@ def step_times(config: DistillConfig, reps: int, bf16: bool) -> dict:
     times = {"teacher_forward": spread(teacher_forward(False), reps),
              "teacher_forward_hidden": spread(teacher_forward(True), reps),
              "student_ce_step": spread(strategy_step(0, 1.0, False), reps),
-             "student_ce_step_chunked": spread(strategy_step(128, 1.0, False), reps),
+             "student_ce_step_chunked": spread(strategy_step(chunk, 1.0, False), reps),
              "kd_plain": spread(strategy_step(0, 0.5, False), reps),
-             "kd_chunked": spread(strategy_step(128, 0.5, False), reps),
+             "kd_chunked": spread(strategy_step(chunk, 0.5, False), reps),
              "kd_cached": spread(strategy_step(0, 0.5, True), reps),
-             "kd_cached_chunked": spread(strategy_step(128, 0.5, True), reps)}
+             "kd_cached_chunked": spread(strategy_step(chunk, 0.5, True), reps)}
     median = {k: statistics.median(v) for k, v in times.items()}
     # The reference CE step is the faster of plain and chunked: a KD mode must not look good only
     # because the CE step it is compared with was slow.
     ce = min(median["student_ce_step"], median["student_ce_step_chunked"])
     # Each KD mode against the teacher forward it runs: full logits for the plain loss, hidden states for the chunked.
     teacher_for = {"plain": median["teacher_forward"], "chunked": median["teacher_forward_hidden"]}
-    return {"bf16": bf16, "reps": reps,
+    return {"bf16": bf16, "reps": reps, "chunk": chunk,
             "seconds_min_median_max": {k: [round(v[0], 3), round(median[k], 3), round(v[-1], 3)]
                                        for k, v in times.items()},
             "a_kd_over_teacher_plus_ce": {m: round(median[f"kd_{m}"] / (teacher_for[m] + ce), 3)
@@ -126,16 +126,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--chunk", type=int, help="positions per chunk of the fused loss (default: the config's)")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = resolve_defaults(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml"), args.cache_dir)
     extra = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and config.train.bf16 == "on" and native_cpu_bf16())
-    result = {"threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              **step_times(config, args.reps, bf16)}
+    chunk = args.chunk or config.loss.chunk_size
+    steps = step_times(config, args.reps, bf16, chunk)
+    # the machine's load while the steps ran (1, 5, 15 minute averages): a shared machine's times move with it
+    result = {"threads": torch.get_num_threads(), "load_average": os.getloadavg(), **steps}
     print(json.dumps(result, indent=2), flush=True)
-    result["c_loss_memory"] = run_json("kd_loss.py", "--chunks", "128")
+    result["c_loss_memory"] = run_json("kd_loss.py", "--chunks", str(chunk))
     result["d_cache"] = run_json("teacher_cache.py", *extra)
     result["e_inspector"] = run_json("inspector_speed.py", *extra)
     print(json.dumps({k: result[k] for k in ("c_loss_memory", "d_cache", "e_inspector")}, indent=2))
