@@ -102,3 +102,9 @@ def test_bf16_inputs_and_autocast(alpha):
         naive = distill_loss(F.linear(hs, ws, bs), LiveLogits(F.linear(ht, wt)), labels, spec)
         fused = fused_distill_loss(hs, ws, labels, spec, LiveHead(ht, wt), student_bias=bs, chunk=4)
     assert_same(fused, naive, (hs, ws, bs), 2e-2)
+
+
+def test_a_teacher_of_another_vocabulary_size_is_refused_as_by_the_plain_loss():
+    hs, ws, _, ht, wt, labels = case(seed=5, teacher_vocab=V - 3)
+    with pytest.raises(ValueError, match="vocabulary sizes differ"):
+        fused_distill_loss(hs, ws, labels, LossSpec(alpha=0.5), LiveHead(ht, wt))

@@ -47,16 +47,17 @@ def _dense_logits(teacher: TeacherSignal | None, spec) -> Callable[[Rows], Tenso
     return None
 
 
-def _closed_form(s_logits: Tensor, t_logits: Tensor | None, labels: Tensor, spec, need_grad: bool):
-    """Summed CE and forward KL (times T^2) of c target positions, and the gradient of their weighted sum
-    with respect to s_logits (c, V) float32, which it may overwrite. t_logits None: CE alone."""
+def _closed_form(s_logits: Tensor, t_logits: Tensor | None, labels: Tensor, spec, need_grad: bool,
+                 kd_vocab: int | None = None):
+    """Summed CE and forward KL (times T^2, over the first kd_vocab logits) of c target positions, and the
+    gradient of their weighted sum with respect to s_logits (c, V) float32. t_logits None: CE alone."""
     alpha, temp = (1.0, 1.0) if t_logits is None else (spec.alpha, spec.temperature)
     picked = torch.arange(len(labels), device=labels.device), labels
     log_q = torch.log_softmax(s_logits, -1)
     ce = -log_q[picked].sum()
     kd = grad = None
     if t_logits is not None:
-        kd_logits = s_logits[:, :t_logits.shape[-1]]
+        kd_logits = s_logits[:, :kd_vocab]
         if kd_logits.shape[-1] != t_logits.shape[-1]:
             raise ValueError(f"vocabulary sizes differ: student has {s_logits.shape[-1]}, teacher has "
                              f"{t_logits.shape[-1]}; slice the padded rows off first")
@@ -129,7 +130,8 @@ class _FusedDistill(torch.autograd.Function):
             hidden = hidden_all[rows]
             s_logits = F.linear(hidden, weight, bias).float()
             if closed:
-                ce, kd, grad = _closed_form(s_logits, dense and dense(rows), labels[rows], spec, need_grad)
+                ce, kd, grad = _closed_form(s_logits, dense and dense(rows), labels[rows], spec, need_grad,
+                                            None if teacher is None else teacher.kd_vocab)
             else:
                 ce, kd, grad = _autograd_chunk(s_logits, teacher, rows, labels[rows], spec, need_grad)
             ce_total += ce
