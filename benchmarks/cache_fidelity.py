@@ -120,8 +120,9 @@ def main() -> None:
     else:
         caches = args.caches.split(",")
         work = args.work or Path(tempfile.mkdtemp(prefix="dw-fidelity-"))
-        seeds = {}
-        for seed in args.seeds.split(","):
+        # Seeds already in --json (an interrupted run) are kept, not run again.
+        seeds = json.loads(args.json.read_text())["seeds"] if args.json and args.json.is_file() else {}
+        for seed in (seed for seed in args.seeds.split(",") if seed not in seeds):
             seeds[seed] = one_seed(int(seed), caches, args, work)
             result = summary(args.steps, seeds, caches)
             if args.json:

@@ -139,6 +139,10 @@ class JobManager:
                 config=DistillConfig.load(run.file(CONFIG)), run_dir=str(run.path), cache_dir=self.cache_dir)
             spec.check(self.gate)
             # Where the run is now: a run folder copied in from elsewhere (a cluster job's) names its old place.
+            if spec.num_processes > 1 and Path(spec.run_dir).resolve() != run.path.resolve():
+                raise ConfigError([("num_processes", f"{run_id} was written for {spec.num_processes} processes "
+                                                     "elsewhere (a cluster job): resume it there, or clone it to "
+                                                     "run here with this machine's processes")])
             dataclasses.replace(spec, resume=True, run_dir=str(run.path)).write()
             self._enqueue(run_id, spec)
             self.poll()

@@ -84,6 +84,13 @@ def test_a_copied_back_run_resumes_in_its_new_folder(distilled_config, tmp_path,
     JobManager(tmp_path / "app-runs").resume("kd")
     assert JobSpec.read(tmp_path / "app-runs" / "kd").run_dir == str((tmp_path / "app-runs" / "kd").resolve())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app-runs", "job"]
+    # One written for 4 GPUs is not resumed here as 4 local processes without its accelerate config.
+    wide = write_job(runs_of_config(named(distilled_config, "wide")), ClusterSpec(nodes=2, gpus_per_node=2),
+                     tmp_path / "wide-job")
+    shutil.copytree(wide.folder / "runs" / "wide", tmp_path / "app-runs" / "wide")
+    RunDir(tmp_path / "app-runs" / "wide").write_status("cancelled", step=10)
+    with pytest.raises(ConfigError, match="written for 4 processes"):
+        JobManager(tmp_path / "app-runs").resume("wide")
 
 
 def test_fsdp_shards_the_student_and_uses_the_plain_loss(distilled_config, tmp_path):
