@@ -33,7 +33,7 @@ def write_cluster_job(services: Services, form: SetupForm, nodes, gpus_per_node,
 
 def create_cluster_panel(services: Services, default, inputs: dict) -> None:
     """An accordion under the form; `inputs` are the form's components in the endpoints' order."""
-    with gr.Accordion("Cluster: this run as a Slurm job (accelerate launch on several GPUs and nodes)", open=False):
+    with gr.Accordion("Cluster: this run as a Slurm job for several GPUs and nodes (accelerate)", open=False):
         with gr.Row():
             nodes = gr.Number(1, label="Nodes", precision=0, minimum=1, maximum=MAX_NODES, elem_id="cluster-nodes")
             gpus = gr.Number(1, label="GPUs per node", precision=0, minimum=1, maximum=MAX_GPUS_PER_NODE,
