@@ -2,6 +2,7 @@
 the run's held-out CE equal to the trainer's, the run card, evaluations in DuckDB, and the CE-only
 baseline's config and verdict."""
 import dataclasses
+import json
 import math
 
 import pandas as pd
@@ -18,7 +19,7 @@ from workbench.eval.report import evaluate_run
 from workbench.models.students import is_adapter_only
 from workbench.store.database import Store
 from workbench.store.ingest import Ingestor
-from workbench.store.rundir import RunDir
+from workbench.store.rundir import PROFILE, RunDir
 
 
 @pytest.mark.slow
@@ -75,6 +76,12 @@ def test_the_end_of_run_evaluation_matches_training_and_lands_in_duckdb(distille
     assert f"{m['size_ratio']:.1f}× smaller" in report["card"] and "of the teacher's quality" in report["card"]
     assert [g["prompt"] for g in report["generations"]] == ["the cat", "a dog"]
     assert "## Evaluation" in (run.student / "README.md").read_text()
+    # where the run's time went: every part that ran has its seconds, and they add up
+    profile = json.loads(run.file(PROFILE).read_text())
+    assert all(profile["seconds"][phase] > 0 for phase in ("setup", "teacher", "student", "loss", "evaluation",
+                                                           "io", "report", "data"))
+    assert sum(profile["seconds"].values()) == pytest.approx(profile["total_s"], abs=0.1)
+    assert sum(profile["share"].values()) == pytest.approx(1, abs=1e-3)
 
     store = Store(tmp_path / "db.duckdb")
     Ingestor(store, run.path.parent).ingest_all()

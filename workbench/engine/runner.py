@@ -9,6 +9,7 @@ import dataclasses
 import os
 import time
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +23,15 @@ from workbench.config.schema import DistillConfig
 from workbench.data.defaults import progress_line, resolve_defaults
 from workbench.data.loading import PadCollator, tokenize_datasets
 from workbench.data.prompt_rows import on_policy_rows
+from workbench.data.registry import default_cache_dir
 from workbench.engine.cache_build import BuildReport, ensure_cache
 from workbench.engine.callbacks import RunFilesCallback, format_eta
+from workbench.engine.phase_clock import PhaseClock, describe
 from workbench.engine.stopping import Cancelled, StopCallback, StopRequest
 from workbench.engine.strategies import strategy_class
 from workbench.engine.strategies.together import STUDENT, TrainedTogether, save_module
 from workbench.engine.teacher_cache import CacheError, TeacherCache, data_hash
+from workbench.engine.teacher_rows import ROWS_FOLDER, TeacherRows, teacher_identity
 from workbench.engine.trainer import DistillTrainer, check_weights, training_arguments, use_bf16
 from workbench.eval.report import evaluate_run
 from workbench.hardlabel.generation import GENERATED, generate_dataset, read_manifest
@@ -45,7 +49,7 @@ from workbench.models.loading import (
 from workbench.models.students import initial_student
 from workbench.models.token_bridge import TokenBridge
 from workbench.store.modelcard import write_model_card, write_trained_teacher_card
-from workbench.store.rundir import CONFIG, RunDir
+from workbench.store.rundir import CONFIG, PROFILE, RunDir, write_json_atomic
 
 
 def is_main_process() -> bool:
@@ -75,16 +79,20 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
                          pid=me.pid, pid_started=me.create_time(), processes=int(os.environ.get("WORLD_SIZE", "1")),
                          phase=None, evaluation_error=None)
     stop = StopRequest()
+    clock = PhaseClock()
     try:
         with stop.installed():
-            config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None), fetch_missing)
+            with clock.phase("setup"):
+                config = resolve_defaults(config, cache_dir, _progress_echo(echo if main else None), fetch_missing)
             if main:
                 config.save(run.file(CONFIG))
             if config.strategy == "hard_label":
-                config = _generated_data(config, run, echo if main else None, main)
+                with clock.phase("teacher"):
+                    config = _generated_data(config, run, echo if main else None, main)
                 if main:
                     config.save(run.file(CONFIG))  # now naming the data the student trains on
-            final = _train(config, run, resume, echo if main else None, stop)
+            final = _train(config, run, resume, echo if main else None, stop, clock,
+                           Path(cache_dir or default_cache_dir()) / ROWS_FOLDER)
     except Cancelled as cancelled:
         if main:
             run.write_status("cancelled", step=cancelled.step, checkpoint=cancelled.checkpoint, eta_s=None,
@@ -101,9 +109,21 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
         # still leaves a finished run (with phase "evaluating" left as the trace).
         done = dict(step=config.train.max_steps, eta_s=0, final_metrics=final)
         run.write_status("succeeded", **done, phase="evaluating" if config.evaluation.at_end else None)
+        _write_profile(run, clock, echo)
         if config.evaluation.at_end:
-            run.write_status("succeeded", **done, phase=None, evaluation_error=_evaluate_at_end(run, echo))
+            with clock.phase("report"):
+                error = _evaluate_at_end(run, echo)
+            run.write_status("succeeded", **done, phase=None, evaluation_error=error)
+            _write_profile(run, clock, echo)
     return final
+
+
+def _write_profile(run: RunDir, clock: PhaseClock, echo) -> None:
+    """profile.json: this attempt's wall time by phase (a resumed run's covers the resumed part)."""
+    split = clock.split()
+    write_json_atomic(run.file(PROFILE), split)
+    if echo:
+        echo(describe(split))
 
 
 def _evaluate_at_end(run: RunDir, echo) -> str | None:
@@ -182,8 +202,11 @@ def _progress_echo(echo):
     return (lambda message, fraction: echo(progress_line(message, fraction))) if echo else None
 
 
-def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopRequest) -> dict:
+def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopRequest, clock: PhaseClock,
+           rows_root: Path) -> dict:
     say = echo or (lambda _msg: None)
+    setup = ExitStack()  # loading models and data, up to the first evaluation; closed there
+    setup.enter_context(clock.phase("setup"))
     set_seed(config.train.seed)
     bf16 = use_bf16(config)
     strategy_cls = strategy_class(config.strategy)
@@ -218,15 +241,25 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     cache = None
     if config.loss.teacher_cache:
         if config.loss.build_teacher_cache:
-            _build_if_missing(config, tokenizer, train_ds, run, echo)
+            with clock.phase("teacher"):
+                _build_if_missing(config, tokenizer, train_ds, run, echo)
         cache = open_teacher_cache(config, tokenizer, train_ds, logit_size(student))
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))  # each row finds its cached row
         say(f"teacher cache: {config.loss.teacher_cache} (k={cache.manifest.k}); the teacher is not run")
+    elif config.reuses_teacher_rows() and teacher is not None:
+        identity = teacher_identity(config.teacher.name_or_path, getattr(teacher.config, "_commit_hash", None))
+        cache = TeacherRows.open(rows_root, identity, tokenizer, train_ds,
+                                 min(logit_size(teacher), logit_size(student)))
+        train_ds = train_ds.add_column("block", list(range(len(train_ds))))
+        stored = int(cache.filled_count())
+        say(f"teacher rows: {stored} of {len(train_ds)} blocks kept by earlier runs ({cache.folder}); the teacher "
+            "runs only on the others, and their rows are kept for the next run")
     if config.strategy == "on_policy":
         train_ds = on_policy_rows(config.on_policy, train_ds, tokenizer, context_length(teacher, student),
                                   config.train.seq_len, config.data.max_file_mb)
     say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
     strategy = strategy_cls(config, teacher, shared_vocab, cache, bridge)
+    strategy.clock = clock
     strategy.configure(tokenizer, min(shared_vocab or len(tokenizer), len(tokenizer)))
     files = RunFilesCallback(run, echo, samples=strategy.logged_samples)
     trainer = DistillTrainer(
@@ -240,6 +273,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
             if checkpoint else "no complete checkpoint found: starting from step 0")
     if checkpoint is None and is_main_process():
         run.truncate_metrics_after(-1)  # a fresh start logs step 0 again: drop an earlier attempt's lines
+    setup.close()
     if eval_ds is not None and checkpoint is None:
         say("evaluating the untrained student (step 0)")
         trainer.evaluate()
@@ -249,7 +283,8 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         say(f"stopped at step {trainer.state.global_step}; checkpoint {saved}")
         raise Cancelled(trainer.state.global_step, str(saved) if saved else None)
     final = _final_eval(trainer) if eval_ds is not None else {}
-    _save_student(trainer, strategy, tokenizer, run, config, final)
+    with clock.phase("io"):
+        _save_student(trainer, strategy, tokenizer, run, config, final)
     say(f"saved the student to {run.student}")
     if trainer.skipped_steps:
         say(f"{trainer.skipped_steps} steps were skipped: their loss or gradient was not finite")

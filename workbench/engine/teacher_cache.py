@@ -129,19 +129,23 @@ def top_k_logprobs(logits: torch.Tensor, k: int, tail_samples: int = 0,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, L, V) logits -> k log-probs (B, L, k), their ids, and the log of the mass outside the head (B, L).
     The head is the top k - tail_samples tokens; the other slots hold tokens drawn from the rest."""
-    log_p = torch.log_softmax(logits.float(), -1)
-    values, ids = log_p.topk(k - tail_samples, -1)
-    outside = log_p.scatter(-1, ids, float("-inf"))
-    rest = outside.logsumexp(-1)  # exact, -inf when the head is the whole vocabulary
+    logits = logits.float()
+    lse = torch.logsumexp(logits, -1, keepdim=True)
+    top, ids = logits.topk(k - tail_samples, -1)
+    values = top - lse
+    # The teacher's probabilities outside the head, (..., V), in one buffer: summed for the tail's mass and
+    # drawn from as they are (multinomial normalises), instead of a log-softmax, a masked copy and a logsumexp.
+    outside = (logits - lse).exp_().scatter_(-1, ids, 0.0)
+    rest = outside.sum(-1).log()  # -inf when the head is the whole vocabulary (or the tail underflows)
     if tail_samples:
-        flat = outside.reshape(-1, outside.shape[-1])
         # A row with no tail has nothing to draw from: draw anything and store it with no mass (-inf), so
         # no loss counts it (it may be a head token).
         empty = torch.isneginf(rest)[..., None]
-        weights = torch.where(empty.reshape(-1, 1), 0.0, flat - rest.reshape(-1, 1)).exp()
-        drawn = torch.multinomial(weights, tail_samples, replacement=True, generator=generator)
-        drawn = drawn.view(*ids.shape[:-1], tail_samples)
-        drawn_logp = log_p.gather(-1, drawn).masked_fill(empty, float("-inf"))
+        if empty.any():
+            outside = torch.where(empty, 1.0, outside)
+        drawn = torch.multinomial(outside.reshape(-1, outside.shape[-1]), tail_samples, replacement=True,
+                                  generator=generator).view(*ids.shape[:-1], tail_samples)
+        drawn_logp = (logits.gather(-1, drawn) - lse).masked_fill(empty, float("-inf"))
         values, ids = torch.cat([values, drawn_logp], -1), torch.cat([ids, drawn], -1)
     return values, ids, rest
 

@@ -124,13 +124,15 @@ class DistillTrainer(Trainer):
         # this once per optimizer step, with the step about to be taken in state.global_step.
         self.strategy.begin_step(self.state.global_step)
         prepared = (self.strategy.prepare_batch(self.model, batch) for batch in epoch_iterator)
-        return super().get_batch_samples(prepared, num_batches, device)
+        with self.strategy.clock.phase("data"):
+            return super().get_batch_samples(prepared, num_batches, device)
 
     def evaluate(self, *args, **kwargs):
         # Trainer calls this for the step-0, periodic and final held-out evaluations alike.
         self.strategy.evaluating = True
         try:
-            return super().evaluate(*args, **kwargs)
+            with self.strategy.clock.phase("evaluation"):
+                return super().evaluate(*args, **kwargs)
         finally:
             self.strategy.evaluating = False
 
@@ -263,7 +265,8 @@ class DistillTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         check_weights(self.model, self.state.global_step, "checkpoint")
-        super()._save_checkpoint(model, trial)
+        with self.strategy.clock.phase("io"):
+            super()._save_checkpoint(model, trial)
         if self.args.should_save and self._skipped:  # a resumed run must go on counting from here
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             write_json_atomic(folder / SKIPPED_FILE, {"nonfinite_skipped": self._skipped})
@@ -298,7 +301,8 @@ class DistillTrainer(Trainer):
         # Throughput counts from here, not from construction (model loading is not training time).
         self._last_log, self._train_start = None, time.perf_counter()
         self._resumed_from = resume_from_checkpoint
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        with self.strategy.clock.phase("student"):  # what no other phase inside takes: forward, backward, update
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
 class _StepClock(TrainerCallback):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from workbench.losses.divergences import IGNORE_INDEX, forward_kl
+from workbench.losses.divergences import IGNORE_INDEX
 
 ECE_BINS = 15
 
@@ -61,21 +61,29 @@ class HeldoutMetrics:
         mask = labels != IGNORE_INDEX
         targets = labels[mask]                                       # (N,)
         self.tokens += int(targets.numel())
-        rows = {name: x[mask].float() for name, x in logits.items()}  # (N, V_model)
-        for name, x in rows.items():
-            lp = torch.log_softmax(x, -1)
+        every = bool(mask.all())  # packed blocks: no position to drop, so no (N, V) gather to copy
+        log_probs, guesses = {}, {}
+        for name, x in logits.items():
+            lp = torch.log_softmax((x.reshape(-1, x.shape[-1]) if every else x[mask]).float(), -1)  # (N, V_model)
             self.nll[name] = self.nll.get(name, 0.0) - float(lp.gather(-1, targets[:, None]).sum())
             confidence, guess = lp.max(-1)
             bins = calibration_bins(confidence.exp(), (guess == targets).float())
             self.calibration[name] = self.calibration.get(name, 0) + bins
-        if "teacher" in rows and "student" in rows:
-            t = torch.log_softmax(rows["teacher"][:, :vocab], -1)
-            s = torch.log_softmax(rows["student"][:, :vocab], -1)
-            t_best = t.argmax(-1)
-            self.top1 += float((s.argmax(-1) == t_best).sum())
+            log_probs[name], guesses[name] = lp, guess
+        if "teacher" in log_probs and "student" in log_probs:
+            t, s = log_probs["teacher"], log_probs["student"]
+            t_best, s_best = guesses["teacher"], guesses["student"]
+            if vocab is not None and vocab < max(t.shape[-1], s.shape[-1]):  # renormalised over the shared rows
+                t, s = torch.log_softmax(t[:, :vocab], -1), torch.log_softmax(s[:, :vocab], -1)
+                t_best, s_best = t.argmax(-1), s.argmax(-1)
+            self.top1 += float((s_best == t_best).sum())
             top5 = s.topk(min(5, s.shape[-1]), -1).indices
             self.top5 += float((top5 == t_best[:, None]).any(-1).sum())
-            self.kl += float(forward_kl(s, t).sum())
+            # KL(p || q) = sum p (log p - log q); a token without mass on either side (-inf, clamped to the
+            # lowest float) adds 0 (as divergences.forward_kl), in the teacher's buffer, which is done with.
+            tiny = torch.finfo(t.dtype).min
+            p = t.exp()
+            self.kl += float(torch.linalg.vecdot(p, t.clamp_(min=tiny).sub_(s.clamp(min=tiny))).sum())
 
     def result(self) -> dict[str, float]:
         n = max(self.tokens, 1)

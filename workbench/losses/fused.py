@@ -13,6 +13,7 @@ Two ways through a chunk, same values and gradients:
   the gradient written down (alpha (q - onehot) + (1 - alpha) T (q_T - p_T)) into the softmax's own buffer,
   and only target positions visited. Autograd over (c, V) costs several more passes over memory than the
   loss itself, and at V 49k those passes, not the matrix products, made the fused loss slower than the plain one.
+  Against stored top-k rows under forward KL the same, in workbench/losses/fused_cached.py.
 - autograd per chunk, for every other divergence and signal (stored top-k rows, whatever a signal computes).
 
 Shapes: student_hidden (N, H_s), student_weight (V_s, H_s), labels (N,) already shifted (labels[i] is the
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workbench.losses import fused_cached
 from workbench.losses.divergences import IGNORE_INDEX, combine
 from workbench.losses.signal import LiveHead, LiveLogits, TeacherSignal
 
@@ -123,13 +125,16 @@ class _FusedDistill(torch.autograd.Function):
         grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if need_grad else None
         grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if need_grad and bias is not None else None
         dense = None if teacher is None else _dense_logits(teacher, spec)
-        closed = teacher is None or dense is not None
+        cached = fused_cached.applies(teacher, spec, student_weight.shape[0])
+        closed = teacher is None or dense is not None or cached
         ce_total = torch.zeros((), dtype=torch.float32, device=student_hidden.device)
         kd_total = None if teacher is None else torch.zeros_like(ce_total)
         for rows in _chunks(labels, chunk, closed):
             hidden = hidden_all[rows]
             s_logits = F.linear(hidden, weight, bias).float()
-            if closed:
+            if cached:
+                ce, kd, grad = fused_cached.cached_closed_form(s_logits, teacher, rows, labels[rows], spec, need_grad)
+            elif closed:
                 ce, kd, grad = _closed_form(s_logits, dense and dense(rows), labels[rows], spec, need_grad,
                                             None if teacher is None else teacher.kd_vocab)
             else:

@@ -65,6 +65,16 @@ def _estimated(student_logits: Tensor, logp: Tensor, ids: Tensor, tail: Tensor, 
     ignored = (labels == -100)[..., None]
     # As for the buckets: ignored positions get a harmless finite row.
     logp, tail = logp.masked_fill(ignored, 0.0), tail.masked_fill(ignored[..., 0], 0.0)
+    weight, log_p, present = sample_weights(logp, tail, sampled, temperature)
+    log_q = F.log_softmax(student_logits.float().masked_fill(ignored, 0.0) * (1.0 / temperature), -1).gather(-1, ids)
+    if divergence == "skew_kl" and skew_lambda > 0:
+        log_q = torch.logaddexp(log_p + math.log(skew_lambda), log_q + math.log1p(-skew_lambda))
+    return torch.where(present, weight * (log_p - log_q), 0.0).sum(-1)
+
+
+def sample_weights(logp: Tensor, tail: Tensor, sampled: int, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The teacher's side of the estimate, for stored rows (..., k) and their tail (...): each slot's weight
+    (summing to 1 over a row), log p_T at its token (0 where it weighs nothing) and whether it weighs."""
     inverse = 1.0 / temperature
     head = logp.shape[-1] - sampled
     # log of each slot's (unnormalised) share of sum_v p_v^(1/T): a head token's own; a sample's
@@ -79,10 +89,7 @@ def _estimated(student_logits: Tensor, logp: Tensor, ids: Tensor, tail: Tensor, 
     weight = (log_share - log_z).exp()                                   # (..., k), sums to 1
     present = weight > 0
     log_p = torch.where(present, logp * inverse - log_z, 0.0)            # log p_T at each slot's token
-    log_q = F.log_softmax(student_logits.float().masked_fill(ignored, 0.0) * inverse, -1).gather(-1, ids)
-    if divergence == "skew_kl" and skew_lambda > 0:
-        log_q = torch.logaddexp(log_p + math.log(skew_lambda), log_q + math.log1p(-skew_lambda))
-    return torch.where(present, weight * (log_p - log_q), 0.0).sum(-1)
+    return weight, log_p, present
 
 
 def _refined_buckets(student_logits: Tensor, logp: Tensor, ids: Tensor, tail: Tensor,

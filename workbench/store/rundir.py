@@ -52,6 +52,7 @@ SAMPLES = "samples.jsonl"
 LOG = "worker.log"
 WORKER = "worker.json"
 NOTES = "notes.json"
+PROFILE = "profile.json"  # where the run's wall time went (engine/phase_clock.py)
 CHECKPOINTS = "checkpoints"
 STUDENT = "student"
 EVALUATIONS = "evaluations"

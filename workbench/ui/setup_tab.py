@@ -81,7 +81,8 @@ LAYOUT = (
     Group((("data_kind", "data_upload", "hub_dataset"),), strategies=LIVE_TEACHER),
     Group((("student.lora.enabled", "train.bf16", "num_processes", "accelerate_config", "output.run_name",
             "evaluation.at_end", "train.on_nonfinite", "with_baseline"),)),
-    Group((("loss.cross_tokenizer", "loss.teacher_cache", "loss.build_teacher_cache"),), strategies=("soft_label",)),
+    Group((("loss.cross_tokenizer", "loss.teacher_cache", "loss.build_teacher_cache", "loss.reuse_teacher"),),
+          strategies=("soft_label",)),
 )
 # Fields shown only while another key's value passes a test: key -> (controlling key, test).
 SHOWN_WHEN = {

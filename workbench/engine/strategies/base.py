@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from workbench.config.schema import DistillConfig
+from workbench.engine.phase_clock import PhaseClock
 
 
 class Strategy(ABC):
@@ -35,6 +36,7 @@ class Strategy(ABC):
         self.cache = cache  # a TeacherCache when loss.teacher_cache is set: the stored teacher signal
         # A TokenBridge when loss.cross_tokenizer is on: the teacher reads its own tokens of the same text.
         self.bridge = bridge
+        self.clock = PhaseClock()  # the run's, set by the runner: the strategy times its teacher and its loss
 
     def to(self, device: torch.device) -> "Strategy":
         if self.teacher is not None:

@@ -6,7 +6,9 @@ With loss.chunk_size > 0 the models return their last hidden states instead of f
 runs fused with their LM heads, chunk_size positions at a time (workbench/losses/fused.py); models whose
 head does more than a linear map (logit soft-capping) use the plain path. With loss.teacher_cache the
 teacher signal is the cache's stored top-k rows (losses.sparse_kd_loss), fused the same way: both losses
-take the signal (workbench/losses/signal.py) and never ask where it came from. With loss.cross_tokenizer the
+take the signal (workbench/losses/signal.py) and never ask where it came from. With loss.reuse_teacher the
+teacher's rows of each training block are kept the first time a run reads it and read by later runs
+(workbench/engine/teacher_rows.py), as from a cache. With loss.cross_tokenizer the
 teacher reads its own tokens of the batch's text (workbench/models/token_bridge.py) and the KD term compares
 the two vocabularies' distributions at aligned positions (ULD or hybrid), on full logits.
 """
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.engine.strategies.base import Strategy
+from workbench.engine.teacher_rows import TeacherRows
 from workbench.losses.distill import distill_loss
 from workbench.losses.fused import fused_distill_loss
 from workbench.losses.signal import AlignedLogits, CachedTopK, LiveHead, LiveLogits, TeacherSignal
@@ -101,9 +104,11 @@ class SoftLabelStrategy(Strategy):
         # Causal shift: position i predicts token i+1. (B, L-1) labels against (B, L-1, ...) outputs.
         labels = inputs["labels"][:, 1:]
         chunk = self.loss_spec.chunk_size
-        fused = bool(chunk) and self.bridge is None and _fusable(model) and (
-            self.cache is not None or not self._live() or _fusable(self.teacher))
-        teacher = self.teacher_signal(inputs, fused, held_out=self.evaluating)
+        # A loaded teacher must be fusable too: it answers held-out batches (and, with kept rows, new blocks).
+        fused = (bool(chunk) and self.bridge is None and _fusable(model)
+                 and (not self._live() or _fusable(self.teacher)))
+        with self.clock.phase("teacher"):
+            teacher = self.teacher_signal(inputs, fused, held_out=self.evaluating)
         if fused:
             head = _unwrap(model).get_output_embeddings()
             hidden = _hidden(model, input_ids, attention_mask)
@@ -114,11 +119,12 @@ class SoftLabelStrategy(Strategy):
             student_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
             loss = lambda spec: distill_loss(student_logits, teacher, labels, spec,  # noqa: E731
                                              num_items_in_batch=num_items_in_batch)
-        first = loss(specs[0])
-        with torch.no_grad():
-            if isinstance(teacher, AlignedLogits):
-                first["aligned_share"] = teacher.share(labels, num_items_in_batch)
-            return [first, *(loss(spec) for spec in specs[1:])]
+        with self.clock.phase("loss"):
+            first = loss(specs[0])
+            with torch.no_grad():
+                if isinstance(teacher, AlignedLogits):
+                    first["aligned_share"] = teacher.share(labels, num_items_in_batch)
+                return [first, *(loss(spec) for spec in specs[1:])]
 
     def _live(self) -> bool:
         """Whether the teacher model runs: it is loaded and KD has weight (the hard-label strategy and the
@@ -127,16 +133,25 @@ class SoftLabelStrategy(Strategy):
 
     def teacher_signal(self, inputs, fused: bool, held_out: bool = False) -> TeacherSignal | None:
         """The teacher's side of this batch's KD term, or None for CE alone. From the cache: its stored rows
-        for the batch's blocks (training batches carry their block index; held-out ones have none), over
+        for the batch's blocks (training batches carry their block index; held-out ones have none; kept rows
+        (loss.reuse_teacher) first have the teacher answer the blocks they do not hold yet), over
         the cache teacher's vocabulary so the student's padding logits stay out of KD, as against a live
         teacher. Live: the teacher's hidden states and head for the fused loss, else its logits; for a
         held-out batch, kept from the first evaluation that met it."""
         if self.cache is not None:
-            if "block" not in inputs or self.loss_spec.alpha >= 1.0:
+            if "block" not in inputs:  # a held-out batch: the live teacher, where one is loaded (kept rows)
+                return self._live_or_remembered(inputs, fused, held_out) if self.teacher is not None else None
+            if self.loss_spec.alpha >= 1.0:
                 return None
+            blocks = inputs["block"].tolist()
+            if isinstance(self.cache, TeacherRows):  # rows not kept yet: the teacher's, kept for the next run
+                self.cache.fill(blocks, lambda missing: self._teacher_rows(inputs, blocks, missing))
             device = inputs["input_ids"].device
-            return CachedTopK(*(t.to(device) for t in self.cache.rows(inputs["block"].tolist())),
+            return CachedTopK(*(t.to(device) for t in self.cache.rows(blocks)),
                               kd_vocab=self.cache.manifest.vocab, sampled=self.cache.manifest.tail_samples)
+        return self._live_or_remembered(inputs, fused, held_out)
+
+    def _live_or_remembered(self, inputs, fused: bool, held_out: bool) -> TeacherSignal | None:
         if not self._live():
             return None
         key = (_batch_key(inputs), fused) if held_out else None
@@ -148,6 +163,20 @@ class SoftLabelStrategy(Strategy):
             self._held_out[key] = _moved(signal, torch.device("cpu"))  # host memory: the GPU's is the run's
             self._held_out_bytes += _nbytes(signal)
         return signal
+
+    @torch.no_grad()
+    def _teacher_rows(self, inputs, blocks: list[int], missing: list[int]) -> list[tuple]:
+        """The kept-rows store's rows of the `missing` blocks of this batch, from one teacher forward over them."""
+        at = torch.tensor([blocks.index(b) for b in missing], device=inputs["input_ids"].device)
+        ids, mask = inputs["input_ids"][at], inputs["attention_mask"][at]
+        vocab = self.cache.manifest.vocab
+        if _fusable(self.teacher):  # one block's (L-1, V) logits at a time, not the batch's
+            head = self.teacher.get_output_embeddings()
+            hidden = _hidden(self.teacher, ids, mask)
+            logits = (F.linear(hidden[i], head.weight, head.bias) for i in range(len(missing)))
+        else:
+            logits = iter(self.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1])
+        return [self.cache.block_rows(rows[:, :vocab].float(), block) for rows, block in zip(logits, missing)]
 
     @torch.no_grad()
     def _live_signal(self, inputs, fused: bool) -> TeacherSignal:
