@@ -48,6 +48,7 @@ def main() -> None:
         config = DistillConfig.load(ROOT / "assets/configs/default.yaml", [
             *SETTINGS[name], f"train.max_steps={args.steps}", "train.logging_steps=1",
             f"train.save_steps={args.steps + 1}", "evaluation.at_end=false", "data.max_eval_examples=4",
+            "loss.reuse_teacher=false",  # the teacher's forward in every step, as each strategy runs it live
             f"output.runs_dir={args.runs_dir}", f"output.run_name={name}-{int(time.time())}"])
         run_training(config, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
         first, per_step = step_times(RunDir(Path(args.runs_dir) / config.output.run_name))

@@ -24,7 +24,8 @@ def short_run(config: DistillConfig, work: Path, name: str, teacher_cache: str |
     (teacher_cache None) or from a cache; the evaluation measures against the real teacher either way.
     cache_dir, fetch_missing: as run_training's (an app job fetches nothing)."""
     run_config = config.replace(
-        loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache),
+        # "live" must run the teacher: kept rows (loss.reuse_teacher) are a cache of their own
+        loss=dataclasses.replace(config.loss, teacher_cache=teacher_cache, reuse_teacher=False),
         train=dataclasses.replace(config.train, max_steps=steps, save_steps=steps, eval_steps=0),
         evaluation=dataclasses.replace(config.evaluation, at_end=True, speed=False, max_new_tokens=0),
         output=dataclasses.replace(config.output, runs_dir=str(work), run_name=name))

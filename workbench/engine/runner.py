@@ -251,7 +251,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         cache = TeacherRows.open(rows_root, identity, tokenizer, train_ds,
                                  min(logit_size(teacher), logit_size(student)))
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))
-        stored = int(cache.filled_count())
+        stored = cache.filled_count()
         say(f"teacher rows: {stored} of {len(train_ds)} blocks kept by earlier runs ({cache.folder}); the teacher "
             "runs only on the others, and their rows are kept for the next run")
     if config.strategy == "on_policy":

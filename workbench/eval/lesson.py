@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from workbench.config.fields import number_in, show
+from workbench.config.fields import number_in
 from workbench.eval.token_stats import TokenAnalysis, softened
 from workbench.losses.divergences import ce_loss, forward_kl, kd_loss
 
