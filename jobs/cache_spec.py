@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.config.fields import show
+from workbench.config.fields import show, whole_problem
 from workbench.config.gate import Gate
 from workbench.config.paths import path_problem
 from workbench.config.schema import DistillConfig
@@ -19,12 +19,6 @@ from workbench.engine.cache_build import DEFAULT_K, folder_problem
 # outside the top k is already negligible for the models the workbench distils.
 MAX_K = 1024
 MAX_FIDELITY_STEPS = 10_000
-
-
-def _whole(value, low: int, high: int) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        return f"must be a whole number from {low} to {high:,}, got {show(value)}"
-    return None
 
 
 def _public_place(folder: str, gate: Gate) -> str | None:
@@ -45,10 +39,10 @@ class CacheBuild:
 
     def problems(self, config: DistillConfig) -> list[tuple[str, str]]:
         """The values themselves, and whether `config` is one a cache can serve."""
+        k_problem = whole_problem(self.k, 1, MAX_K)
         found = [(f"cache.{name}", problem) for name, problem in (
-            ("k", _whole(self.k, 1, MAX_K)), ("fidelity_steps", _whole(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)),
-            ("tail_samples", _whole(self.tail_samples, 0, self.k if _whole(self.k, 1, MAX_K) is None else MAX_K)))
-            if problem]
+            ("k", k_problem), ("fidelity_steps", whole_problem(self.fidelity_steps, 0, MAX_FIDELITY_STEPS)),
+            ("tail_samples", whole_problem(self.tail_samples, 0, MAX_K if k_problem else self.k))) if problem]
         # What the folder holds is looked at only once the gate has allowed the path (gate_problems): else
         # the replies would tell a visitor which paths exist on the host.
         if not isinstance(self.folder, str) or not self.folder.strip():

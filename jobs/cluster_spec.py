@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from jobs.spec import MAX_PROCESSES
-from workbench.config.fields import ConfigError, show
+from workbench.config.fields import ConfigError, show, whole_problem
 
 MODES = ("ddp", "fsdp")
 MAX_NODES = 64
@@ -34,9 +34,8 @@ class ClusterSpec:
     def validate(self) -> "ClusterSpec":
         problems = []
         for name, top in (("nodes", MAX_NODES), ("gpus_per_node", MAX_GPUS_PER_NODE)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                problems.append((name, f"must be a whole number from 1 to {top}, got {show(value, 40)}"))
+            if problem := whole_problem(getattr(self, name), 1, top, limit=40):
+                problems.append((name, problem))
         if not problems and self.processes > MAX_PROCESSES:
             problems.append(("gpus_per_node", f"nodes x GPUs per node is {self.processes}; a job may have at most "
                                               f"{MAX_PROCESSES} processes"))

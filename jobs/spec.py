@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from jobs.cache_spec import CacheBuild
-from workbench.config.fields import ConfigError, show
+from workbench.config.fields import ConfigError, show, whole_problem
 from workbench.config.gate import Gate
 from workbench.config.paths import path_problem
 from workbench.config.schema import DistillConfig
@@ -48,10 +48,8 @@ class JobSpec:
     def validate(self) -> "JobSpec":
         problems = []
         # A spec is also read back from a run folder, where it may hold any JSON: every field is checked.
-        if isinstance(self.num_processes, bool) or not isinstance(self.num_processes, int) \
-                or not 1 <= self.num_processes <= MAX_PROCESSES:
-            problems.append(("num_processes", f"must be an integer from 1 to {MAX_PROCESSES}, "
-                                              f"got {show(self.num_processes)}"))
+        if problem := whole_problem(self.num_processes, 1, MAX_PROCESSES):
+            problems.append(("num_processes", problem))
         for name, kind in (("resume", bool), ("run_dir", str), ("created", (int, float))):
             if not isinstance(getattr(self, name), kind):
                 problems.append((name, f"is {show(getattr(self, name))}, not a {getattr(kind, '__name__', 'number')}"))

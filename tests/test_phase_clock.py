@@ -10,7 +10,7 @@ from workbench.engine.phase_clock import PhaseClock, describe
 def ticks(monkeypatch):
     """A clock that moves only when told: each phase's seconds are exact."""
     now = [0.0]
-    monkeypatch.setattr(phase_clock, "_now", lambda: now[0])
+    monkeypatch.setattr(phase_clock, "now", lambda: now[0])
 
     def advance(seconds: float) -> None:
         now[0] += seconds

@@ -53,6 +53,14 @@ def _bound(x: float) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
+def whole_problem(value: Any, low: int, high: int, limit: int = 80) -> str | None:
+    """What is wrong with `value` as an int in [low, high] (a bool or a float is not one), or None. For fields read
+    back from JSON files, where 32.0 is not a count; number_in is the check for a form's values."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"must be a whole number from {low} to {high:,}, got {show(value, limit)}"
+    return None
+
+
 def number_in(value: Any, field: str, low: float, high: float, *, whole: bool = False,
               open_low: bool = False) -> Any:
     """`value` as a finite number in [low, high] ((low, high] if `open_low`), an int if `whole` (a whole float

@@ -21,7 +21,8 @@ PHASES = ("setup", "data", "teacher", "student", "loss", "evaluation", "io", "re
 WHOLE = {"evaluation", "io"}  # phases that keep the time of what they call
 
 
-def _now() -> float:
+def now() -> float:
+    """perf_counter, after the GPU's queued kernels (else a GPU phase would time their launch)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -39,19 +40,19 @@ class PhaseClock:
         if any(outer in WHOLE for outer, _ in self._stack):
             yield  # inside an evaluation or a save: its time, not this phase's
             return
-        now = _now()
+        at = now()
         if self._stack:  # the outer phase stops counting while this one runs
             outer = self._stack[-1]
-            self.seconds[outer[0]] += now - outer[1]
-        self._stack.append([name, now])
+            self.seconds[outer[0]] += at - outer[1]
+        self._stack.append([name, at])
         try:
             yield
         finally:
             name, start = self._stack.pop()
-            now = _now()
-            self.seconds[name] += now - start
+            at = now()
+            self.seconds[name] += at - start
             if self._stack:
-                self._stack[-1][1] = now
+                self._stack[-1][1] = at
 
     def split(self) -> dict:
         """{"seconds": per phase, "share": of their total, "total_s"}, rounded for a file."""

@@ -150,6 +150,20 @@ def top_k_logprobs(logits: torch.Tensor, k: int, tail_samples: int = 0,
     return values, ids, rest
 
 
+def block_length(dataset, what: str) -> int:
+    """The one length of the dataset's blocks (of its first 64), which stored rows need; CacheError else."""
+    lengths = {len(ids) for ids in dataset[:min(len(dataset), 64)]["input_ids"]}
+    if len(lengths) != 1:
+        raise CacheError(f"{what} needs blocks of one length (data.packing: true)")
+    return lengths.pop()
+
+
+def as_tensors(logp: np.ndarray, ids: np.ndarray, tail: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stored rows as the losses read them: log-probs and tail float32, ids int64."""
+    return (torch.from_numpy(logp.astype(np.float32)), torch.from_numpy(ids.astype(np.int64)),
+            torch.from_numpy(tail.astype(np.float32)))
+
+
 def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher_name: str = "",
                 batch_size: int = 8, shard_blocks: int = SHARD_BLOCKS,
                 progress: Callable[[str, float], None] | None = None, tail_samples: int = 0,
@@ -164,11 +178,9 @@ def build_cache(teacher, tokenizer, dataset, folder: str | Path, k: int, teacher
         raise CacheError(f"k must be in [1, {vocab}] (the teacher's vocabulary), got {k}")
     if not 0 <= tail_samples <= k:
         raise CacheError(f"tail_samples must be in [0, {k}] (some of the k slots), got {tail_samples}")
-    lengths = {len(ids) for ids in dataset[:min(len(dataset), 64)]["input_ids"]}
-    if len(lengths) != 1:
-        raise CacheError("the teacher cache needs blocks of one length (data.packing: true)")
+    seq_len = block_length(dataset, "the teacher cache")
     wanted = Manifest(teacher=teacher_name, tokenizer_hash=tokenizer_hash(tokenizer), data_hash=data_hash(dataset),
-                      k=k, vocab=vocab, seq_len=lengths.pop(), blocks=len(dataset), shard_blocks=shard_blocks,
+                      k=k, vocab=vocab, seq_len=seq_len, blocks=len(dataset), shard_blocks=shard_blocks,
                       tail_samples=tail_samples, seed=seed)
     found = _read_manifest(folder)
     if found is not None:
@@ -243,9 +255,7 @@ class TeacherCache:
         """(log-probs (B, L-1, k) float32, ids (B, L-1, k) int64, tail log-mass (B, L-1) float32)."""
         per = self.manifest.shard_blocks
         found = [tuple(a[b % per] for a in self._shard(b // per)) for b in blocks]
-        logp, ids, tail = (np.stack(column) for column in zip(*found))
-        return (torch.from_numpy(logp.astype(np.float32)), torch.from_numpy(ids.astype(np.int64)),
-                torch.from_numpy(tail.astype(np.float32)))
+        return as_tensors(*(np.stack(column) for column in zip(*found)))
 
 
 def read_fidelity(cache: Path) -> dict | None:

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workbench.engine.teacher_cache import MANIFEST, CacheError, Manifest, data_hash, top_k_logprobs
+from workbench.engine.teacher_cache import MANIFEST, Manifest, as_tensors, block_length, data_hash, top_k_logprobs
 from workbench.models.loading import tokenizer_hash
 from workbench.store.rundir import write_json_atomic
 
@@ -63,10 +63,7 @@ class TeacherRows:
     def open(cls, root: str | Path, teacher: str, tokenizer, dataset, vocab: int, k: int = K,
              tail_samples: int = TAIL_SAMPLES, seed: int = SEED) -> "TeacherRows":
         """The rows of this teacher (teacher_identity) over these blocks, created empty the first time."""
-        lengths = {len(ids) for ids in dataset[:min(len(dataset), 64)]["input_ids"]}
-        if len(lengths) != 1:
-            raise CacheError("kept teacher rows need blocks of one length (data.packing: true)")
-        seq_len = lengths.pop()
+        seq_len = block_length(dataset, "keeping the teacher's rows")
         manifest = Manifest(teacher=teacher, tokenizer_hash=tokenizer_hash(tokenizer),
                             data_hash=data_hash(dataset), k=min(k, vocab), vocab=vocab, seq_len=seq_len,
                             blocks=len(dataset), tail_samples=min(tail_samples, k - 1), seed=seed)
@@ -99,9 +96,7 @@ class TeacherRows:
 
     def rows(self, blocks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs (B, L-1, k) float32, ids (B, L-1, k) int64, tail log-mass (B, L-1) float32)."""
-        logp, ids, tail = (self._arrays[name][blocks] for name in ("logp", "ids", "tail"))
-        return (torch.from_numpy(logp.astype(np.float32)), torch.from_numpy(ids.astype(np.int64)),
-                torch.from_numpy(tail.astype(np.float32)))
+        return as_tensors(*(self._arrays[name][blocks] for name in ("logp", "ids", "tail")))
 
     def block_rows(self, logits: torch.Tensor, block: int):
         """One block's rows from the teacher's logits (L-1, V): its top k - s tokens and s draws from the

@@ -29,12 +29,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-import time
 
 import torch
 
 from workbench.config.schema import DistillConfig
 from workbench.data.loading import IGNORE_INDEX
+from workbench.engine.phase_clock import now
 from workbench.engine.strategies.soft import SoftLabelStrategy
 from workbench.models.sampling import SamplingSettings, sample
 
@@ -71,8 +71,7 @@ def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad
 
 
 class _Timer:
-    """Seconds and counts since the last log. On a GPU the clock waits for the queued kernels first, or
-    it would time their launch."""
+    """Seconds and counts since the last log, on phase_clock's clock (it waits for a GPU's queued kernels)."""
 
     def __init__(self):
         self.reset()
@@ -81,11 +80,7 @@ class _Timer:
         self.seconds = {"sample": 0.0, "teacher": 0.0, "step": 0.0}
         self.steps = self.on_policy_steps = self.sampled_tokens = 0
 
-    @staticmethod
-    def now() -> float:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    now = staticmethod(now)
 
 
 class OnPolicyStrategy(SoftLabelStrategy):
