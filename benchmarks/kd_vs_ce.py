@@ -1,8 +1,8 @@
 """Does soft-label KD beat plain fine-tuning on the offline default pair? Runs the same student, data,
 steps and seed once per setting and prints held-out perplexities side by side (one run each: noisy).
 
-    python benchmarks/kd_vs_ce.py [--steps 200] [--runs-dir runs/kd_vs_ce] [--cache-dir DIR]
-        [--setting ce:alpha=1 --setting kd:alpha=0,temperature=1 ...]
+    python benchmarks/kd_vs_ce.py [--steps N (default: the config's)] [--lr X] [--runs-dir runs/kd_vs_ce]
+        [--cache-dir DIR] [--setting ce:alpha=1 --setting kd:alpha=0,temperature=1 ...]
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def teacher_perplexity(config: DistillConfig) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="assets/configs/default.yaml")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's train.max_steps)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--runs-dir", default="runs/kd_vs_ce")
     parser.add_argument("--cache-dir", default=None)
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     # the live teacher, as the perplexities in default.yaml were measured
     base = resolve_defaults(DistillConfig.load(args.config, ["loss.reuse_teacher=false"]), args.cache_dir)
-    overrides = {"max_steps": args.steps, **({"lr": args.lr} if args.lr else {})}
+    overrides = {**({"max_steps": args.steps} if args.steps else {}), **({"lr": args.lr} if args.lr else {})}
     base = base.replace(train=dataclasses.replace(base.train, **overrides))
     results = {"teacher_ppl": round(teacher_perplexity(base), 2), "runs": {}}
     print(f"teacher held-out perplexity: {results['teacher_ppl']}", flush=True)

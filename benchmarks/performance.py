@@ -8,13 +8,21 @@
 
     python benchmarks/performance.py [--reps 5] [--bf16 auto|on|off] [--chunk N] [--json out.json] [--cache-dir DIR]
 
-A step is forward + backward of one batch of the default config (4 x 256 tokens); each time is reported as
-min / median / max of --reps runs after one warm-up, and the ratios are taken between medians. The teacher's
+A step is forward + backward of one batch of the default config (4 x 256 tokens). The steps are timed in
+--reps rounds after one warm-up each, every step once per round in a shuffled order, and each ratio is taken
+within a round: a machine that speeds up or slows down between rounds moves both sides of a ratio alike. Times
+and ratios are reported as min / median / max over the rounds. (a) is given against the sum of the separately
+timed teacher forward and CE step, and for the chunked loss also against the two run back to back as one step
+(chunked_back_to_back), which meets the memory and caches a KD step meets. The teacher's
 forward is timed as training runs it: full logits before the plain loss, last hidden states only (no LM
 head) before the chunked one, which makes the teacher's logits chunk by chunk inside the loss. The CE step
 compared with is the faster of the plain and the chunked one. --bf16 auto: bf16 autocast (as the default
 config trains) where this CPU multiplies bf16 in hardware, float32 where torch would emulate it (many
 times slower, and the pre-flight check says to turn it off there).
+
+(a) has a floor set by arithmetic: the live KD step does the teacher's LM-head product that neither the
+teacher's hidden-state forward nor the CE step does. `flop_floor` is the ratio of multiply-adds (LM heads,
+decoder layers' weights; attention scores left out, small at 256 tokens) a step would have at equal speed.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -45,15 +54,37 @@ from workbench.models.loading import tokenizer_hash  # noqa: E402
 from workbench.models.students import initial_student, load_teacher_fp32, student_tokenizer  # noqa: E402
 
 
-def spread(step, reps: int) -> list[float]:
-    """Seconds of `reps` runs of step after one warm-up, sorted."""
-    step()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def rounds(steps: dict, reps: int) -> dict[str, list[float]]:
+    """Seconds of each step in each of `reps` rounds (every step once per round, in a shuffled order so that no
+    step always follows the one that leaves the caches cold or the memory fragmented, after one warm-up each)."""
+    for step in steps.values():
         step()
-        times.append(time.perf_counter() - start)
-    return sorted(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = random.Random(0)
+    for _ in range(reps):
+        for name in order.sample(list(steps), len(steps)):
+            step = steps[name]
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def min_median_max(values: list[float]) -> list[float]:
+    return [round(min(values), 3), round(statistics.median(values), 3), round(max(values), 3)]
+
+
+def flop_floor(teacher, student, tokens: int) -> float:
+    """Live chunked KD step / (teacher hidden-state forward + CE step) in multiply-adds: the teacher's body
+    forward (1x its weights), its head forward, the student's body forward and backward (3x) and its head's
+    three products (logits, the hidden states' and the head's gradients)."""
+    def body(model) -> int:
+        head = model.get_output_embeddings().weight
+        inputs = model.get_input_embeddings().weight
+        return sum(p.numel() for p in model.parameters() if p is not head and p is not inputs)
+    head = student.get_output_embeddings().weight.numel()
+    teacher_body, ce = body(teacher) * tokens, (3 * body(student) + 3 * head) * tokens
+    return (teacher_body + teacher.get_output_embeddings().weight.numel() * tokens + ce) / (teacher_body + ce)
 
 
 def step_times(config: DistillConfig, reps: int, bf16: bool, chunk: int) -> dict:
@@ -92,27 +123,38 @@ def step_times(config: DistillConfig, reps: int, bf16: bool, chunk: int) -> dict
                 run.teacher_signal(inputs, fused)
         return forward
 
-    times = {"teacher_forward": spread(teacher_forward(False), reps),
-             "teacher_forward_hidden": spread(teacher_forward(True), reps),
-             "student_ce_step": spread(strategy_step(0, 1.0, False), reps),
-             "student_ce_step_chunked": spread(strategy_step(chunk, 1.0, False), reps),
-             "kd_plain": spread(strategy_step(0, 0.5, False), reps),
-             "kd_chunked": spread(strategy_step(chunk, 0.5, False), reps),
-             "kd_cached": spread(strategy_step(0, 0.5, True), reps),
-             "kd_cached_chunked": spread(strategy_step(chunk, 0.5, True), reps)}
-    median = {k: statistics.median(v) for k, v in times.items()}
-    # The reference CE step is the faster of plain and chunked: a KD mode must not look good only
-    # because the CE step it is compared with was slow.
-    ce = min(median["student_ce_step"], median["student_ce_step_chunked"])
+    def back_to_back(*steps):
+        def run():
+            for step in steps:
+                step()
+        return run
+
+    times = rounds({"teacher_forward": teacher_forward(False),
+                    "teacher_forward_hidden": teacher_forward(True),
+                    # the reference as one step, in the memory and caches the KD step meets
+                    "teacher_hidden_then_ce_chunked": back_to_back(teacher_forward(True),
+                                                                   strategy_step(chunk, 1.0, False)),
+                    "student_ce_step": strategy_step(0, 1.0, False),
+                    "student_ce_step_chunked": strategy_step(chunk, 1.0, False),
+                    "kd_plain": strategy_step(0, 0.5, False),
+                    "kd_chunked": strategy_step(chunk, 0.5, False),
+                    "kd_cached": strategy_step(0, 0.5, True),
+                    "kd_cached_chunked": strategy_step(chunk, 0.5, True)}, reps)
+    # The reference CE step is the faster of plain and chunked in each round: a KD mode must not look good
+    # only because the CE step it is compared with was slow.
+    ce = [min(pair) for pair in zip(times["student_ce_step"], times["student_ce_step_chunked"])]
     # Each KD mode against the teacher forward it runs: full logits for the plain loss, hidden states for the chunked.
-    teacher_for = {"plain": median["teacher_forward"], "chunked": median["teacher_forward_hidden"]}
+    teacher_for = {"plain": times["teacher_forward"], "chunked": times["teacher_forward_hidden"]}
+    per_round = lambda kd, reference: min_median_max([k / r for k, r in zip(kd, reference)])  # noqa: E731
     return {"bf16": bf16, "reps": reps, "chunk": chunk,
-            "seconds_min_median_max": {k: [round(v[0], 3), round(median[k], 3), round(v[-1], 3)]
-                                       for k, v in times.items()},
-            "a_kd_over_teacher_plus_ce": {m: round(median[f"kd_{m}"] / (teacher_for[m] + ce), 3)
-                                          for m in ("plain", "chunked")},
-            "b_cached_over_ce": {m: round(median[k] / ce, 3) for m, k in (("plain", "kd_cached"),
-                                                                        ("chunked", "kd_cached_chunked"))}}
+            "seconds_min_median_max": {k: min_median_max(v) for k, v in times.items()},
+            "a_kd_over_teacher_plus_ce": {
+                **{m: per_round(times[f"kd_{m}"], [t + c for t, c in zip(teacher_for[m], ce)])
+                   for m in ("plain", "chunked")},
+                "chunked_back_to_back": per_round(times["kd_chunked"], times["teacher_hidden_then_ce_chunked"])},
+            "a_flop_floor": round(flop_floor(teacher, student, ids.numel()), 3),
+            "b_cached_over_ce": {m: per_round(times[k], ce) for m, k in (("plain", "kd_cached"),
+                                                                       ("chunked", "kd_cached_chunked"))}}
 
 
 def run_json(script: str, *extra: str) -> object:
@@ -132,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     config = resolve_defaults(DistillConfig.load(ROOT / "assets" / "configs" / "default.yaml"), args.cache_dir)
     extra = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
-    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and config.train.bf16 == "on" and native_cpu_bf16())
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and config.train.bf16 in ("on", "native") and native_cpu_bf16())
     chunk = args.chunk or config.loss.chunk_size
     steps = step_times(config, args.reps, bf16, chunk)
     # the machine's load while the steps ran (1, 5, 15 minute averages): a shared machine's times move with it

@@ -150,4 +150,5 @@ def test_held_out_evaluations_default_to_four_a_run_of_a_hundred_steps_or_more()
         return DistillConfig.from_dict({"teacher": {"name_or_path": "a"}, "student": {"name_or_path": "b"},
                                         "data": {"source": "x"}, "train": train}).train.eval_interval()
     assert interval(max_steps=200) == 50 and interval(max_steps=99) == 0  # a short run: before and at the end
+    assert interval(max_steps=150) == 38  # 38, 76, 114 and the end: not 37, 74, 111, 148 and the end
     assert interval(max_steps=200, eval_steps=0) == 0 and interval(max_steps=200, eval_steps=20) == 20

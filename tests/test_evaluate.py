@@ -14,7 +14,13 @@ from workbench.config.schema import DistillConfig
 from workbench.data.loading import PadCollator, heldout_dataset
 from workbench.engine.baseline import baseline_verdict, ce_baseline_config
 from workbench.engine.runner import run_training
-from workbench.eval.metrics import calibration_bins, ece_from_bins, heldout_metrics, quality_retained
+from workbench.eval.metrics import (
+    HeldoutMetrics,
+    calibration_bins,
+    ece_from_bins,
+    heldout_metrics,
+    quality_retained,
+)
 from workbench.eval.report import evaluate_run
 from workbench.models.students import is_adapter_only
 from workbench.store.database import Store
@@ -31,6 +37,28 @@ def test_a_model_against_itself_agrees_fully(teacher_dir, tokenizer, distilled_r
                              len(tokenizer)).result()
     assert result["top1_agreement"] == 1.0 and result["top5_agreement"] == 1.0
     assert abs(result["forward_kl"]) < 1e-6 and result["teacher_ce"] == pytest.approx(result["student_ce"])
+
+
+@pytest.mark.slow
+def test_held_out_metrics_in_chunks_equal_those_of_whole_batches(teacher_dir, student_dir, tokenizer, distilled_run):
+    """heldout_metrics makes logits CHUNK positions at a time from the last hidden states: the same numbers as
+    HeldoutMetrics over each batch's full logits (8 x 31 positions a batch: two chunks)."""
+    _, config, _ = distilled_run
+    models = {name: AutoModelForCausalLM.from_pretrained(folder).eval()
+              for name, folder in (("teacher", teacher_dir), ("student", student_dir))}
+    held = heldout_dataset(config.data, tokenizer, config.train.seq_len, config.train.seed)
+    collator = PadCollator(tokenizer)
+    chunked = heldout_metrics(models, held, collator, 8, len(tokenizer)).result()
+    whole = HeldoutMetrics()
+    for start in range(0, len(held), 8):
+        batch = collator([held[i] for i in range(start, min(start + 8, len(held)))])
+        with torch.no_grad():
+            whole.add({name: model(input_ids=batch["input_ids"]).logits[:, :-1] for name, model in models.items()},
+                      batch["labels"][:, 1:], len(tokenizer))
+    expected = whole.result()
+    assert expected.keys() == chunked.keys() and expected["heldout_tokens"] > 8 * 31
+    for key, value in expected.items():
+        assert chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
 def expected_calibration_error(confidence, correct) -> float:

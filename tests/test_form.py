@@ -68,9 +68,9 @@ def test_every_config_field_is_a_form_field_with_its_help():
 
 
 def test_the_form_starts_from_the_config(default):
-    """The offline default's lr 5e-4 and bf16 native come from assets/configs/default.yaml, not a table of the form."""
+    """The offline default's lr 1e-3 and bf16 native come from assets/configs/default.yaml, not a table of the form."""
     values = start_values(default)
-    assert values["train.lr"] == 5e-4 and values["train.bf16"] == "native" and values["train.max_steps"] == 200
+    assert values["train.lr"] == 1e-3 and values["train.bf16"] == "native" and values["train.max_steps"] == 150
     for field in config_fields():
         expected, shown = value_at(default, field.key), values[field.key]
         if field.kind is list:

@@ -108,3 +108,34 @@ def test_a_teacher_of_another_vocabulary_size_is_refused_as_by_the_plain_loss():
     hs, ws, _, ht, wt, labels = case(seed=5, teacher_vocab=V - 3)
     with pytest.raises(ValueError, match="vocabulary sizes differ"):
         fused_distill_loss(hs, ws, labels, LossSpec(alpha=0.5), LiveHead(ht, wt))
+
+
+@pytest.mark.parametrize("teacher_kind", ["live", "none"])
+def test_a_frozen_head_gets_no_gradient_and_costs_no_product(teacher_kind):
+    """LoRA and train.freeze_embeddings freeze the head: the hidden states' gradient is still exact, and the
+    (V, H) product for the head's gradient is never taken (two matrix products per chunk, not three)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)
+            return func(*args, **(kwargs or {}))
+
+    spec = LossSpec(alpha=0.5)
+    hs, ws, _, ht, wt, labels = case(seed=2)
+    teacher = LiveLogits(ht @ wt.T) if teacher_kind == "live" else None
+    naive = distill_loss(F.linear(hs, ws), teacher, labels, spec)
+    expected = torch.autograd.grad(naive["loss"], hs)[0]
+    counts = {}
+    for frozen in (False, True):
+        ws.requires_grad_(not frozen)
+        with CountProducts() as products:
+            fused = fused_distill_loss(hs, ws, labels, spec, teacher, chunk=4)
+            assert torch.allclose(torch.autograd.grad(fused["loss"], hs)[0], expected, atol=1e-5)
+        counts[frozen] = products.calls
+    chunks = -(-int((labels != -100).sum()) // 4)
+    assert counts == {False: 3 * chunks, True: 2 * chunks}

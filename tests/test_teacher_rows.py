@@ -10,7 +10,8 @@ import torch
 from workbench.engine.runner import run_training
 from workbench.engine.strategies.soft import SoftLabelStrategy
 from workbench.engine.teacher_cache import top_k_logprobs
-from workbench.engine.teacher_rows import ROWS_FOLDER, TeacherRows, teacher_identity
+from workbench.engine.teacher_rows import ROWS_FOLDER, TeacherRows
+from workbench.models.loading import model_identity
 from workbench.store.rundir import PROFILE, RunDir
 
 
@@ -96,17 +97,23 @@ def test_another_teacher_or_replaced_weights_get_rows_of_their_own(tmp_path, tok
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "model.safetensors").write_bytes(b"one")
-    first = TeacherRows.open(tmp_path / "rows", teacher_identity(str(teacher)), tokenizer, data, vocab=40)
-    assert TeacherRows.open(tmp_path / "rows", teacher_identity("org/teacher-b", "abc"), tokenizer, data,
+    first = TeacherRows.open(tmp_path / "rows", model_identity(str(teacher)), tokenizer, data, vocab=40)
+    assert TeacherRows.open(tmp_path / "rows", model_identity("org/teacher-b", "abc"), tokenizer, data,
                             vocab=40).folder != first.folder
     # a hub id at a newer commit is another teacher
-    assert teacher_identity("org/teacher-b", "abc") != teacher_identity("org/teacher-b", "def")
-    before = teacher_identity(str(teacher))
+    assert model_identity("org/teacher-b", "abc") != model_identity("org/teacher-b", "def")
+    before = model_identity(str(teacher))
     (teacher / "model.safetensors").write_bytes(b"other weights")
-    assert teacher_identity(str(teacher)) != before
-    assert TeacherRows.open(tmp_path / "rows", teacher_identity(str(teacher)), tokenizer, data,
+    assert model_identity(str(teacher)) != before
+    # and so is an edited config, or another GGUF file of one folder or hub id
+    before = model_identity(str(teacher))
+    (teacher / "config.json").write_text("{}")
+    assert model_identity(str(teacher)) != before
+    assert model_identity(str(teacher), gguf_file="q4.gguf") != model_identity(str(teacher), gguf_file="q8.gguf")
+    assert model_identity("org/teacher-b", "abc", "q4.gguf") != model_identity("org/teacher-b", "abc", "q8.gguf")
+    assert TeacherRows.open(tmp_path / "rows", model_identity(str(teacher)), tokenizer, data,
                             vocab=40).folder != first.folder
     # and the same teacher over other blocks gets other rows
     other = Dataset.from_list([{"input_ids": list(range(1, 10))}] * 2)
-    assert TeacherRows.open(tmp_path / "rows", teacher_identity(str(teacher)), tokenizer, other,
+    assert TeacherRows.open(tmp_path / "rows", model_identity(str(teacher)), tokenizer, other,
                             vocab=40).folder != first.folder

@@ -131,6 +131,38 @@ def test_lora_student_trains_and_saves_a_merged_model(teacher_dir, student_dir, 
     assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
 
 
+def test_a_lora_student_takes_the_fused_loss_with_the_plain_losss_values(teacher_dir, student_dir, monkeypatch):
+    """Through peft's wrapper the student's head is still a plain linear map: the fused loss applies (its head is
+    frozen, so that gradient's product is skipped), with the plain loss's value and adapter gradients."""
+    from workbench.config.schema import LoraSpec, ModelSpec
+    from workbench.engine.strategies import soft
+    from workbench.models.heads import fusable
+    from workbench.models.loading import apply_lora, load_student, load_teacher
+    teacher = load_teacher(ModelSpec(name_or_path=str(teacher_dir)), False)
+    student = apply_lora(load_student(ModelSpec(name_or_path=str(student_dir))),
+                         LoraSpec(enabled=True, r=4, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    assert fusable(student)
+    calls = []
+    fused = soft.fused_distill_loss
+    monkeypatch.setattr(soft, "fused_distill_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    ids = torch.randint(3, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    results = {}
+    for chunk in (0, 8):
+        config = DistillConfig.from_dict({"teacher": {"name_or_path": str(teacher_dir)},
+                                          "student": {"name_or_path": str(student_dir)}, "data": {"source": "x"},
+                                          "loss": {"alpha": 0.5, "chunk_size": chunk}})
+        student.zero_grad(set_to_none=True)
+        loss = soft.SoftLabelStrategy(config, teacher, None).compute_loss(student, inputs, None)["loss"]
+        loss.backward()
+        results[chunk] = loss.item(), {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
+    assert len(calls) == 1  # chunk 8 took the fused loss, chunk 0 the plain one
+    assert results[8][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert results[0][1].keys() == results[8][1].keys() and all("lora" in name for name in results[0][1])
+    for name, grad in results[0][1].items():
+        assert torch.allclose(results[8][1][name], grad, atol=1e-6, rtol=1e-4), name
+
+
 def test_failure_is_recorded_in_status(teacher_dir, corpus_files, tmp_path):
     config = make_config(teacher_dir, tmp_path / "missing-student", corpus_files, tmp_path, "bad")
     with pytest.raises(Exception, match="missing-student"):
@@ -141,7 +173,7 @@ def test_failure_is_recorded_in_status(teacher_dir, corpus_files, tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_is_an_option_and_keeps_the_fused_loss(finished_run, student_dir, tmp_path):
-    from workbench.engine.strategies.soft import _fusable, _unwrap
+    from workbench.models.heads import fusable, unwrap
     from workbench.engine.trainer import training_arguments
     config, _, _, _ = finished_run
     compiled = config.replace(train=config.train.__class__(**{**config.train.__dict__, "torch_compile": True}))
@@ -149,4 +181,4 @@ def test_torch_compile_is_an_option_and_keeps_the_fused_loss(finished_run, stude
     assert not training_arguments(config, tmp_path, False).torch_compile
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     wrapped = torch.compile(model)  # not run: only the wrapper Trainer puts around the model
-    assert _unwrap(wrapped) is model and _fusable(wrapped)  # the chunked loss still sees the LM head
+    assert unwrap(wrapped) is model and fusable(wrapped)  # the chunked loss still sees the LM head

@@ -124,9 +124,11 @@ class LossSpec:
                                       "reads it, in the app's cache folder, and read them instead of running the "
                                       "teacher in every later run of the same teacher and data: a rerun, a "
                                       "study, a sweep of alpha or T. Runs train on the stored rows either way "
-                                      "(+0.9% held-out KL against the live teacher, measured). Applies to "
-                                      "soft_label on one vocabulary with packed data and no loss.teacher_cache; "
-                                      "elsewhere the teacher runs live")
+                                      "(+0.9% held-out KL against the live teacher, measured). The teacher's "
+                                      "last hidden states over the held-out and out-of-domain text are kept "
+                                      "too: evaluations compare with the exact teacher, and run only its head. "
+                                      "Applies to soft_label on one vocabulary with packed data and no "
+                                      "loss.teacher_cache; elsewhere the teacher runs live")
     cross_tokenizer: str = knob("off", "A teacher with another tokenizer: uld = compare the two sorted "
                                        "probability vectors at positions where both have read the same text "
                                        "(Universal Logit Distillation); hybrid = tokens with the same text in "
@@ -161,7 +163,8 @@ class TrainSpec:
     logging_steps: int = knob(10, "Log metrics every N steps", low=1, high=10_000_000)
     eval_steps: int | None = knob(None, "Evaluate on held-out data every N steps, besides before training and at "
                                         "the end (0 = only those two); empty = 4 times a run of 100 steps or "
-                                        "more (every max_steps // 4), else only those two",
+                                        "more (every max_steps / 4 rounded up, the last at the end), else only "
+                                        "those two",
                                   low=0, high=10_000_000)
     save_steps: int = knob(100, "Save a resumable checkpoint every N steps", low=1, high=10_000_000)
     save_total_limit: int = knob(2, "Keep at most this many checkpoints", low=1, high=10_000)
@@ -175,10 +178,11 @@ class TrainSpec:
 
     def eval_interval(self) -> int:
         """Steps between held-out evaluations during training (0: none between the first and the last). A
-        short run gets none: its evaluations would cost more than its training."""
+        short run gets none: its evaluations would cost more than its training. Rounded up, so the fourth is
+        the one at the end (150 steps: 38, 76, 114, 150), not a fifth two steps before it."""
         if self.eval_steps is not None:
             return self.eval_steps
-        return self.max_steps // 4 if self.max_steps >= AUTO_EVAL_MIN_STEPS else 0
+        return -(-self.max_steps // 4) if self.max_steps >= AUTO_EVAL_MIN_STEPS else 0
 
 
 DEFAULT_PROMPTS = ["In the beginning", "The best way to learn a new language is", "Once upon a time, there was"]

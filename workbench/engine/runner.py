@@ -31,10 +31,11 @@ from workbench.engine.stopping import Cancelled, StopCallback, StopRequest
 from workbench.engine.strategies import strategy_class
 from workbench.engine.strategies.together import STUDENT, TrainedTogether, save_module
 from workbench.engine.teacher_cache import CacheError, TeacherCache, data_hash
-from workbench.engine.teacher_rows import ROWS_FOLDER, TeacherRows, teacher_identity
+from workbench.engine.teacher_rows import ROWS_FOLDER, TeacherRows
 from workbench.engine.trainer import DistillTrainer, check_weights, training_arguments, use_bf16
 from workbench.eval.report import evaluate_run
 from workbench.hardlabel.generation import GENERATED, generate_dataset, read_manifest
+from workbench.models.kept_states import STATES_FOLDER, KeptStates
 from workbench.models.loading import (
     apply_lora,
     check_vocab,
@@ -43,6 +44,7 @@ from workbench.models.loading import (
     load_model,
     load_teacher,
     load_tokenizer,
+    loaded_identity,
     logit_size,
     tokenizer_hash,
 )
@@ -91,8 +93,8 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
                     config = _generated_data(config, run, echo if main else None, main)
                 if main:
                     config.save(run.file(CONFIG))  # now naming the data the student trains on
-            final = _train(config, run, resume, echo if main else None, stop, clock,
-                           Path(cache_dir or default_cache_dir()) / ROWS_FOLDER)
+            cache_root = Path(cache_dir or default_cache_dir())
+            final = _train(config, run, resume, echo if main else None, stop, clock, cache_root)
     except Cancelled as cancelled:
         if main:
             run.write_status("cancelled", step=cancelled.step, checkpoint=cancelled.checkpoint, eta_s=None,
@@ -112,7 +114,7 @@ def run_training(config: DistillConfig, run_dir: RunDir | None = None, resume: b
         _write_profile(run, clock, echo)
         if config.evaluation.at_end:
             with clock.phase("report"):
-                error = _evaluate_at_end(run, echo)
+                error = _evaluate_at_end(run, echo, cache_root / STATES_FOLDER)
             run.write_status("succeeded", **done, phase=None, evaluation_error=error)
             _write_profile(run, clock, echo)
     return final
@@ -126,7 +128,7 @@ def _write_profile(run: RunDir, clock: PhaseClock, echo) -> None:
         echo(describe(split))
 
 
-def _evaluate_at_end(run: RunDir, echo) -> str | None:
+def _evaluate_at_end(run: RunDir, echo, states_root: Path) -> str | None:
     """Evaluate the saved student (workbench/eval/report.py); returns what went wrong, if anything. A
     failure does not fail the run; any saved student can be evaluated again later from the UI or
     `python -m workbench evaluate`."""
@@ -134,7 +136,7 @@ def _evaluate_at_end(run: RunDir, echo) -> str | None:
         # Cancelling now stops the evaluation at once (there is nothing to checkpoint); the run stays done.
         with StopRequest().installed():
             # The config as saved (readers' view: a co-distilled student meets its trained teacher).
-            report = evaluate_run(run, "final", progress=_progress_echo(echo))
+            report = evaluate_run(run, "final", progress=_progress_echo(echo), states_root=states_root)
     except Cancelled:
         return "cancelled during evaluation"
     except Exception as err:  # noqa: BLE001 - see the docstring
@@ -203,7 +205,7 @@ def _progress_echo(echo):
 
 
 def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopRequest, clock: PhaseClock,
-           rows_root: Path) -> dict:
+           cache_root: Path) -> dict:
     say = echo or (lambda _msg: None)
     setup = ExitStack()  # loading models and data, up to the first evaluation; closed there
     setup.enter_context(clock.phase("setup"))
@@ -238,7 +240,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
     say(f"student: {total:,} parameters, {trainable:,} trainable; bf16 {'on' if bf16 else 'off'}")
 
     train_ds, eval_ds = tokenize_datasets(config.data, tokenizer, config.train.seq_len, config.train.seed)
-    cache = None
+    cache = states = None
     if config.loss.teacher_cache:
         if config.loss.build_teacher_cache:
             with clock.phase("teacher"):
@@ -247,8 +249,9 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))  # each row finds its cached row
         say(f"teacher cache: {config.loss.teacher_cache} (k={cache.manifest.k}); the teacher is not run")
     elif config.reuses_teacher_rows() and teacher is not None:
-        identity = teacher_identity(config.teacher.name_or_path, getattr(teacher.config, "_commit_hash", None))
-        cache = TeacherRows.open(rows_root, identity, tokenizer, train_ds,
+        identity = loaded_identity(config.teacher, teacher)
+        states = KeptStates.open(cache_root / STATES_FOLDER, identity, teacher)  # its held-out states too
+        cache = TeacherRows.open(cache_root / ROWS_FOLDER, identity, tokenizer, train_ds,
                                  min(logit_size(teacher), logit_size(student)))
         train_ds = train_ds.add_column("block", list(range(len(train_ds))))
         stored = cache.filled_count()
@@ -259,7 +262,7 @@ def _train(config: DistillConfig, run: RunDir, resume: bool, echo, stop: StopReq
                                   config.train.seq_len, config.data.max_file_mb)
     say(f"data: {len(train_ds)} training and {len(eval_ds) if eval_ds is not None else 0} held-out sequences")
     strategy = strategy_cls(config, teacher, shared_vocab, cache, bridge)
-    strategy.clock = clock
+    strategy.clock, strategy.states = clock, states
     strategy.configure(tokenizer, min(shared_vocab or len(tokenizer), len(tokenizer)))
     files = RunFilesCallback(run, echo, samples=strategy.logged_samples)
     trainer = DistillTrainer(

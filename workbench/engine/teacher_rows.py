@@ -10,7 +10,7 @@ study's runs, a sweep over alpha or T. Unlike a teacher cache, built over all th
                                     allocated whole, sparse on disk until written
       filled.npy                    (blocks,) uint8: 1 once a block's rows are written
 
-The key hashes the teacher (its name and, for a local folder, its weight files' sizes and times), the tokenizer,
+The key hashes the teacher (models.loading.model_identity: its name and hub commit, or a local folder's weight files), the tokenizer,
 the blocks, k, the tail samples and their seed: another teacher or other data gets a folder of its own. A
 block's tail draws are seeded by its index, not by the batch it came in, so any run that reads it stores the
 same rows, and a run trains on the stored rows whether it wrote them or found them: a first run and its repeat
@@ -42,16 +42,6 @@ ARRAYS = ("logp", "ids", "tail", "filled")
 Compute = Callable[[list[int]], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
 
 
-def teacher_identity(name_or_path: str, commit: str | None = None) -> str:
-    """The teacher's name and the hub commit it was loaded at (a hub id's newer revision is another
-    teacher); for a local folder its weight files' names, sizes and times, so replaced weights are too."""
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        return json.dumps([name_or_path, commit])
-    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
-    return json.dumps([str(folder.resolve()), *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]])
-
-
 class TeacherRows:
     """Rows by block index, written on first read: the same rows(blocks) and manifest as a TeacherCache."""
 
@@ -62,7 +52,7 @@ class TeacherRows:
     @classmethod
     def open(cls, root: str | Path, teacher: str, tokenizer, dataset, vocab: int, k: int = K,
              tail_samples: int = TAIL_SAMPLES, seed: int = SEED) -> "TeacherRows":
-        """The rows of this teacher (teacher_identity) over these blocks, created empty the first time."""
+        """The rows of this teacher (loading.model_identity) over these blocks, created empty the first time."""
         seq_len = block_length(dataset, "keeping the teacher's rows")
         manifest = Manifest(teacher=teacher, tokenizer_hash=tokenizer_hash(tokenizer),
                             data_hash=data_hash(dataset), k=min(k, vocab), vocab=vocab, seq_len=seq_len,

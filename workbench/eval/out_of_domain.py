@@ -70,11 +70,12 @@ def load_ood(config: DistillConfig, tokenizer) -> OodText:
 
 
 def ood_metrics(models: dict[str, torch.nn.Module], ood: OodText, collator, batch_size: int, vocab: int,
-                progress=None) -> dict[str, float | None]:
-    """The held-out summary of every model on the out-of-domain blocks, each name prefixed with ood_."""
+                progress=None, kept: dict | None = None) -> dict[str, float | None]:
+    """The held-out summary of every model on the out-of-domain blocks, each name prefixed with ood_ (`kept`:
+    as heldout_metrics)."""
     if ood.blocks is None:
         return {}
-    measured = heldout_metrics(models, ood.blocks, collator, batch_size, vocab, progress)
+    measured = heldout_metrics(models, ood.blocks, collator, batch_size, vocab, progress, kept)
     return {PREFIX + name: value for name, value in heldout_summary(measured).items()}
 
 

@@ -17,10 +17,12 @@ from workbench.eval.out_of_domain import card_lines, load_ood, ood_metrics
 from workbench.eval.on_policy_measure import ANSWER_TOKENS, PROMPT_TOKENS, heldout_prompts, on_policy_measure
 from workbench.eval.pairing import has_local_teacher, token_comparable
 from workbench.eval.speed import generate, speed_and_size
+from workbench.models.kept_states import KeptStates
 from workbench.models.loading import (
     context_length,
     hub_snapshot,
     load_tokenizer,
+    loaded_identity,
     logit_size,
     resolve_source,
     shared_logit_size,
@@ -64,10 +66,13 @@ def _final_student(run: RunDir) -> tuple[DistillConfig, StudentPoint] | None:
 
 
 def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | None = None,
-                 config: DistillConfig | None = None, progress: Progress | None = None) -> dict:
+                 config: DistillConfig | None = None, progress: Progress | None = None,
+                 states_root: Path | None = None) -> dict:
     """Evaluate the student at `point_key` (default: the latest saved) on the GPU when there is one, on the
     held-out text and, when evaluation.ood_source names one, on out-of-domain text (out_of_domain.py).
-    A baseline is compared only with a final student: both then had the same number of steps."""
+    A baseline is compared only with a final student: both then had the same number of steps. With
+    `states_root`, where the run kept its teacher's rows (loss.reuse_teacher), the teacher's last hidden states
+    over the text are kept there too (models/kept_states.py): a repeated run's teacher runs only its head."""
     say = progress or (lambda _message, _fraction: None)
     config = config or reading_config(run)
     points = student_points(run, config)
@@ -87,10 +92,12 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
     models, found = _models(config, points, point, teacher if comparable else None, teacher, baseline)
     models = {name: model.to(device) for name, model in models.items()}
     collator, vocab, batch = PadCollator(tokenizer), shared_logit_size(*models.values()), config.train.batch_size
-    heldout = heldout_metrics(models, held, collator, batch, vocab, lambda message, f: say(message, 0.05 + 0.4 * f))
+    kept = _kept_teacher(config, models, states_root)
+    heldout = heldout_metrics(models, held, collator, batch, vocab, lambda message, f: say(message, 0.05 + 0.4 * f),
+                              kept)
     metrics = heldout_summary(heldout)
     metrics.update(ood_metrics(models, ood, collator, batch, vocab,
-                               lambda message, f: say(f"out of domain: {message}", 0.45 + 0.1 * f)))
+                               lambda message, f: say(f"out of domain: {message}", 0.45 + 0.1 * f), kept))
     if local and (comparable or config.loss.cross_tokenizer != "off"):
         metrics.update(_teacher_measures(config, tokenizer, teacher.to(device), models["student"], held, comparable,
                                          lambda message, f: say(message, 0.55 + 0.08 * f)))
@@ -110,6 +117,15 @@ def evaluate_run(run: RunDir, point_key: str | None = None, baseline: RunDir | N
         set_evaluation_section(run.student / "README.md", report["card"])
     say("evaluation done", 1.0)
     return report
+
+
+def _kept_teacher(config: DistillConfig, models: dict, states_root: Path | None) -> dict[str, KeptStates]:
+    """{"teacher": its kept states} where the run keeps the teacher's answers and the teacher is measured."""
+    teacher = models.get("teacher")
+    if states_root is None or teacher is None or not config.reuses_teacher_rows():
+        return {}
+    states = KeptStates.open(states_root, loaded_identity(config.teacher, teacher), teacher)
+    return {"teacher": states} if states is not None else {}
 
 
 def _models(config: DistillConfig, points: list[StudentPoint], point: StudentPoint, compared: torch.nn.Module | None,

@@ -120,10 +120,14 @@ class _FusedDistill(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else student_weight.dtype
         hidden_all, weight = student_hidden.detach().to(dtype), student_weight.detach().to(dtype)
         bias = None if student_bias is None else student_bias.detach().to(dtype)
-        # Gradient buffers only when a backward will come (not under no_grad, as in evaluation).
+        # Gradient buffers only when a backward will come (not under no_grad, as in evaluation), and only for
+        # what trains: a frozen head (LoRA, train.freeze_embeddings) skips the (V, H) product per chunk, a
+        # third of the head's work.
         grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32) if need_grad else None
-        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if need_grad else None
-        grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if need_grad and bias is not None else None
+        trains_head = need_grad and student_weight.requires_grad
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if trains_head else None
+        grad_bias = (torch.zeros_like(student_bias, dtype=torch.float32)
+                     if need_grad and bias is not None and student_bias.requires_grad else None)
         dense = None if teacher is None else _dense_logits(teacher, spec)
         cached = fused_cached.applies(teacher, spec, student_weight.shape[0])
         closed = teacher is None or dense is not None or cached
@@ -166,12 +170,13 @@ class _FusedDistill(torch.autograd.Function):
 
 
 def _accumulate(grad: Tensor, hidden: Tensor, weight: Tensor, rows: Rows, grad_hidden: Tensor,
-                grad_weight: Tensor, grad_bias: Tensor | None) -> None:
-    """Add one chunk's share to the gradient buffers, from its gradient wrt logits (c, V)."""
+                grad_weight: Tensor | None, grad_bias: Tensor | None) -> None:
+    """Add one chunk's share to the gradient buffers, from its gradient wrt logits (c, V); a frozen head has
+    no buffer."""
     grad_hidden[rows] = (grad @ weight).float()
-    if grad_weight.dtype == grad.dtype:
+    if grad_weight is not None and grad_weight.dtype == grad.dtype:
         grad_weight.addmm_(grad.T, hidden)  # in place: no (V, H) temporary per chunk
-    else:
+    elif grad_weight is not None:
         grad_weight += grad.T @ hidden
     if grad_bias is not None:
         grad_bias += grad.sum(0)

@@ -232,3 +232,21 @@ def tokenizer_hash(tokenizer) -> str:
     """Changes with any token -> id mapping or special token, the things that make ids mean something."""
     data = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def loaded_identity(spec: ModelSpec, model) -> str:
+    """model_identity of a model loaded from `spec`, at the hub commit transformers loaded it from."""
+    return model_identity(spec.name_or_path, getattr(model.config, "_commit_hash", None), spec.gguf_file)
+
+
+def model_identity(name_or_path: str, commit: str | None = None, gguf_file: str | None = None) -> str:
+    """A model's name, the hub commit it was loaded at (a hub id's newer revision is another model) and the
+    GGUF file taken from it; for a local folder also its weight files' and config's names, sizes and times, so
+    replaced weights or an edited config are another model too."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return json.dumps([name_or_path, commit, gguf_file])
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix in (".safetensors", ".bin", ".pt", ".gguf") or p.name == "config.json")
+    return json.dumps([str(folder.resolve()), gguf_file,
+                       *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]])

@@ -37,6 +37,8 @@ class Strategy(ABC):
         # A TokenBridge when loss.cross_tokenizer is on: the teacher reads its own tokens of the same text.
         self.bridge = bridge
         self.clock = PhaseClock()  # the run's, set by the runner: the strategy times its teacher and its loss
+        # KeptStates with loss.reuse_teacher, set by the runner: the teacher's held-out hidden states across runs.
+        self.states = None
 
     def to(self, device: torch.device) -> "Strategy":
         if self.teacher is not None:

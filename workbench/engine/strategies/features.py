@@ -19,7 +19,8 @@ import safetensors
 import torch
 
 from workbench.config.fields import ConfigError
-from workbench.engine.strategies.soft import SoftLabelStrategy, _unwrap
+from workbench.engine.strategies.soft import SoftLabelStrategy
+from workbench.models.heads import unwrap
 from workbench.engine.strategies.together import STUDENT, TrainedTogether
 from workbench.losses.distill import distill_loss
 from workbench.losses.features import attention_loss, hidden_state_loss, layer_map
@@ -77,7 +78,7 @@ class _FeatureStrategy(SoftLabelStrategy):
                        **{f"output_{self.outputs}": True})
         outputs = model(**forward)
         # A TrainedTogether (a projection trains too) answers {part: output}; a plain student its own output.
-        student = outputs[STUDENT] if isinstance(_unwrap(model), TrainedTogether) else outputs
+        student = outputs[STUDENT] if isinstance(unwrap(model), TrainedTogether) else outputs
         with torch.no_grad():
             teacher = self.teacher(**forward)
         labels = inputs["labels"]

@@ -8,7 +8,8 @@ head does more than a linear map (logit soft-capping) use the plain path. With l
 teacher signal is the cache's stored top-k rows (losses.sparse_kd_loss), fused the same way: both losses
 take the signal (workbench/losses/signal.py) and never ask where it came from. With loss.reuse_teacher the
 teacher's rows of each training block are kept the first time a run reads it and read by later runs
-(workbench/engine/teacher_rows.py), as from a cache. With loss.cross_tokenizer the
+(workbench/engine/teacher_rows.py), as from a cache, and its last hidden states over the held-out blocks too
+(workbench/models/kept_states.py). With loss.cross_tokenizer the
 teacher reads its own tokens of the batch's text (workbench/models/token_bridge.py) and the KD term compares
 the two vocabularies' distributions at aligned positions (ULD or hybrid), on full logits.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -26,30 +26,7 @@ from workbench.engine.teacher_rows import TeacherRows
 from workbench.losses.distill import distill_loss
 from workbench.losses.fused import fused_distill_loss
 from workbench.losses.signal import AlignedLogits, CachedTopK, LiveHead, LiveLogits, TeacherSignal
-
-
-def _unwrap(model):
-    """The model inside DDP (.module) and torch.compile (._orig_mod) wrappers; forward still goes
-    through the wrapper."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = model.module if hasattr(model, "module") else model._orig_mod
-    return model
-
-
-def _fusable(model) -> bool:
-    inner = _unwrap(model)
-    config = getattr(inner, "config", None)
-    forward = getattr(type(inner), "forward", None)
-    text = config.get_text_config() if config is not None else None
-    return (forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
-            and not getattr(text, "final_logit_softcapping", None) and inner.get_output_embeddings() is not None)
-
-
-def _hidden(model, input_ids, attention_mask):
-    """(B, L-1, H) final hidden states (after the last norm: what the LM head reads) for positions
-    0..L-2; logits only for the last position, which costs nothing."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
-    return out.hidden_states[-1][:, :-1]
+from workbench.models.heads import fusable, last_hidden, unwrap
 
 
 def _batch_key(inputs) -> bytes:
@@ -105,13 +82,13 @@ class SoftLabelStrategy(Strategy):
         labels = inputs["labels"][:, 1:]
         chunk = self.loss_spec.chunk_size
         # A loaded teacher must be fusable too: it answers held-out batches (and, with kept rows, new blocks).
-        fused = (bool(chunk) and self.bridge is None and _fusable(model)
-                 and (not self._live() or _fusable(self.teacher)))
+        fused = (bool(chunk) and self.bridge is None and fusable(model)
+                 and (not self._live() or fusable(self.teacher)))
         with self.clock.phase("teacher"):
             teacher = self.teacher_signal(inputs, fused, held_out=self.evaluating)
         if fused:
-            head = _unwrap(model).get_output_embeddings()
-            hidden = _hidden(model, input_ids, attention_mask)
+            head = unwrap(model).get_output_embeddings()
+            hidden = last_hidden(model, input_ids, attention_mask)
             loss = lambda spec: fused_distill_loss(hidden, head.weight, labels, spec, teacher,  # noqa: E731
                                                    student_bias=head.bias, num_items_in_batch=num_items_in_batch,
                                                    chunk=chunk)
@@ -158,7 +135,7 @@ class SoftLabelStrategy(Strategy):
         device = inputs["input_ids"].device
         if key in self._held_out:
             return _moved(self._held_out[key], device)
-        signal = self._live_signal(inputs, fused)
+        signal = self._live_signal(inputs, fused, held_out)
         if key is not None and self._held_out_bytes + _nbytes(signal) <= self.HELD_OUT_MEMO_BYTES:
             self._held_out[key] = _moved(signal, torch.device("cpu"))  # host memory: the GPU's is the run's
             self._held_out_bytes += _nbytes(signal)
@@ -170,22 +147,24 @@ class SoftLabelStrategy(Strategy):
         at = torch.tensor([blocks.index(b) for b in missing], device=inputs["input_ids"].device)
         ids, mask = inputs["input_ids"][at], inputs["attention_mask"][at]
         vocab = self.cache.manifest.vocab
-        if _fusable(self.teacher):  # one block's (L-1, V) logits at a time, not the batch's
+        if fusable(self.teacher):  # one block's (L-1, V) logits at a time, not the batch's
             head = self.teacher.get_output_embeddings()
-            hidden = _hidden(self.teacher, ids, mask)
+            hidden = last_hidden(self.teacher, ids, mask)
             logits = (F.linear(hidden[i], head.weight, head.bias) for i in range(len(missing)))
         else:
             logits = iter(self.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1])
         return [self.cache.block_rows(rows[:, :vocab].float(), block) for rows, block in zip(logits, missing)]
 
     @torch.no_grad()
-    def _live_signal(self, inputs, fused: bool) -> TeacherSignal:
+    def _live_signal(self, inputs, fused: bool, held_out: bool = False) -> TeacherSignal:
         if self.bridge is not None:
             return self._aligned_signal(inputs)
         if fused:
             head = self.teacher.get_output_embeddings()
-            return LiveHead(_hidden(self.teacher, inputs["input_ids"], inputs["attention_mask"]), head.weight,
-                            head.bias, self.shared_vocab)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            kept = held_out and self.states is not None  # an earlier run's held-out states, or kept for the next
+            hidden = self.states.hidden(self.teacher, ids, mask) if kept else last_hidden(self.teacher, ids, mask)
+            return LiveHead(hidden, head.weight, head.bias, self.shared_vocab)
         logits = self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         return LiveLogits(logits[:, :-1], self.shared_vocab)
 
@@ -199,7 +178,7 @@ class SoftLabelStrategy(Strategy):
         batch, position = aligned.nonzero(as_tuple=True)
         partner = alignment.partner[:, :-1][batch, position]
         ids, mask = alignment.teacher_ids, alignment.teacher_mask
-        if _fusable(self.teacher):
+        if fusable(self.teacher):
             head = self.teacher.get_output_embeddings()
             hidden = self.teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True,
                                   logits_to_keep=1).hidden_states[-1]
