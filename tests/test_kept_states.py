@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from workbench import cli
 from workbench.engine.runner import run_training
 from workbench.eval.report import evaluate_run
 from workbench.models import kept_states
@@ -101,6 +102,10 @@ def test_a_repeated_run_and_its_report_read_the_teachers_kept_states(distilled_c
     assert len(reads) >= 2  # held-out and out-of-domain batches alike
     for name in ("teacher_ce", "forward_kl", "top1_agreement", "ood_teacher_ce", "ood_forward_kl"):
         assert read[name] == pytest.approx(live[name], rel=1e-5), name
+    # `python -m workbench evaluate` reads them from its cache folder too
+    reads.clear()
+    assert cli.main(["evaluate", str(run.path), "--student", "final", "--cache-dir", str(cache_dir)]) == 0
+    assert len(reads) >= 2
 
 
 def _read_only(monkeypatch) -> list:
@@ -110,3 +115,24 @@ def _read_only(monkeypatch) -> list:
     reads, hidden = [], KeptStates.hidden
     monkeypatch.setattr(KeptStates, "hidden", lambda self, *a: reads.append(a[1].shape) or hidden(self, *a))
     return reads
+
+
+def test_the_apps_evaluations_read_the_kept_states_of_its_cache_folder(tmp_path, monkeypatch):
+    """The Evaluate tab's queue hands the app's states folder to every evaluation, as a run's own report has it."""
+    import time
+
+    from workbench.eval import queue
+    from workbench.ui.services import Services
+    services = Services.start(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    services.close()
+    assert services.evaluations.states_root == (tmp_path / "cache").resolve() / STATES_FOLDER
+
+    seen = []
+    monkeypatch.setattr(queue, "evaluate_run", lambda *args, **kwargs: seen.append(kwargs["states_root"]))
+    (tmp_path / "runs" / "a-run").mkdir()
+    evaluations = queue.EvaluationQueue(tmp_path / "runs", states_root=tmp_path / "states")
+    assert "queued" in evaluations.request("a-run", "final")
+    deadline = time.time() + 30
+    while evaluations.state("a-run", "final") != "done" and time.time() < deadline:
+        time.sleep(0.05)
+    assert seen == [tmp_path / "states"]

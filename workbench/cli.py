@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ood", metavar="SOURCE", help="out-of-domain text to evaluate on besides the held-out "
                                                           "text: a file, a hub dataset or defaults:corpus/ood.jsonl "
                                                           "(default: the run's evaluation.ood_source)")
+    evaluate.add_argument("--cache-dir", help="where the teacher's kept states are, for a run that keeps its "
+                                              "teacher's answers (default: ~/.cache/distill-workbench)")
     export = sub.add_parser("export", help="export a run's final student: int8 (measured against full precision "
                                            "on held-out text) or one GGUF file (llama.cpp, Ollama)")
     export.add_argument("run_dir", help="a finished run directory (RUN/student holds its final student)")
@@ -158,14 +160,17 @@ def _ingest(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from workbench.data.defaults import default_cache_dir
     from workbench.eval.report import evaluate_run
+    from workbench.models.kept_states import STATES_FOLDER
     from workbench.store.rundir import RunDir
     start = time.perf_counter()
     run = RunDir(args.run_dir)
     config = None
     if args.ood:  # a run trained before out-of-domain text was named, or checked on another text
         import dataclasses
-        from pathlib import Path
         from workbench.config.paths import BUILDERS, DEFAULTS_PREFIX, looks_like_local_path
         from workbench.config.schema import DistillConfig
         if (not args.ood.startswith(DEFAULTS_PREFIX) and looks_like_local_path(args.ood, tuple(BUILDERS))
@@ -178,7 +183,8 @@ def _evaluate(args) -> int:
                                                                                     ood_source=args.ood)).validate())
     report = evaluate_run(run, args.student, RunDir(args.baseline) if args.baseline else None, config=config,
                           progress=lambda msg, frac: print(f"[{frac:4.0%} {time.perf_counter() - start:5.1f}s] {msg}",
-                                                           flush=True))
+                                                           flush=True),
+                          states_root=Path(args.cache_dir or default_cache_dir()).expanduser() / STATES_FOLDER)
     print(report["card"])
     print(f"written to {RunDir(args.run_dir).evaluation_file(report['step'])}")
     return 0

@@ -20,9 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class EvaluationQueue:
-    def __init__(self, runs_dir: Path, on_done: Callable[[], None] = lambda: None, gate: Gate | None = None):
+    def __init__(self, runs_dir: Path, on_done: Callable[[], None] = lambda: None, gate: Gate | None = None,
+                 states_root: Path | None = None):
         self.runs_dir = Path(runs_dir)
         self.gate = gate  # the runs' configs pass it before any model of theirs loads
+        self.states_root = states_root  # the teacher's kept states, for runs that keep its answers (report.py)
         self.on_done = on_done              # the app wakes its ingest thread, so the store sees the result
         self._lock = threading.Lock()
         self._pending: deque[tuple[str, str, str | None]] = deque()
@@ -77,7 +79,8 @@ class EvaluationQueue:
                 self._current, self._progress = (run_id, student), ("starting", 0.0)
             try:
                 evaluate_run(run_in(self.runs_dir, run_id), student,
-                             run_in(self.runs_dir, baseline_id) if baseline_id else None, progress=self._report)
+                             run_in(self.runs_dir, baseline_id) if baseline_id else None, progress=self._report,
+                             states_root=self.states_root)
                 outcome = "done"
             except Exception as err:  # noqa: BLE001 - shown in the UI; the next evaluation still runs
                 outcome = f"failed: {type(err).__name__}: {plain(err)}"  # may quote a config's values

@@ -26,6 +26,7 @@ from workbench.data.defaults import Preparation, default_cache_dir
 from workbench.engine.baseline import ce_baseline_config
 from workbench.eval.inspector import Inspector
 from workbench.eval.queue import EvaluationQueue
+from workbench.models.kept_states import STATES_FOLDER
 from workbench.store.database import DB_NAME, Store
 from workbench.store.ingest import IngestLoop, Ingestor
 from workbench.store.rundir import CONFIG, SPEC, read_json, run_in
@@ -90,7 +91,8 @@ class Services:
         jobs = JobManager(runs_dir, max_concurrent=max_jobs, grace_s=grace_s, cache_dir=cache_dir, gate=gate).start()
         ingest = IngestLoop(Ingestor(store, runs_dir)).start()
         return cls(runs_dir, jobs, store, ingest, preparation, cache, gate, Inspector(runs_dir, gate=gate),
-                   EvaluationQueue(runs_dir, on_done=ingest.wake, gate=gate))
+                   EvaluationQueue(runs_dir, on_done=ingest.wake, gate=gate,
+                                   states_root=(cache or default_cache_dir()) / STATES_FOLDER))
 
     def submit(self, config: DistillConfig, session: str | None = None, **launch) -> str:
         """Queue a job. In public mode a browser session may have at most gate.max_jobs_per_session runs
